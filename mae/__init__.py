@@ -1,0 +1,1 @@
+"""MAE reproduction harness."""

@@ -1,0 +1,3 @@
+from mae.cli import main
+
+raise SystemExit(main())

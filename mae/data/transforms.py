@@ -1,0 +1,214 @@
+"""Image transforms of every protocol of the paper.
+
+- Pre-training (Sec. 4, Table 1e): random-size cropping + horizontal flip only
+  (`pretrain_transform("crop_rand", ...)`), plus the three ablation rows of Table 1e.
+- Fine-tuning (appendix A.2): RandAugment (9, 0.5) + random erasing 0.25, built with
+  timm's `create_transform` exactly as the official release does (`finetune_transform`).
+- Linear probing (appendix A.3): RandomResizedCrop + flip (`linprobe_transform`).
+- Evaluation: resize the shorter side to img_size / 0.875 (256 for 224), center crop
+  (`eval_transform`).
+
+Pre-training transforms are torchvision v1 transforms: their randomness comes only from
+torch's global RNG (never Python's `random`), so seeding torch (as `SeededDataset`
+does per sample) makes them deterministic. timm's RandAugment and RandomErasing also
+draw from Python's `random`; `SeededDataset` seeds and restores that one too.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+from PIL import Image
+from torchvision import transforms as T
+
+__all__ = [
+    "IMAGENET_DEFAULT_MEAN",
+    "IMAGENET_DEFAULT_STD",
+    "EVAL_CROP_PCT",
+    "PRETRAIN_CROP_SCALE",
+    "LINPROBE_CROP_SCALE",
+    "COLOR_JITTER",
+    "FINETUNE_RAND_AUG",
+    "FINETUNE_RE_PROB",
+    "AugmentationSpec",
+    "PRETRAIN_AUGMENTATIONS",
+    "DEFAULT_PRETRAIN_AUGMENTATION",
+    "pretrain_transform",
+    "eval_transform",
+    "finetune_transform",
+    "linprobe_transform",
+]
+
+ImageTransform = Callable[[Image.Image], torch.Tensor]
+
+IMAGENET_DEFAULT_MEAN: tuple[float, float, float] = (0.485, 0.456, 0.406)
+IMAGENET_DEFAULT_STD: tuple[float, float, float] = (0.229, 0.224, 0.225)
+#: Evaluation crop ratio: resize the shorter side to int(img_size / 0.875), then center crop.
+EVAL_CROP_PCT: float = 0.875
+#: RandomResizedCrop area range used for MAE pre-training (official release: scale=(0.2, 1.0)).
+PRETRAIN_CROP_SCALE: tuple[float, float] = (0.2, 1.0)
+#: RandomResizedCrop area range of the linear probe (torchvision's default, as in the release).
+LINPROBE_CROP_SCALE: tuple[float, float] = (0.08, 1.0)
+#: Brightness, contrast, saturation of the "crop + color jit" row of Table 1e.
+COLOR_JITTER: tuple[float, float, float] = (0.4, 0.4, 0.4)
+#: Fine-tuning recipe (appendix A.2, Table 9): RandAugment (9, 0.5), random erasing 0.25.
+FINETUNE_RAND_AUG: str = "rand-m9-mstd0.5-inc1"
+FINETUNE_RE_PROB: float = 0.25
+
+_BICUBIC = T.InterpolationMode.BICUBIC
+
+
+@dataclass(frozen=True)
+class AugmentationSpec:
+    """One row of Table 1e (data augmentation ablation of MAE pre-training).
+
+    crop: "resize" (whole image resized to a square, no crop), "fixed" (resize the
+    shorter side to int(img_size / 0.875), then a random crop of img_size x img_size:
+    the classic fixed-size crop, 224 out of 256), or "random_resized" (RandomResizedCrop
+    with `crop_scale`, bicubic).
+    """
+
+    name: str
+    paper_label: str
+    crop: str
+    crop_scale: tuple[float, float] | None
+    color_jitter: tuple[float, float, float] | None
+    hflip: bool
+    description: str
+
+
+PRETRAIN_AUGMENTATIONS: dict[str, AugmentationSpec] = {
+    s.name: s
+    for s in (
+        AugmentationSpec(
+            "none", "none", "resize", None, None, True,
+            "resize the whole image to img_size x img_size (bicubic, aspect not kept), "
+            "random horizontal flip; no crop",
+        ),
+        AugmentationSpec(
+            "crop_fixed", "crop, fixed size", "fixed", None, None, True,
+            f"resize the shorter side to int(img_size / {EVAL_CROP_PCT}) (bicubic), random "
+            "crop of img_size x img_size, random horizontal flip",
+        ),
+        AugmentationSpec(
+            "crop_rand", "crop, rand size", "random_resized", PRETRAIN_CROP_SCALE, None, True,
+            f"RandomResizedCrop(img_size, scale={PRETRAIN_CROP_SCALE}, bicubic), random "
+            "horizontal flip (the paper's default)",
+        ),
+        AugmentationSpec(
+            "crop_rand_jitter", "crop + color jit", "random_resized", PRETRAIN_CROP_SCALE,
+            COLOR_JITTER, True,
+            f"RandomResizedCrop(img_size, scale={PRETRAIN_CROP_SCALE}, bicubic), "
+            f"ColorJitter{COLOR_JITTER}, random horizontal flip",
+        ),
+    )
+}
+DEFAULT_PRETRAIN_AUGMENTATION: str = "crop_rand"
+
+
+def _check_size(img_size: int) -> int:
+    if isinstance(img_size, bool) or not isinstance(img_size, int) or img_size <= 0:
+        raise ValueError(f"img_size must be a positive int, got {img_size!r}")
+    return img_size
+
+
+def _to_normalized_tensor() -> list[Callable]:
+    return [T.ToTensor(), T.Normalize(IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD)]
+
+
+def pretrain_transform(
+    augmentation: str = DEFAULT_PRETRAIN_AUGMENTATION, img_size: int = 224
+) -> ImageTransform:
+    """The pre-training transform of one Table 1e row (see `PRETRAIN_AUGMENTATIONS`)."""
+    _check_size(img_size)
+    if augmentation not in PRETRAIN_AUGMENTATIONS:
+        raise ValueError(
+            f"unknown pre-training augmentation {augmentation!r}; "
+            f"valid: {', '.join(PRETRAIN_AUGMENTATIONS)}"
+        )
+    spec = PRETRAIN_AUGMENTATIONS[augmentation]
+    ops: list[Callable] = []
+    if spec.crop == "resize":
+        ops.append(T.Resize((img_size, img_size), interpolation=_BICUBIC))
+    elif spec.crop == "fixed":
+        ops += [
+            T.Resize(int(img_size / EVAL_CROP_PCT), interpolation=_BICUBIC),
+            T.RandomCrop(img_size),
+        ]
+    else:
+        ops.append(T.RandomResizedCrop(img_size, scale=spec.crop_scale, interpolation=_BICUBIC))
+    if spec.color_jitter is not None:
+        ops.append(T.ColorJitter(*spec.color_jitter))
+    if spec.hflip:
+        ops.append(T.RandomHorizontalFlip())
+    return T.Compose(ops + _to_normalized_tensor())
+
+
+def eval_transform(img_size: int = 224, crop_pct: float = EVAL_CROP_PCT) -> ImageTransform:
+    """Resize the shorter side to int(img_size / crop_pct) (bicubic), center crop, normalize."""
+    _check_size(img_size)
+    if not 0.0 < crop_pct <= 1.0:
+        raise ValueError(f"crop_pct must be in (0, 1], got {crop_pct}")
+    return T.Compose(
+        [T.Resize(int(img_size / crop_pct), interpolation=_BICUBIC), T.CenterCrop(img_size)]
+        + _to_normalized_tensor()
+    )
+
+
+def finetune_transform(
+    img_size: int,
+    is_train: bool,
+    *,
+    rand_aug: str | None = FINETUNE_RAND_AUG,
+    re_prob: float = FINETUNE_RE_PROB,
+    re_mode: str = "pixel",
+    re_count: int = 1,
+    color_jitter: float | None = None,
+    interpolation: str = "bicubic",
+) -> ImageTransform:
+    """Fine-tuning transform (appendix A.2): timm's RandAugment + random erasing for
+    training (RandomResizedCrop 0.08-1, flip, as timm builds it); `eval_transform` otherwise.
+
+    `rand_aug=None` disables RandAugment; `color_jitter` only acts without RandAugment
+    (timm's rule), and the paper's recipe leaves it off.
+    """
+    _check_size(img_size)
+    if not is_train:
+        return eval_transform(img_size)
+    if not 0.0 <= re_prob <= 1.0:
+        raise ValueError(f"re_prob must be in [0, 1], got {re_prob}")
+    if re_mode not in ("const", "rand", "pixel"):
+        raise ValueError(f"re_mode must be one of const, rand, pixel; got {re_mode!r}")
+    if rand_aug is not None and not rand_aug.startswith(("rand", "augmix", "original", "v0", "3a")):
+        raise ValueError(f"unrecognised timm auto-augment string {rand_aug!r}, e.g. {FINETUNE_RAND_AUG!r}")
+    from timm.data import create_transform
+
+    return create_transform(
+        input_size=img_size,
+        is_training=True,
+        color_jitter=color_jitter,
+        auto_augment=rand_aug or None,
+        interpolation=interpolation,
+        re_prob=re_prob,
+        re_mode=re_mode,
+        re_count=re_count,
+        mean=IMAGENET_DEFAULT_MEAN,
+        std=IMAGENET_DEFAULT_STD,
+    )
+
+
+def linprobe_transform(img_size: int, is_train: bool) -> ImageTransform:
+    """Linear-probe transform (appendix A.3): RandomResizedCrop (bicubic) + flip for
+    training, `eval_transform` otherwise."""
+    _check_size(img_size)
+    if not is_train:
+        return eval_transform(img_size)
+    return T.Compose(
+        [
+            T.RandomResizedCrop(img_size, scale=LINPROBE_CROP_SCALE, interpolation=_BICUBIC),
+            T.RandomHorizontalFlip(),
+        ]
+        + _to_normalized_tensor()
+    )

@@ -1,0 +1,1 @@
+"""One training loop, optimiser helpers, checkpoints and distributed setup for every protocol."""

@@ -1,0 +1,8 @@
+"""Protocols: thin recipes (a Config dataclass, PRESETS, ``run``) over the one training loop.
+
+- ``pretrain``: MAE pre-training (Sec. 3, Appendix A.1)
+- ``finetune``: end-to-end fine-tuning (Appendix A.2)
+- ``linprobe``: linear probing on the frozen encoder (Appendix A.3)
+- ``partial``: partial fine-tuning of the last k blocks (Sec. 4.3, Fig. 9)
+"""
+PROTOCOLS = ("pretrain", "finetune", "linprobe", "partial")

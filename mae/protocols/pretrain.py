@@ -1,0 +1,140 @@
+"""MAE pre-training (Sec. 3, Appendix A.1): recipe presets per scale and ``run(cfg)``.
+
+The paper's recipe: AdamW (0.9, 0.95), weight decay 0.05, base lr 1.5e-4 scaled by batch/256,
+effective batch 4096, 40 warm-up epochs, cosine decay, RandomResizedCrop(0.2-1) + flip, mask ratio
+0.75, decoder 8 x 512. Every Table 1 switch is a field here.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from typing import Any
+
+import torch
+
+from mae.config import TrainConfig, opt
+from mae.engine.checkpoint import extract_state_dict, load_checkpoint, load_state_dict_checked
+from mae.engine.loop import Trainer, seed_everything
+from mae.models.mae import MaskedAutoencoderViT, create_mae
+
+
+@dataclass
+class Config(TrainConfig):
+    """Pre-training recipe (defaults: the paper's ViT-L, Table 1 baseline)."""
+
+    model: str = opt("mae_vit_large_patch16", "MAE preset (mae.models.PRESETS)")
+    mask_ratio: float = opt(0.75, "fraction of patches removed (Fig. 5)")
+    mask_strategy: str = opt("random", "random | block | grid (Table 1f)")
+    target: str = opt("pixel", "reconstruction target: pixel | norm_pixel | pca | token (Table 1d)")
+    norm_pix_loss: bool = opt(False, "official flag: same as --target norm_pixel")
+    loss_on: str = opt("masked", "compute the loss on masked patches only, or on all (Sec. 3)")
+    encoder_mask_token: bool = opt(False, "encoder w/ [M]: mask tokens inside the encoder (Table 1c)")
+    decoder_depth: int | None = opt(None, "override the preset's decoder depth (Table 1a)")
+    decoder_embed_dim: int | None = opt(None, "override the preset's decoder width (Table 1b)")
+    decoder_num_heads: int | None = opt(None, "override the preset's decoder heads")
+    pca_components: int = opt(96, "PCA target: coefficients kept (96 for 16x16x3 patches)")
+    pca_fit_images: int = opt(512, "PCA target: images used to fit the components")
+    tokenizer: str | None = opt(None, "token target: path to a tokenizer checkpoint (reproduce/tokenizer stage)")
+    augmentation: str = opt("crop_rand", "none | crop_fixed | crop_rand | crop_rand_jitter (Table 1e)")
+    init: str | None = opt(None, "start from the weights of this checkpoint (not a resume)")
+    vis_every: int = opt(1, "save a reconstruction figure every N epochs (0 = never)")
+    vis_images: int = opt(4, "images in the reconstruction figure")
+    # paper values for the shared fields
+    blr: float = opt(1.5e-4, "base learning rate: lr = blr * effective batch / 256")
+    betas: tuple[float, float] = opt((0.9, 0.95), "AdamW betas")
+    warmup_epochs: float = opt(40.0, "linear warm-up epochs")
+    epochs: int = opt(800, "pre-training epochs")
+
+    def model_overrides(self) -> dict[str, Any]:
+        target = "norm_pixel" if self.norm_pix_loss and self.target == "pixel" else self.target
+        over: dict[str, Any] = dict(img_size=self.img_size, target=target, mask_strategy=self.mask_strategy,
+                                    loss_on=self.loss_on, encoder_mask_token=self.encoder_mask_token,
+                                    pca_components=self.pca_components)
+        for k in ("decoder_depth", "decoder_embed_dim", "decoder_num_heads"):
+            if getattr(self, k) is not None:
+                over[k] = getattr(self, k)
+        return over
+
+
+_PAPER = Config(batch_size=64, accum_iter=1, weight_decay=0.05, num_workers=10, data=None, img_size=224)
+PRESETS: dict[str, Config] = {
+    # README main job: a few minutes on a CPU, embedded data, checkpoint + reconstruction figure
+    "demo": Config(model="mae_vit_micro_patch4_32", img_size=32, data="embedded", epochs=6, batch_size=64,
+                   blr=1.5e-3, warmup_epochs=1, target="norm_pixel", num_workers=2, vis_every=2,
+                   output_dir="outputs/demo", log_every=5),
+    # seconds on a CPU: tests and smoke grids
+    "smoke": Config(model="mae_vit_smoke", img_size=32, data="synthetic:64", epochs=1, batch_size=16,
+                    blr=1.5e-3, warmup_epochs=0, num_workers=0, vis_every=0, output_dir="outputs/smoke",
+                    log_every=1, tensorboard=False),
+    # one GPU, minutes: a small ViT on a small labelled image set
+    "mini": Config(model="mae_vit_tiny_patch4_32", img_size=32, data="synthetic:50000", epochs=100,
+                   batch_size=256, blr=1.5e-4, warmup_epochs=10, num_workers=8, vis_every=20,
+                   output_dir="outputs/mini", log_every=50),
+    # the paper's recipes (effective batch 4096 = 64 per GPU x 64 GPUs; on fewer GPUs raise --accum_iter)
+    "paper_vit_base": replace(_PAPER, model="mae_vit_base_patch16", output_dir="outputs/pretrain_vit_base"),
+    "paper_vit_large": replace(_PAPER, model="mae_vit_large_patch16", output_dir="outputs/pretrain_vit_large"),
+    "paper_vit_huge": replace(_PAPER, model="mae_vit_huge_patch14", output_dir="outputs/pretrain_vit_huge"),
+    "paper_vit_large_1600ep": replace(_PAPER, model="mae_vit_large_patch16", epochs=1600, target="norm_pixel",
+                                      output_dir="outputs/pretrain_vit_large_1600ep"),
+}
+DEFAULT_PRESET = "demo"
+
+
+def build_model(cfg: Config) -> MaskedAutoencoderViT:
+    tokenizer = None
+    target = cfg.model_overrides()["target"]
+    if target == "token":
+        if not cfg.tokenizer:
+            raise ValueError("--target token needs --tokenizer PATH (train one with reproduce/tokenizer.py)")
+        from mae.tokenizer import load_tokenizer
+        tokenizer = load_tokenizer(cfg.tokenizer)
+    model = create_mae(cfg.model, tokenizer=tokenizer, **cfg.model_overrides())
+    if cfg.init:
+        sd = extract_state_dict(load_checkpoint(cfg.init), source=cfg.init)
+        load_state_dict_checked(model, sd, strict=True, source=cfg.init)
+    return model
+
+
+def fit_pca_target(model: MaskedAutoencoderViT, dataset: torch.utils.data.Dataset, n_images: int) -> None:
+    """Fit the PCA target's components on patches of the first ``n_images`` training images (Table 1d)."""
+    from mae.targets import PCATarget, fit_pca
+    assert isinstance(model.target, PCATarget)
+    k = model.target.out_dim
+    if k > model.patch_dim:
+        raise ValueError(f"--pca_components {k} exceeds the patch dimension {model.patch_dim}")
+    n = min(n_images, len(dataset))
+    imgs = torch.stack([dataset[i][0] for i in range(n)])
+    comps, mean = fit_pca(model.patchify(imgs), k)
+    model.target.components.copy_(comps)
+    model.target.mean.copy_(mean)
+
+
+def run(cfg: Config) -> dict[str, Any]:
+    """Pre-train; returns the Trainer's result (history, final epoch record)."""
+    from mae.data import build_dataset, eval_transform, pretrain_transform
+    from mae.viz import reconstruct, save_figure
+
+    seed_everything(cfg.seed)
+    train_set = build_dataset(cfg.data, split="train", transform=pretrain_transform(cfg.augmentation, cfg.img_size),
+                              img_size=cfg.img_size, seed=cfg.seed)
+    model = build_model(cfg)
+    vis_set = build_dataset(cfg.data, split="train", transform=eval_transform(cfg.img_size),
+                            img_size=cfg.img_size, seed=cfg.seed)
+    if model.config.target == "pca" and not cfg.init and cfg.resume is None:
+        fit_pca_target(model, vis_set, cfg.pca_fit_images)
+
+    def step(m: torch.nn.Module, batch: Any) -> tuple[torch.Tensor, dict[str, Any]]:
+        loss, _, _ = m(batch[0], mask_ratio=cfg.mask_ratio)
+        return loss, {}
+
+    def visualize(trainer: Trainer, epoch: int) -> None:
+        if not trainer.is_main or cfg.vis_every <= 0 or model.config.target == "token":
+            return
+        if (epoch + 1) % cfg.vis_every and trainer.epoch < cfg.epochs:
+            return
+        imgs = torch.stack([vis_set[i][0] for i in range(min(cfg.vis_images, len(vis_set)))]).to(trainer.device)
+        rec = reconstruct(trainer.model_without_ddp, imgs, cfg.mask_ratio, seed=cfg.seed)
+        save_figure(rec, trainer.run_dir / f"recon-epoch{epoch:04d}.png",
+                    caption=f"{cfg.model}, epoch {epoch + 1}, mask ratio {cfg.mask_ratio}")
+
+    trainer = Trainer(cfg, model, train_set, step_fn=step, epoch_end_fn=visualize)
+    return trainer.fit()

@@ -1,0 +1,70 @@
+#!/usr/bin/env bash
+# One install script for the README, tox and CI.
+#
+#   bash scripts/install.sh [--venv DIR] [--downstream] [--no-dev] [--print-hash]
+#
+# Creates (or reuses) a virtual environment, installs torch==2.14.1 + torchvision==0.29.1
+# (pinned exactly), the project (editable) and its extras. With --downstream it also installs
+# the OpenMMLab stack: mmcv 2.1.0 with ops (a prebuilt wheel from ../shared/wheels or
+# $MAE_MMCV_WHEEL_DIR when one matches this Python/torch, otherwise built from the sdist),
+# mmengine, mmdet 3.3.0 and mmsegmentation 1.2.2.
+#
+# The environment records a hash of the dependency files; a rerun with the same hash and the
+# same options does nothing, so CI can keep its venv outside the clone.
+set -euo pipefail
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+VENV="${MAE_VENV:-$ROOT/.venv}"
+DOWNSTREAM=0
+DEV=1
+PRINT_HASH=0
+PYTHON="${PYTHON:-python3}"
+TORCH_PIN="torch==2.14.1"
+TORCHVISION_PIN="torchvision==0.29.1"
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --venv) VENV="$2"; shift 2 ;;
+    --downstream) DOWNSTREAM=1; shift ;;
+    --no-dev) DEV=0; shift ;;
+    --python) PYTHON="$2"; shift 2 ;;
+    --print-hash) PRINT_HASH=1; shift ;;
+    -h|--help) sed -n '2,14p' "$0"; exit 0 ;;
+    *) echo "install.sh: unknown option $1" >&2; exit 2 ;;
+  esac
+done
+
+hash_deps() {
+  local f
+  for f in "$ROOT/pyproject.toml" "$ROOT/scripts/install.sh" "$ROOT/scripts/install_mmcv.sh"; do
+    if [ -f "$f" ]; then cat "$f"; fi
+  done | sha256sum | cut -c1-16
+}
+if [ "$PRINT_HASH" = 1 ]; then hash_deps; exit 0; fi
+STAMP="$VENV/.mae-install-$(hash_deps)-ds$DOWNSTREAM-dev$DEV"
+if [ -f "$STAMP" ]; then
+  echo "[install] $VENV is up to date ($(basename "$STAMP"))"
+  # editable install points at this checkout; re-point it when the venv is shared between clones
+  if ! "$VENV/bin/python" -c "import mae, sys; sys.exit(0 if mae.__file__.startswith('$ROOT/') else 1)" 2>/dev/null; then
+    "$VENV/bin/python" -m pip install -q --no-deps --no-build-isolation -e "$ROOT"
+  fi
+  exit 0
+fi
+
+if [ ! -x "$VENV/bin/python" ]; then
+  echo "[install] creating virtual environment $VENV"
+  "$PYTHON" -m venv "$VENV"
+fi
+PIP=("$VENV/bin/python" -m pip)
+"${PIP[@]}" install -q --upgrade "pip>=24" "setuptools>=77" wheel
+echo "[install] $TORCH_PIN $TORCHVISION_PIN"
+"${PIP[@]}" install -q "$TORCH_PIN" "$TORCHVISION_PIN"
+EXTRAS="slurm"
+[ "$DEV" = 1 ] && EXTRAS="dev,$EXTRAS"
+echo "[install] mae-harness [$EXTRAS] (editable)"
+"${PIP[@]}" install -q -e "$ROOT[$EXTRAS]" "$TORCH_PIN" "$TORCHVISION_PIN"
+if [ "$DOWNSTREAM" = 1 ]; then
+  bash "$ROOT/scripts/install_mmcv.sh" "$VENV"
+  "${PIP[@]}" install -q -e "$ROOT[downstream]" "$TORCH_PIN" "$TORCHVISION_PIN" "setuptools>=77"
+fi
+rm -f "$VENV"/.mae-install-*
+touch "$STAMP"
+echo "[install] done: $VENV"

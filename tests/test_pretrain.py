@@ -1,0 +1,153 @@
+"""Pre-training end to end on CPU: learning, kill-and-resume equality, NaN guard, bad data, DDP."""
+import csv
+import dataclasses
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from mae.data import DataError
+from mae.engine import checkpoint as ckpt
+from mae.engine import loop
+from mae.protocols import pretrain
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def smoke_cfg(tmp_path, **kw):
+    base = dataclasses.replace(pretrain.PRESETS["smoke"], output_dir=str(tmp_path / "run"), progress=False)
+    return dataclasses.replace(base, **kw)
+
+
+def losses(run_dir):
+    with open(Path(run_dir) / "train_log.csv") as f:
+        return [(int(r["iteration"]), r["loss"]) for r in csv.DictReader(f)]
+
+
+def test_tiny_pretraining_lowers_the_loss(tmp_path):
+    cfg = smoke_cfg(tmp_path, data="synthetic:128", epochs=15, warmup_epochs=1, blr=4e-3)
+    result = pretrain.run(cfg)
+    hist = [h["train_loss"] for h in result["history"]]
+    assert hist[-1] < 0.8 * hist[0], hist
+    run = Path(cfg.output_dir)
+    assert (run / "checkpoint-last.pth").is_file() and (run / "metrics.json").is_file()
+    sd = ckpt.extract_state_dict(ckpt.load_checkpoint(run / "checkpoint-last.pth"))
+    assert "decoder_pred.weight" in sd and "mask_token" in sd  # official layout in the file
+
+
+class _Crash(RuntimeError):
+    pass
+
+
+def _crashing_trainer(at_iteration):
+    class CrashingTrainer(loop.Trainer):
+        def __init__(self, *a, step_fn, **k):
+            calls = {"n": 0}
+
+            def step(m, b):
+                if calls["n"] + self_ref[0].total_iters >= at_iteration:
+                    raise _Crash("killed")
+                return step_fn(m, b)
+            self_ref = [self]
+            super().__init__(*a, step_fn=step, **k)
+    return CrashingTrainer
+
+
+@pytest.mark.parametrize("accum,workers,strategy", [(1, 0, "random"), (2, 2, "block")])
+def test_kill_mid_epoch_and_resume_is_bitwise_identical(tmp_path, monkeypatch, accum, workers, strategy):
+    common = dict(data="synthetic:64", epochs=3, batch_size=8, accum_iter=accum, warmup_epochs=1,
+                  ckpt_every_iters=1, num_workers=workers, mask_strategy=strategy, augmentation="crop_rand_jitter")
+    ref = smoke_cfg(tmp_path / "a", **common)
+    pretrain.run(ref)
+    full = losses(ref.output_dir)
+    assert len(full) == 3 * 8
+    # run B dies at iteration 13 (epoch 1, iteration 5: mid-epoch, after the step-6 checkpoint when accum=2)
+    cfg = smoke_cfg(tmp_path / "b", **common)
+    monkeypatch.setattr(pretrain, "Trainer", _crashing_trainer(13))
+    with pytest.raises(_Crash):
+        pretrain.run(cfg)
+    state = ckpt.load_checkpoint(Path(cfg.output_dir) / "checkpoint-last.pth")
+    assert state["epoch"] == 1 and 0 < state["iter"] < 8  # a mid-epoch checkpoint
+    monkeypatch.setattr(pretrain, "Trainer", loop.Trainer)
+    pretrain.run(dataclasses.replace(cfg, resume="auto"))
+    assert losses(cfg.output_dir) == full  # same per-iteration losses, to the last printed digit
+    a = ckpt.extract_state_dict(ckpt.load_checkpoint(Path(ref.output_dir) / "checkpoint-last.pth"))
+    b = ckpt.extract_state_dict(ckpt.load_checkpoint(Path(cfg.output_dir) / "checkpoint-last.pth"))
+    assert all(torch.equal(a[k], b[k]) for k in a)  # bitwise-equal final weights
+
+
+def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(tmp_path, monkeypatch):
+    cfg = smoke_cfg(tmp_path, data="synthetic:64", epochs=2, batch_size=8, ckpt_every_iters=2)
+
+    class NaNTrainer(loop.Trainer):
+        def __init__(self, *a, step_fn, **k):
+            def step(m, b):
+                loss, metrics = step_fn(m, b)
+                return (loss * float("nan") if self.total_iters == 5 else loss), metrics
+            super().__init__(*a, step_fn=step, **k)
+
+    monkeypatch.setattr(pretrain, "Trainer", NaNTrainer)
+    with pytest.raises(loop.NonFiniteLossError, match="loss is nan at epoch 0, iteration 5.*last good checkpoint"):
+        pretrain.run(cfg)
+    state = ckpt.load_checkpoint(Path(cfg.output_dir) / "checkpoint-last.pth")
+    assert state["total_iters"] == 4
+    assert all(torch.isfinite(v).all() for v in state["model"].values() if v.is_floating_point())
+
+
+def test_missing_or_empty_data_fails_before_training(tmp_path):
+    with pytest.raises(DataError, match="nope"):
+        pretrain.run(smoke_cfg(tmp_path, data=str(tmp_path / "nope")))
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(DataError):
+        pretrain.run(smoke_cfg(tmp_path, data=str(tmp_path / "empty")))
+    assert not (tmp_path / "run" / "checkpoint-last.pth").exists()
+
+
+def test_corrupt_images_are_skipped_and_counted(tmp_path):
+    from PIL import Image
+    root = tmp_path / "imgs"
+    for c in ("a", "b"):
+        (root / c).mkdir(parents=True)
+        for i in range(8):
+            Image.new("RGB", (40, 40), (i * 20, 100, 50)).save(root / c / f"{i}.jpg")
+    (root / "a" / "bad.jpg").write_bytes(b"\xff\xd8 not really a jpeg")
+    (root / "b" / "trunc.jpg").write_bytes((root / "b" / "0.jpg").read_bytes()[:30])
+    cfg = smoke_cfg(tmp_path, data=str(root), epochs=1, batch_size=6)
+    with pytest.warns(UserWarning):
+        result = pretrain.run(cfg)
+    assert result["final"]["skipped_images"] == 2
+
+
+def test_truncated_resume_checkpoint_is_a_clear_error(tmp_path):
+    cfg = smoke_cfg(tmp_path, data="synthetic:32", batch_size=8)
+    pretrain.run(cfg)
+    last = Path(cfg.output_dir) / "checkpoint-last.pth"
+    last.write_bytes(last.read_bytes()[:1000])
+    with pytest.raises(ckpt.CheckpointError, match="truncated"):
+        pretrain.run(dataclasses.replace(cfg, resume="auto"))
+
+
+def test_pca_target_is_fitted_and_trains(tmp_path):
+    cfg = smoke_cfg(tmp_path, data="synthetic:32", batch_size=8, target="pca", pca_components=24, pca_fit_images=16)
+    result = pretrain.run(cfg)
+    sd = ckpt.load_checkpoint(Path(cfg.output_dir) / "checkpoint-last.pth")["model"]
+    assert sd["target.components"].shape == (24, 192) and sd["target.components"].abs().sum() > 0
+    assert sd["decoder_pred.weight"].shape[0] == 24 and result["finished"]
+
+
+def test_two_process_gloo_ddp_run(tmp_path):
+    out = tmp_path / "ddp"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29517",
+           "-m", "mae", "pretrain", "--preset", "smoke", "--output_dir", str(out), "--no-progress",
+           "--data", "synthetic:64", "--batch_size", "8", "--epochs", "2"]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    state = ckpt.load_checkpoint(out / "checkpoint-last.pth")
+    assert state["world_size"] == 2 and state["global_step"] == 2 * (64 // (8 * 2))
+    records = [json.loads(l) for l in (out / "log.txt").read_text().splitlines()]
+    assert [r["epoch"] for r in records] == [0, 1]
