@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import importlib
+import os
 import sys
 import types
 import typing
@@ -18,6 +19,17 @@ from mae.config import from_dict, load_config_file, to_dict
 from mae.protocols import PROTOCOLS
 
 _NONE = {"none", "null", ""}
+
+
+def _user_errors() -> tuple[type[BaseException], ...]:
+    """Errors caused by input (data, checkpoints, configs, diverging runs): one clear line, no traceback."""
+    from mae.data import DataError
+    from mae.engine.checkpoint import CheckpointError
+    from mae.engine.loop import NonFiniteLossError
+    return (DataError, CheckpointError, NonFiniteLossError, FileNotFoundError)
+
+
+USER_ERRORS = _user_errors()
 
 
 def _unwrap_optional(tp: Any) -> tuple[Any, bool]:
@@ -111,7 +123,13 @@ def main(argv: list[str] | None = None) -> int:
     if cmd not in available:
         print(f"mae: unknown command {cmd!r}; choose one of {', '.join(available)}", file=sys.stderr)
         return 2
-    result = run_protocol(cmd, rest)
+    try:
+        result = run_protocol(cmd, rest)
+    except USER_ERRORS as e:
+        if os.environ.get("MAE_DEBUG"):
+            raise
+        print(f"mae {cmd}: error: {e}\n(set MAE_DEBUG=1 for the traceback)", file=sys.stderr)
+        return 2
     final = result.get("final", {}) if isinstance(result, dict) else {}
     if final:
         print("final: " + ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in final.items()))

@@ -55,7 +55,8 @@ class Config(TrainConfig):
         return over
 
 
-_PAPER = Config(batch_size=64, accum_iter=1, weight_decay=0.05, num_workers=10, data=None, img_size=224)
+# ImageNet-1K is required: the placeholder path fails with a clear error until --data is given.
+_PAPER = Config(batch_size=64, accum_iter=1, weight_decay=0.05, num_workers=10, data="/path/to/imagenet", img_size=224)
 PRESETS: dict[str, Config] = {
     # README main job: a few minutes on a CPU, embedded data, checkpoint + reconstruction figure
     "demo": Config(model="mae_vit_micro_patch4_32", img_size=32, data="embedded", epochs=6, batch_size=64,
