@@ -1,0 +1,409 @@
+"""Regenerate every figure from ``results/*.csv`` and the paper's reference CSVs alone.
+
+    python reproduce/plots.py [--results results] [--out results/figures]
+
+Figures (PNG + PDF, one per results scale found, ``<name>_<scale>``; ``<name>_paper`` when no
+results exist yet, titled "paper only"): Fig. 5 masking ratio, Fig. 7 schedule, Fig. 8 model size,
+Fig. 9 partial fine-tuning, one bar chart per Table 1 part, Table 2 wall-clock speedups. Our numbers
+sit on their own y-axis (or panel): small-scale runs are not on the paper's scale, so what is
+compared is the shape (best setting, ranking). Every figure carries a provenance caption.
+"""
+from __future__ import annotations
+
+import argparse
+import datetime as _dt
+import sys
+import textwrap
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+if __package__ in (None, ""):  # run as a script: make `reproduce` importable from the repo root
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+
+from reproduce.reference import TableSpec, get_spec, load_reference  # noqa: E402
+from reproduce.report import git_commit, table2_speedups  # noqa: E402
+
+PAPER_COLOR = "#1f4e9a"
+OURS_COLOR = "#d2561b"
+EXTRA_COLOR = "#5a9e4b"
+PAPER_CITE = "paper: He et al., MAE (arXiv 2111.06377)"
+
+
+@dataclass
+class OursResult:
+    """One ``results/<name>_<scale>.csv``; ``df`` is None when it could not be used (see ``problem``)."""
+
+    name: str
+    scale: str
+    path: Path
+    df: pd.DataFrame | None
+    problem: str = ""
+
+    def provenance_line(self) -> str:
+        if self.df is None or not len(self.df):
+            return f"ours: {self.path.name} ({self.problem})"
+        first = self.df.iloc[0]
+        parts = [f"scale={self.scale}"] + [f"{c}={first[c]}" for c in ("commit", "device", "date")
+                                           if c in self.df.columns]
+        return "ours: " + ", ".join(parts)
+
+
+@dataclass
+class FigureRecord:
+    """What one figure build produced."""
+
+    name: str
+    scale: str | None
+    title: str
+    paths: list[Path] = field(default_factory=list)
+
+
+# ------------------------------------------------------------------------------------- results
+def find_results(results_dir: str | Path, name: str) -> list[OursResult]:
+    """Every ``<results_dir>/<name>_<scale>.csv`` (scale = the rest of the file name)."""
+    spec = get_spec(name)
+    found = []
+    for path in sorted(Path(results_dir).glob(f"{name}_*.csv")):
+        scale = path.stem[len(name) + 1:]
+        try:
+            df = pd.read_csv(path, keep_default_na=False, na_values=[""])
+        except Exception as e:  # an unreadable file must not stop the other figures
+            found.append(OursResult(name, scale, path, None, f"unreadable: {type(e).__name__}: {e}"))
+            continue
+        ours_cols = [f"{m}_ours" for m in spec.metrics if f"{m}_ours" in df.columns]
+        if spec.key not in df.columns:
+            found.append(OursResult(name, scale, path, None, f"no key column {spec.key!r}"))
+        elif not ours_cols:
+            found.append(OursResult(name, scale, path, None, "no '<metric>_ours' columns"))
+        else:
+            found.append(OursResult(name, scale, path, df))
+    return found
+
+
+def _ours_series(res: OursResult | None, key: str, metric: str) -> pd.Series:
+    """Our ``metric`` indexed by setting key (rows we did not run dropped)."""
+    if res is None or res.df is None or f"{metric}_ours" not in res.df.columns:
+        return pd.Series(dtype=float)
+    s = res.df.set_index(key)[f"{metric}_ours"]
+    return pd.to_numeric(s, errors="coerce").dropna()
+
+
+# -------------------------------------------------------------------------------------- drawing
+def _twin_ours(ax: plt.Axes, x: np.ndarray, y: np.ndarray, label: str, metric: str) -> plt.Axes:
+    ax2 = ax.twinx()
+    ax2.plot(x, y, "-^", color=OURS_COLOR, label=label)
+    ax2.set_ylabel(f"ours: {metric}", color=OURS_COLOR)
+    ax2.tick_params(axis="y", colors=OURS_COLOR)
+    _zoom(ax2, y)
+    return ax2
+
+
+def _zoom(ax: plt.Axes, values: np.ndarray, floor: float | None = None) -> None:
+    """Fit the y-range to ``values`` (differences of 0.1 must show); never below ``floor``."""
+    v = np.asarray(values, dtype=float)
+    v = v[np.isfinite(v)]
+    if not len(v):
+        return
+    lo, hi = float(v.min()), float(v.max())
+    pad = max((hi - lo) * 0.35, 0.5 if hi > 1.5 else 0.02)
+    bottom = lo - pad if floor is None else max(floor, lo - pad)
+    ax.set_ylim(bottom, hi + pad)
+
+
+def _paper_points(ax: plt.Axes, x: np.ndarray, y: np.ndarray, approx: np.ndarray,
+                  color: str = PAPER_COLOR, label: str = "paper", marker: str = "o") -> None:
+    ok = np.isfinite(y)
+    # Join only points that are neighbours in the paper: never draw a line across unstated points.
+    for i in range(len(y) - 1):
+        if ok[i] and ok[i + 1]:
+            ax.plot(x[i:i + 2], y[i:i + 2], ":", color=color, alpha=0.6)
+    x, y, approx = x[ok], y[ok], approx[ok].astype(bool)
+    if (~approx).any():
+        ax.plot(x[~approx], y[~approx], marker, color=color, label=label, linestyle="none")
+    if approx.any():
+        ax.plot(x[approx], y[approx], marker, mfc="none", color=color, linestyle="none",
+                label=f"{label} (approx)")
+    for xi, yi in zip(x, y):
+        ax.annotate(f"{yi:.1f}", (xi, yi), textcoords="offset points", xytext=(0, 5),
+                    ha="center", fontsize=7, color=color)
+
+
+def _legend(ax: plt.Axes, *more: plt.Axes, outside: bool = False) -> None:
+    handles, labels = ax.get_legend_handles_labels()
+    for a in more:
+        h, lab = a.get_legend_handles_labels()
+        handles += h
+        labels += lab
+    if not handles:
+        return
+    if outside:
+        ax.legend(handles, labels, fontsize=7, loc="upper left", bbox_to_anchor=(1.12, 1.0))
+    else:
+        ax.legend(handles, labels, fontsize=7, loc="best")
+
+
+def _scratch_ft() -> float:
+    ref = load_reference("sec4_vit_large_scratch").set_index("recipe")
+    return float(ref.at["paper_recipe", "ft"])
+
+
+def draw_curves(fig: plt.Figure, spec: TableSpec, ref: pd.DataFrame, res: OursResult | None) -> None:
+    """Figs. 5, 7, 9: one panel per metric, paper (left axis) and ours (own right axis) vs the knob."""
+    key = spec.key
+    axes = fig.subplots(1, len(spec.metrics), squeeze=False)[0]
+    x_ref = ref[key].to_numpy(dtype=float)
+    for ax, m in zip(axes, spec.metrics):
+        y = ref[m].to_numpy(dtype=float)
+        _paper_points(ax, x_ref, y, ref["approx"].to_numpy())
+        values = [y]
+        for extra in spec.extra_refs:
+            if extra.startswith(f"{m}_"):
+                ye = ref[extra].to_numpy(dtype=float)
+                src = extra[len(m) + 1:]
+                _paper_points(ax, x_ref, ye, np.zeros(len(ye)), EXTRA_COLOR, f"{src} (independent)", "s")
+                values.append(ye)
+        if m == "ft" and spec.name in ("fig5_masking_ratio", "fig7_schedule"):
+            s = _scratch_ft()
+            ax.axhline(s, ls="--", lw=0.8, color="gray", label=f"ViT-L scratch ({s})")
+            values.append(np.array([s]))
+        _zoom(ax, np.concatenate(values))
+        ax.set_xlabel(spec.x_label)
+        ax.set_ylabel(f"paper: {m} (%)", color=PAPER_COLOR)
+        ax.set_title(m, fontsize=9)
+        if spec.name == "fig7_schedule":
+            ax.set_xscale("log", base=2)
+            ax.set_xticks(x_ref, [f"{int(v)}" for v in x_ref])
+            ax.minorticks_off()
+        elif spec.name == "fig5_masking_ratio":
+            ax.set_xticks(x_ref, [f"{round(v * 100)}" for v in x_ref], fontsize=7)
+        elif spec.name == "fig9_partial_ft":  # 0, half a block, 1 ... 24: linear below 1, log above
+            ax.set_xscale("symlog", linthresh=1.0, linscale=1.5)
+            ax.set_xticks(x_ref, ["MLP" if v == 0.5 else f"{v:g}" for v in x_ref])
+            ax.minorticks_off()
+        else:
+            ax.set_xticks(x_ref, [f"{v:g}" for v in x_ref])
+        ours = _ours_series(res, key, m)
+        twin = []
+        if len(ours):
+            xo = pd.to_numeric(pd.Series(ours.index), errors="coerce").to_numpy(dtype=float)
+            order = np.argsort(xo)
+            twin.append(_twin_ours(ax, xo[order], ours.to_numpy()[order], f"ours ({res.scale})", m))
+        _legend(ax, *twin)
+
+
+def draw_model_size(fig: plt.Figure, spec: TableSpec, ref: pd.DataFrame, res: OursResult | None) -> None:
+    """Fig. 8: fine-tuning accuracy vs model size, one line per pre-training (paper) and ours."""
+    ax = fig.subplots()
+    x = np.arange(len(spec.metrics))
+    cmap = plt.get_cmap("tab10")
+    for i, row in ref.reset_index(drop=True).iterrows():
+        y = row[list(spec.metrics)].to_numpy(dtype=float)
+        _paper_points(ax, x, y, np.full(len(y), row["approx"]), cmap(i), f"paper: {row['label']}")
+    _zoom(ax, ref[list(spec.metrics)].to_numpy(dtype=float).ravel())
+    ax.set_xticks(x, [m.replace("ft_vit_", "ViT-").replace("base", "B").replace("large", "L")
+                      .replace("huge", "H") for m in spec.metrics])
+    ax.set_xlabel("model")
+    ax.set_ylabel("paper: IN1K fine-tuning top-1 (%)", color=PAPER_COLOR)
+    twin = []
+    if res is not None and res.df is not None:
+        ax2 = ax.twinx()
+        ys = []
+        cols = [f"{m}_ours" for m in spec.metrics]
+        for _, row in res.df.iterrows():
+            y = np.array([pd.to_numeric(row.get(c), errors="coerce") for c in cols], dtype=float)
+            if np.isfinite(y).any():
+                marker = "^v<>sDp*"[len(ys) % 8]
+                ax2.plot(x, y, "-", marker=marker, color=OURS_COLOR,
+                         label=f"ours ({res.scale}): {row[spec.key]}")
+                ys.append(y)
+        if ys:
+            _zoom(ax2, np.concatenate(ys))
+        ax2.set_ylabel("ours: ft (%)", color=OURS_COLOR)
+        ax2.tick_params(axis="y", colors=OURS_COLOR)
+        twin.append(ax2)
+    _legend(ax, *twin, outside=True)
+
+
+def _bars(ax: plt.Axes, labels: list[str], values: np.ndarray, color: str, baseline: np.ndarray,
+          title: str) -> None:
+    x = np.arange(len(labels))
+    ok = np.isfinite(values)
+    bars = ax.bar(x[ok], values[ok], color=color, alpha=0.85, edgecolor=["black" if b else color for b in baseline[ok]],
+                  linewidth=[1.6 if b else 0.5 for b in baseline[ok]])
+    ax.bar_label(bars, fmt="%.1f", fontsize=7)
+    ax.set_xticks(x, labels, rotation=20, ha="right", fontsize=7)
+    ax.set_title(title, fontsize=9)
+    finite = values[np.isfinite(values)]
+    _zoom(ax, values, floor=0.0 if len(finite) and finite.min() >= 0 else None)
+
+
+def draw_bars(fig: plt.Figure, spec: TableSpec, ref: pd.DataFrame, res: OursResult | None) -> None:
+    """Table 1 parts: per metric a paper panel and (when present) an ours panel, each zoomed."""
+    key = spec.key
+    has_ours = res is not None and res.df is not None
+    axes = fig.subplots(2 if has_ours else 1, len(spec.metrics), squeeze=False)
+    keys = ref[key].tolist()
+    labels = ref["label"].astype(str).tolist()
+    base = ref["baseline"].to_numpy() == 1 if "baseline" in ref.columns else np.zeros(len(ref), bool)
+    if has_ours:  # settings we ran that the paper does not have go last
+        extra = [k for k in res.df[key].tolist() if k not in keys]
+        keys += extra
+        labels += [str(k) for k in extra]
+        base = np.concatenate([base, np.zeros(len(extra), bool)])
+    for j, m in enumerate(spec.metrics):
+        paper = ref.set_index(key)[m].reindex(keys).to_numpy(dtype=float)
+        _bars(axes[0, j], labels, paper, PAPER_COLOR, base, f"paper: {m}")
+        if has_ours:
+            ours = _ours_series(res, key, m).reindex(keys).to_numpy(dtype=float)
+            _bars(axes[1, j], labels, ours, OURS_COLOR, base, f"ours ({res.scale}): {m}")
+
+
+def draw_wallclock(fig: plt.Figure, spec: TableSpec, ref: pd.DataFrame, res: OursResult | None) -> None:
+    """Table 2: speedup vs the w/ [M] encoder (paper and ours side by side) and hours per panel."""
+    key = spec.key
+    has_ours = res is not None and res.df is not None
+    axes = fig.subplots(1, 3 if has_ours else 2, squeeze=False)[0]
+    keys = ref[key].tolist()
+    labels = ref["label"].astype(str).tolist()
+    x = np.arange(len(keys))
+    paper_sp = ref["speedup"].to_numpy(dtype=float)
+    ax = axes[0]
+    w = 0.4 if has_ours else 0.8
+    ok = np.isfinite(paper_sp)
+    b = ax.bar(x[ok] - (w / 2 if has_ours else 0), paper_sp[ok], w, color=PAPER_COLOR, label="paper")
+    ax.bar_label(b, fmt="%.1fx", fontsize=7)
+    if has_ours:
+        ours_sp = _ours_series(res, key, "speedup")
+        if not len(ours_sp):  # derive it from our hours the way the paper does
+            ours_sp = pd.Series(table2_speedups(
+                {k: v for k, v in _ours_series(res, key, "time_h").items() if k in keys}))
+        ours_v = ours_sp.reindex(keys).to_numpy(dtype=float)
+        okv = np.isfinite(ours_v)
+        b2 = ax.bar(x[okv] + w / 2, ours_v[okv], w, color=OURS_COLOR, label=f"ours ({res.scale})")
+        ax.bar_label(b2, fmt="%.1fx", fontsize=7)
+    ax.axhline(1.0, color="gray", lw=0.8)
+    ax.set_xticks(x, labels, rotation=25, ha="right", fontsize=7)
+    ax.set_title("speedup vs encoder w/ [M]", fontsize=9)
+    ax.legend(fontsize=7)
+    _bars(axes[1], labels, ref["time_h"].to_numpy(dtype=float), PAPER_COLOR, np.zeros(len(keys), bool),
+          "paper: hours (128 TPU-v3 cores, 800 ep)")
+    if has_ours:
+        ours_h = _ours_series(res, key, "time_h").reindex(keys).to_numpy(dtype=float)
+        _bars(axes[2], labels, ours_h, OURS_COLOR, np.zeros(len(keys), bool), f"ours ({res.scale}): hours")
+
+
+DrawFn = Callable[[plt.Figure, TableSpec, pd.DataFrame, "OursResult | None"], None]
+FIGURES: dict[str, DrawFn] = {
+    "fig5_masking_ratio": draw_curves,
+    "fig7_schedule": draw_curves,
+    "fig8_model_size": draw_model_size,
+    "fig9_partial_ft": draw_curves,
+    "table1a_decoder_depth": draw_bars,
+    "table1b_decoder_width": draw_bars,
+    "table1c_mask_token": draw_bars,
+    "table1d_target": draw_bars,
+    "table1e_augmentation": draw_bars,
+    "table1f_mask_sampling": draw_bars,
+    "table2_wallclock": draw_wallclock,
+}
+
+
+# ---------------------------------------------------------------------------------------- build
+def _caption(spec: TableSpec, res: OursResult | None, width_in: float) -> str:
+    if res is not None and res.df is not None:
+        first = res.provenance_line()
+    else:
+        today = _dt.datetime.now(_dt.timezone.utc).date().isoformat()
+        first = f"paper reference only; drawn at commit={git_commit()}, date={today}"
+    lines = [f"{first}  |  {PAPER_CITE}; ours on its own axis/panel"]
+    if FIGURES.get(spec.name) in (draw_curves, draw_model_size):
+        lines[0] += "; hollow markers = approx (read from a plot)"
+    if FIGURES.get(spec.name) is draw_bars:
+        lines.append("thick bar outline = the paper's default setting (Table 1 baseline)")
+    lines += [f"paper claim: {c}" for c in spec.claims]
+    chars = max(60, int(width_in * 17))  # 6.5 pt monospace: about 17 characters per inch
+    return "\n".join(textwrap.fill(line, chars, subsequent_indent="  ") for line in lines)
+
+
+def build_figure(name: str, res: OursResult | None, out_dir: Path, results_dir: Path) -> FigureRecord:
+    """Draw ``name`` (paper + ``res`` when usable) and save PNG and PDF into ``out_dir``."""
+    spec, ref = get_spec(name), load_reference(name)
+    draw = FIGURES[name]
+    width = 10.0 if draw is draw_model_size else max(6.0, 4.2 * len(spec.metrics))
+    fig = plt.figure(figsize=(width, 6.2 if draw is draw_bars else 5.2))
+    try:
+        usable = res if res is not None and res.df is not None else None
+        if usable is not None:
+            title = f"{spec.label}: ours ({res.scale}) vs paper"
+        elif res is not None:
+            title = f"{spec.label}: paper only ({res.path.name} {res.problem})"
+        else:
+            title = f"{spec.label}: paper only (no {results_dir}/{name}_*.csv yet)"
+        try:
+            draw(fig, spec, ref, usable)
+        except Exception as e:  # bad results must not lose the paper's figure
+            if usable is None:
+                raise
+            warnings.warn(f"{name}: could not draw {res.path}: {type(e).__name__}: {e}")
+            fig.clf()
+            draw(fig, spec, ref, None)
+            title = f"{spec.label}: paper only (drawing {res.path.name} failed: {type(e).__name__})"
+            usable = None
+        caption = _caption(spec, usable, width)
+        fig.suptitle(title, fontsize=10)
+        n_lines = caption.count("\n") + 1
+        bottom = min(0.45, 0.03 + 0.028 * n_lines)
+        fig.tight_layout(rect=(0, bottom, 1, 0.95))
+        fig.text(0.01, 0.01, caption, fontsize=6.5, ha="left", va="bottom", family="monospace")
+        stem = f"{name}_{res.scale if res is not None else 'paper'}"
+        out_dir.mkdir(parents=True, exist_ok=True)
+        paths = []
+        for ext in ("png", "pdf"):
+            path = out_dir / f"{stem}.{ext}"
+            fig.savefig(path, dpi=110)
+            paths.append(path)
+        return FigureRecord(name, res.scale if res is not None else None, title, paths)
+    finally:
+        plt.close(fig)
+
+
+def build_all(results_dir: str | Path = "results", out_dir: str | Path = "results/figures",
+              names: list[str] | None = None) -> list[FigureRecord]:
+    """Build every figure (or ``names``): one per results scale found, or the paper's alone."""
+    results_dir, out_dir = Path(results_dir), Path(out_dir)
+    unknown = sorted(set(names or []) - set(FIGURES))
+    if unknown:
+        raise ValueError(f"no figure named {unknown}; figures: {list(FIGURES)}")
+    records = []
+    for name in names or list(FIGURES):
+        found = find_results(results_dir, name)
+        for res in found or [None]:
+            if res is not None and res.df is None:
+                warnings.warn(f"{res.path}: {res.problem}; drawing the paper's numbers alone")
+            records.append(build_figure(name, res, out_dir, results_dir))
+    return records
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--results", default="results", help="folder with <table>_<scale>.csv results")
+    p.add_argument("--out", default="results/figures", help="folder for the PNG and PDF figures")
+    p.add_argument("--only", nargs="*", choices=list(FIGURES), help="build only these figures")
+    args = p.parse_args(argv)
+    for rec in build_all(args.results, args.out, args.only):
+        print(f"{rec.title}\n  -> " + ", ".join(str(p) for p in rec.paths))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,370 @@
+"""Ours-vs-paper results: provenance, comparison, verdicts, atomic writing, terminal tables.
+
+Every reproduction script ends the same way::
+
+    prov = provenance(command=" ".join(sys.argv))
+    df = compare("table1a_decoder_depth", ours, scale="mini", prov=prov)
+    v = verdict(df, "table1a_decoder_depth")
+    write_results(df, v, "results/table1a_decoder_depth_mini.csv")
+    print(format_table(df, v))
+
+Columns from our runs always end in ``_ours``; the paper's in ``_paper``; ``_diff`` = ours - paper.
+A verdict asks the questions a small-scale reproduction can answer: does our best setting match the
+paper's best, and do the settings rank the same way (Spearman)?
+"""
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import math
+import os
+import platform
+import shlex
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from reproduce.reference import get_spec, load_reference
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+PROVENANCE_COLUMNS = ("scale", "commit", "device", "date", "command")
+_RESERVED = {"label", "paper_approx", "paper_baseline", *PROVENANCE_COLUMNS}
+
+
+# ----------------------------------------------------------------------------------- provenance
+def git_commit(repo: str | Path | None = None) -> str:
+    """Short commit of ``repo`` (default: this checkout), with ``-dirty`` when tracked files changed.
+
+    ``"unknown"`` outside a git work tree, without any commit, or when git is not installed.
+    """
+    repo = Path(repo) if repo is not None else REPO_ROOT
+
+    def git(*args: str) -> subprocess.CompletedProcess[str] | None:
+        try:
+            return subprocess.run(["git", "-C", str(repo), *args], capture_output=True, text=True,
+                                  timeout=20, check=False)
+        except (OSError, subprocess.TimeoutExpired):
+            return None
+
+    head = git("rev-parse", "--short", "HEAD")
+    if head is None or head.returncode != 0 or not head.stdout.strip():
+        return "unknown"
+    commit = head.stdout.strip()
+    status = git("status", "--porcelain", "--untracked-files=no")
+    if status is not None and status.returncode == 0 and status.stdout.strip():
+        commit += "-dirty"
+    return commit
+
+
+def detect_device() -> str:
+    """``"cpu"`` or the name of the current CUDA device."""
+    try:
+        import torch
+    except ImportError:
+        return "cpu"
+    if torch.cuda.is_available():
+        return torch.cuda.get_device_name(torch.cuda.current_device())
+    return "cpu"
+
+
+def provenance(command: str | None = None, device: str | None = None,
+               repo: str | Path | None = None) -> dict[str, str]:
+    """Where a number came from: commit, device, torch/python versions, UTC date, command line.
+
+    Deliberately hostname-free (results are committed). ``command`` defaults to this process's argv.
+    """
+    try:
+        import torch
+        torch_version = str(torch.__version__)
+    except ImportError:
+        torch_version = "unavailable"
+    if command is None:
+        command = " ".join(shlex.quote(a) for a in sys.argv)
+    return {
+        "commit": git_commit(repo),
+        "device": device if device is not None else detect_device(),
+        "torch": torch_version,
+        "python": platform.python_version(),
+        "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "command": command,
+    }
+
+
+# -------------------------------------------------------------------------------------- compare
+def _join_key(values: pd.Series, numeric: bool, where: str) -> pd.Series:
+    if values.isna().any():
+        raise ValueError(f"{where}: empty key in rows {list(values.index[values.isna()])}")
+    if not numeric:
+        return values.astype(str)
+    k = pd.to_numeric(values, errors="coerce")
+    bad = k.isna()
+    if bad.any():
+        raise ValueError(f"{where}: key values {values[bad].tolist()} are not numeric like the paper's")
+    return k.astype(float).round(9)
+
+
+def compare(table: str, ours: pd.DataFrame, scale: str, prov: dict[str, Any]) -> pd.DataFrame:
+    """Join our rows with the paper's on the table's key column.
+
+    ``ours`` holds the key column (e.g. ``decoder_depth``), any of the table's metrics (``ft``,
+    ``lin``, ...) in the paper's units, and optionally more columns of ours (suffixed ``_ours``).
+    Returns one row per setting of either side (paper order first) with ``<m>_ours, <m>_paper,
+    <m>_diff`` for each metric we measured, the paper's secondary references (e.g.
+    ``ft_mmselfsup``), ``paper_approx``, and ``scale, commit, device, date, command`` on every row.
+    """
+    spec = get_spec(table)
+    if not spec.metrics:
+        raise ValueError(f"{table}: a settings-only reference, nothing to compare")
+    if not isinstance(ours, pd.DataFrame):
+        raise TypeError(f"ours for {table} must be a pandas DataFrame, got {type(ours).__name__}")
+    key = spec.key
+    if key not in ours.columns:
+        raise ValueError(f"ours for {table}: missing key column {key!r}; has {list(ours.columns)}")
+    clash = [c for c in ours.columns if c in _RESERVED or c.endswith(("_paper", "_diff"))
+             or c in spec.extra_refs]
+    if clash:
+        raise ValueError(f"ours for {table}: columns {clash} are reserved for the paper/provenance")
+    metrics = [m for m in spec.metrics if m in ours.columns]
+    if not metrics:
+        raise ValueError(f"ours for {table}: none of the metrics {list(spec.metrics)} in {list(ours.columns)}")
+    missing_prov = [k for k in ("commit", "device", "date") if k not in prov]
+    if missing_prov:
+        raise ValueError(f"prov lacks {missing_prov}; build it with reproduce.report.provenance()")
+    dup = ours[key][ours[key].duplicated()].tolist()
+    if dup:
+        raise ValueError(f"ours for {table}: duplicate {key!r} values {dup}")
+
+    ref = load_reference(table)
+    numeric = pd.api.types.is_numeric_dtype(ref[key])
+    o = ours.reset_index(drop=True).copy()
+    for m in metrics:
+        try:
+            o[m] = pd.to_numeric(o[m], errors="raise").astype(float)
+        except (ValueError, TypeError) as e:
+            raise ValueError(f"ours for {table}: metric {m!r} is not numeric ({e})") from None
+    o["_k"] = _join_key(o[key], numeric, f"ours for {table}, column {key!r}")
+    o["_oo"] = np.arange(len(o))
+    o = o.drop(columns=[key]).rename(
+        columns={c: (c if c.endswith("_ours") or c.startswith("_") else f"{c}_ours") for c in o.columns})
+
+    extras = [c for c in spec.extra_refs if any(c.startswith(f"{m}_") for m in metrics)]
+    ref_cols = ["label", *metrics, *extras, "approx"] + (["baseline"] if "baseline" in ref.columns else [])
+    r = ref[ref_cols].rename(columns={**{m: f"{m}_paper" for m in metrics},
+                                      "approx": "paper_approx", "baseline": "paper_baseline"})
+    r["_k"] = _join_key(ref[key], numeric, f"reference {table}, column {key!r}")
+    r["_ro"] = np.arange(len(r))
+
+    df = r.merge(o, on="_k", how="outer", sort=False)
+    df = df.sort_values(["_ro", "_oo"], na_position="last", kind="stable").reset_index(drop=True)
+    keys = df["_k"]
+    if numeric and pd.api.types.is_integer_dtype(ref[key]) and (keys == keys.round()).all():
+        keys = keys.astype("int64")
+    df.insert(0, key, keys)
+    df["label"] = df["label"].fillna("")
+    for m in metrics:
+        df[f"{m}_diff"] = df[f"{m}_ours"] - df[f"{m}_paper"]
+    df["scale"] = scale
+    df["commit"] = str(prov["commit"])
+    df["device"] = str(prov["device"])
+    df["date"] = str(prov["date"])
+    df["command"] = str(prov.get("command") or "")
+
+    triples = [c for m in metrics for c in (f"{m}_ours", f"{m}_paper", f"{m}_diff")]
+    paper_meta = [c for c in ("paper_approx", "paper_baseline") if c in df.columns]
+    ours_extra = [c for c in df.columns if c.endswith("_ours") and c not in triples]
+    order = [key, "label", *triples, *extras, *paper_meta, *ours_extra, *PROVENANCE_COLUMNS]
+    return df[order]
+
+
+def table2_speedups(time_h: dict[str, float]) -> dict[str, float]:
+    """Table 2 speedups: for each setting, hours of the w/ [M] row of the same encoder / its hours.
+
+    ``time_h`` maps Table 2 ``setting`` keys to wall-clock hours; settings whose encoder has no
+    w/ [M] time are left out (the paper's '-'), and so are the w/ [M] rows themselves.
+    """
+    ref = load_reference("table2_wallclock").set_index("setting")
+    unknown = sorted(set(time_h) - set(ref.index))
+    if unknown:
+        raise ValueError(f"table2_speedups: unknown settings {unknown}; known: {list(ref.index)}")
+    with_mask = {ref.at[s, "encoder"]: s for s in ref.index if ref.at[s, "encoder_mask_token"] == "with"}
+    out: dict[str, float] = {}
+    for s, hours in time_h.items():
+        base = with_mask.get(ref.at[s, "encoder"])
+        if base is None or base == s or base not in time_h:
+            continue
+        if not hours or hours <= 0:
+            raise ValueError(f"table2_speedups: time for {s!r} must be > 0, got {hours}")
+        out[s] = float(time_h[base]) / float(hours)
+    return out
+
+
+# -------------------------------------------------------------------------------------- verdict
+def spearman(x: Any, y: Any) -> float:
+    """Spearman rank correlation with average ranks for ties; NaN for < 3 points or constant ranks."""
+    xs = pd.Series(np.asarray(x, dtype=float))
+    ys = pd.Series(np.asarray(y, dtype=float))
+    if len(xs) != len(ys):
+        raise ValueError(f"spearman: lengths differ ({len(xs)} vs {len(ys)})")
+    if len(xs) < 3 or xs.isna().any() or ys.isna().any():
+        return float("nan")
+    rx = xs.rank(method="average").to_numpy()
+    ry = ys.rank(method="average").to_numpy()
+    dx, dy = rx - rx.mean(), ry - ry.mean()
+    denom = math.sqrt(float((dx * dx).sum() * (dy * dy).sum()))
+    if denom == 0.0:
+        return float("nan")
+    return float((dx * dy).sum() / denom)
+
+
+def _best(keys: pd.Series, values: pd.Series, higher: bool) -> list[Any]:
+    target = values.max() if higher else values.min()
+    return keys[values == target].tolist()
+
+
+def _scale_of(df: pd.DataFrame) -> str | None:
+    if "scale" not in df.columns:
+        return None
+    scales = df["scale"].dropna().astype(str).unique().tolist()
+    if len(scales) > 1:
+        raise ValueError(f"results mix scales {scales}; compare one scale at a time")
+    return scales[0] if scales else None
+
+
+def verdict(df: pd.DataFrame, table: str) -> dict[str, dict[str, Any]]:
+    """Per metric: our best setting vs the paper's, Spearman rho over settings both have, n, scale.
+
+    Ties in the paper (e.g. ft 84.9 at decoder depth 2, 4 and 8) make a set of best settings;
+    ``best_match`` is True when our best set and the paper's overlap (None with < 2 common points).
+    """
+    spec = get_spec(table)
+    key = spec.key
+    if key not in df.columns:
+        raise ValueError(f"verdict({table}): results lack the key column {key!r}")
+    scale = _scale_of(df)
+    metrics = [m for m in spec.metrics if f"{m}_ours" in df.columns and f"{m}_paper" in df.columns]
+    if not metrics:
+        raise ValueError(f"verdict({table}): no '<metric>_ours'/'<metric>_paper' pairs in {list(df.columns)}")
+    out: dict[str, dict[str, Any]] = {}
+    for m in metrics:
+        both = df.dropna(subset=[f"{m}_ours", f"{m}_paper"])
+        n = len(both)
+        higher = spec.better(m)
+        notes = []
+        res: dict[str, Any] = {"metric": m, "scale": scale, "n": n, "higher_is_better": higher,
+                               "best_ours": [], "best_paper": [], "best_match": None,
+                               "spearman": float("nan"), "n_approx": 0, "note": ""}
+        if "paper_approx" in both.columns:
+            res["n_approx"] = int((both["paper_approx"] == 1).sum())
+        if n == 0:
+            notes.append("no setting has both our and the paper's number")
+        else:
+            res["best_ours"] = _best(both[key], both[f"{m}_ours"], higher)
+            res["best_paper"] = _best(both[key], both[f"{m}_paper"], higher)
+            if n >= 2:
+                res["best_match"] = bool(set(res["best_ours"]) & set(res["best_paper"]))
+            else:
+                notes.append("one common setting: best-setting check undefined")
+        if n < 3:
+            notes.append(f"{n} common point(s) (< 3): Spearman undefined")
+        else:
+            rho = spearman(both[f"{m}_ours"], both[f"{m}_paper"])
+            res["spearman"] = rho
+            if math.isnan(rho):
+                notes.append("constant values on one side: Spearman undefined")
+        if res["n_approx"]:
+            notes.append(f"{res['n_approx']} paper point(s) read from a plot (approx)")
+        res["note"] = "; ".join(notes)
+        out[m] = res
+    return out
+
+
+# ------------------------------------------------------------------------------------- writing
+def _jsonable(obj: Any) -> Any:
+    if isinstance(obj, dict):
+        return {str(k): _jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_jsonable(v) for v in obj]
+    if isinstance(obj, np.generic):
+        obj = obj.item()
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    return obj
+
+
+def atomic_write_text(path: str | Path, text: str) -> Path:
+    """Write ``text`` to ``path`` via a temporary file in the same folder and ``os.replace``."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8", newline="") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def meta_path(path: str | Path) -> Path:
+    """The sidecar of ``results/<name>.csv``: ``results/<name>.meta.json``."""
+    path = Path(path)
+    return path.with_name(f"{path.stem}.meta.json")
+
+
+def write_results(df: pd.DataFrame, verdicts: dict[str, Any], path: str | Path,
+                  prov: dict[str, Any] | None = None) -> tuple[Path, Path]:
+    """Atomically write the rows to ``path`` (CSV) and verdicts + provenance to its ``.meta.json``.
+
+    ``prov`` defaults to the provenance columns of ``df`` (as :func:`compare` writes them).
+    """
+    path = Path(path)
+    if path.suffix != ".csv":
+        raise ValueError(f"results path must end in .csv: {path}")
+    missing = [c for c in PROVENANCE_COLUMNS if c not in df.columns]
+    if missing:
+        raise ValueError(f"{path}: rows lack provenance columns {missing}; build them with compare()")
+    if prov is None:
+        first = df.iloc[0] if len(df) else pd.Series(dtype=object)
+        prov = {c: (str(first[c]) if c in first.index else None) for c in PROVENANCE_COLUMNS}
+    meta = {"csv": path.name, "rows": int(len(df)), "scale": _scale_of(df),
+            "provenance": prov, "verdicts": verdicts}
+    csv_path = atomic_write_text(path, df.to_csv(index=False))
+    json_path = atomic_write_text(meta_path(path),
+                                  json.dumps(_jsonable(meta), indent=2, allow_nan=False) + "\n")
+    return csv_path, json_path
+
+
+def _fmt_keys(keys: list[Any]) -> str:
+    return ", ".join(str(k) for k in keys) if keys else "-"
+
+
+def format_table(df: pd.DataFrame, verdicts: dict[str, Any], title: str | None = None) -> str:
+    """A terminal table (key, ours / paper / diff per metric) followed by one verdict line per metric."""
+    lines = []
+    if title:
+        lines.append(title)
+    prov = [f"{c}={df[c].iloc[0]}" for c in ("scale", "commit", "device", "date") if c in df.columns and len(df)]
+    if prov:
+        lines.append("  ".join(prov))
+    shown = [c for c in df.columns if c not in PROVENANCE_COLUMNS and c != "paper_baseline"]
+    lines.append(df[shown].to_string(index=False, na_rep="-",
+                                     float_format=lambda v: f"{v:.2f}"))
+    for m, v in verdicts.items():
+        match = {True: "match", False: "MISMATCH", None: "n/a"}[v.get("best_match")]
+        rho = v.get("spearman")
+        rho_s = "n/a" if rho is None or (isinstance(rho, float) and math.isnan(rho)) else f"{rho:+.2f}"
+        line = (f"verdict {m}: best ours={_fmt_keys(v.get('best_ours', []))} "
+                f"paper={_fmt_keys(v.get('best_paper', []))} -> {match}; "
+                f"Spearman={rho_s} (n={v.get('n', 0)}, scale={v.get('scale')})")
+        if v.get("note"):
+            line += f"  [{v['note']}]"
+        lines.append(line)
+    return "\n".join(lines)

@@ -1,0 +1,126 @@
+"""plots.py rebuilds every figure from results CSVs alone, with or without our results.
+
+The results CSVs here are FABRICATED by the test (made-up numbers through compare()); none is a result.
+"""
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # `reproduce` is not an installed package
+
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+import pytest
+
+from reproduce import plots
+from reproduce.reference import get_spec, load_reference
+from reproduce.report import compare, verdict, write_results
+
+PROV = {"commit": "feed123", "device": "cpu", "date": "2030-01-01T00:00:00+00:00", "command": "pytest"}
+REPO = Path(__file__).resolve().parents[1]
+
+
+def fabricated_ours(name: str) -> pd.DataFrame:
+    """Made-up ours for every paper setting of ``name`` (Table 2: hours only, speedup derived)."""
+    spec = get_spec(name)
+    keys = load_reference(name)[spec.key].tolist()
+    metrics = ["time_h"] if name == "table2_wallclock" else list(spec.metrics)
+    data = {spec.key: keys}
+    for j, m in enumerate(metrics):
+        data[m] = np.linspace(10.0 + j, 20.0 + j, len(keys))
+    return pd.DataFrame(data)
+
+
+@pytest.fixture(scope="module")
+def results_dir(tmp_path_factory) -> Path:
+    d = tmp_path_factory.mktemp("results")
+    for name in plots.FIGURES:
+        df = compare(name, fabricated_ours(name), "smoke", PROV)
+        write_results(df, verdict(df, name), d / f"{name}_smoke.csv")
+    return d
+
+
+def _check_files(rec: plots.FigureRecord) -> None:
+    assert [p.suffix for p in rec.paths] == [".png", ".pdf"]
+    png, pdf = rec.paths
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert pdf.read_bytes()[:5] == b"%PDF-"
+
+
+def test_every_figure_from_synthetic_results(results_dir, tmp_path):
+    records = plots.build_all(results_dir, tmp_path / "figs")
+    assert sorted(r.name for r in records) == sorted(plots.FIGURES)
+    for rec in records:
+        assert rec.scale == "smoke"
+        assert "ours (smoke) vs paper" in rec.title, rec.title
+        assert rec.paths[0].name == f"{rec.name}_smoke.png"
+        _check_files(rec)
+
+
+def test_every_figure_without_any_results(tmp_path):
+    records = plots.build_all(tmp_path / "no_results", tmp_path / "figs")
+    assert sorted(r.name for r in records) == sorted(plots.FIGURES)
+    for rec in records:
+        assert rec.scale is None and "paper only" in rec.title
+        assert rec.paths[0].name == f"{rec.name}_paper.png"
+        _check_files(rec)
+
+
+def test_unusable_results_fall_back_to_the_paper(tmp_path):
+    res = tmp_path / "results"
+    res.mkdir()
+    (res / "fig5_masking_ratio_bad.csv").write_text("ratio,acc\n0.75,1.0\n")
+    with pytest.warns(UserWarning, match="no key column 'mask_ratio'"):
+        (rec,) = plots.build_all(res, tmp_path / "figs", names=["fig5_masking_ratio"])
+    assert "paper only" in rec.title and "fig5_masking_ratio_bad.csv" in rec.title
+    _check_files(rec)
+    with pytest.raises(ValueError, match="no figure named"):
+        plots.build_all(res, tmp_path / "figs", names=["fig42"])
+
+
+def test_ours_is_drawn_on_its_own_axis(results_dir):
+    (res,) = plots.find_results(results_dir, "fig5_masking_ratio")
+    assert res.scale == "smoke" and res.df is not None
+    fig = plt.figure()
+    try:
+        plots.draw_curves(fig, get_spec("fig5_masking_ratio"), load_reference("fig5_masking_ratio"), res)
+        assert len(fig.axes) == 4  # ft and lin panels, each with a twin axis for ours
+        twin = fig.axes[2]
+        (line,) = [ln for ln in twin.get_lines() if ln.get_label() == "ours (smoke)"]
+        want = fabricated_ours("fig5_masking_ratio").sort_values("mask_ratio")
+        np.testing.assert_allclose(line.get_ydata(), want["ft"])
+        np.testing.assert_allclose(line.get_xdata(), want["mask_ratio"])
+        # the paper's axis carries only stated numbers: ft 84.9 at 75% (no invented points)
+        paper_y = np.concatenate([ln.get_ydata() for ln in fig.axes[0].get_lines()
+                                  if ln.get_label() == "paper"])
+        assert paper_y.tolist() == [84.9]
+    finally:
+        plt.close(fig)
+
+
+def test_table2_speedup_is_derived_from_our_hours(results_dir):
+    (res,) = plots.find_results(results_dir, "table2_wallclock")
+    fig = plt.figure()
+    try:
+        plots.draw_wallclock(fig, get_spec("table2_wallclock"), load_reference("table2_wallclock"), res)
+        ax = fig.axes[0]
+        ours = [b for c in ax.containers if c.get_label() == "ours (smoke)" for b in c]
+        hours = fabricated_ours("table2_wallclock").set_index("setting")["time_h"]
+        assert [b.get_height() for b in ours] == pytest.approx(
+            [hours["vit_large_with_mask_d8"] / hours[k]
+             for k in ("vit_large_d8", "vit_large_d1")]
+            + [hours["vit_huge_with_mask_d8"] / hours[k] for k in ("vit_huge_d8", "vit_huge_d1")])
+    finally:
+        plt.close(fig)
+
+
+def test_cli_runs_as_a_script(tmp_path):
+    out = subprocess.run([sys.executable, str(REPO / "reproduce" / "plots.py"), "--results",
+                          str(tmp_path / "none"), "--out", str(tmp_path / "figs"), "--only",
+                          "table1a_decoder_depth"], cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert "paper only" in out.stdout
+    assert (tmp_path / "figs" / "table1a_decoder_depth_paper.pdf").is_file()

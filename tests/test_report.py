@@ -1,0 +1,263 @@
+"""Ours-vs-paper comparison, verdicts, provenance and atomic results writing.
+
+Every "ours" frame below is FABRICATED inside the test to exercise the code; none is a result.
+"""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # `reproduce` is not an installed package
+
+import json
+import math
+import os
+import socket
+import subprocess
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from reproduce import report
+from reproduce.reference import load_reference
+from reproduce.report import compare, format_table, provenance, spearman, verdict, write_results
+
+PROV = {"commit": "abc1234", "device": "cpu", "date": "2030-01-01T00:00:00+00:00", "command": "pytest"}
+
+
+def fabricated_depth(values: dict[int, tuple[float, float]]) -> pd.DataFrame:
+    """A made-up 'ours' frame for Table 1a: decoder_depth -> (ft, lin)."""
+    return pd.DataFrame({"decoder_depth": list(values), "ft": [v[0] for v in values.values()],
+                         "lin": [v[1] for v in values.values()]})
+
+
+# ---------------------------------------------------------------------------------- compare
+def test_compare_columns_and_diffs():
+    ours = fabricated_depth({8: (50.0, 30.0), 1: (40.0, 20.0)})
+    ours["time_h"] = [0.1, 0.2]
+    df = compare("table1a_decoder_depth", ours, "smoke", PROV)
+    assert list(df.columns) == ["decoder_depth", "label", "ft_ours", "ft_paper", "ft_diff",
+                                "lin_ours", "lin_paper", "lin_diff", "paper_approx", "paper_baseline",
+                                "time_h_ours", "scale", "commit", "device", "date", "command"]
+    assert df["decoder_depth"].tolist() == [1, 2, 4, 8, 12]  # paper order, all paper rows kept
+    r8 = df.set_index("decoder_depth").loc[8]
+    assert (r8["ft_ours"], r8["ft_paper"], r8["lin_paper"]) == (50.0, 84.9, 73.5)
+    assert r8["ft_diff"] == pytest.approx(50.0 - 84.9)
+    assert r8["lin_diff"] == pytest.approx(30.0 - 73.5)
+    assert r8["time_h_ours"] == 0.1 and r8["paper_baseline"] == 1
+    r2 = df.set_index("decoder_depth").loc[2]
+    assert math.isnan(r2["ft_ours"]) and r2["ft_paper"] == 84.9 and math.isnan(r2["ft_diff"])
+    assert (df["scale"] == "smoke").all() and (df["commit"] == "abc1234").all()
+    assert (df["command"] == "pytest").all() and (df["device"] == "cpu").all()
+
+
+def test_compare_never_labels_ours_as_paper():
+    ours = fabricated_depth({8: (11.0, 12.0), 4: (13.0, 14.0), 1: (15.0, 16.0)})
+    df = compare("table1a_decoder_depth", ours, "smoke", PROV)
+    paper_cols = [c for c in df.columns if c.endswith("_paper")]
+    ours_vals = {11.0, 12.0, 13.0, 14.0, 15.0, 16.0}
+    for c in paper_cols:
+        assert not (set(df[c].dropna()) & ours_vals), c
+    with pytest.raises(ValueError, match="reserved"):
+        compare("table1a_decoder_depth", ours.assign(ft_paper=1.0), "smoke", PROV)
+
+
+def test_compare_keeps_settings_the_paper_lacks_and_matches_numeric_keys():
+    ours = pd.DataFrame({"mask_ratio": [0.65, "0.75"], "lin": [35.0, 40.0]})  # '0.75' as text on purpose
+    df = compare("fig5_masking_ratio", ours, "mini", PROV)
+    assert "ft_ours" not in df.columns  # only the metrics we measured
+    assert df["mask_ratio"].tolist()[-1] == 0.65  # ours-only setting last
+    r = df.set_index("mask_ratio")
+    assert r.loc[0.75, "lin_ours"] == 40.0 and r.loc[0.75, "lin_paper"] == 73.5
+    assert math.isnan(r.loc[0.65, "lin_paper"]) and r.loc[0.65, "label"] == ""
+    assert len(df) == len(load_reference("fig5_masking_ratio")) + 1
+
+
+def test_compare_carries_secondary_reference_separately():
+    ours = pd.DataFrame({"epochs": [400, 800], "ft": [70.0, 71.0]})
+    df = compare("fig7_schedule", ours, "mini", PROV).set_index("epochs")
+    assert df.loc[800, "ft_paper"] == 84.9 and df.loc[800, "ft_mmselfsup"] == 85.4
+    assert math.isnan(df.loc[400, "ft_paper"]) and df.loc[400, "ft_mmselfsup"] == 85.2
+    assert "lin_mmselfsup" not in df.columns
+
+
+@pytest.mark.parametrize("ours,match", [
+    (pd.DataFrame({"depth": [8], "ft": [1.0]}), "missing key column 'decoder_depth'"),
+    (pd.DataFrame({"decoder_depth": [8], "acc": [1.0]}), "none of the metrics"),
+    (pd.DataFrame({"decoder_depth": [8, 8], "ft": [1.0, 2.0]}), r"duplicate 'decoder_depth' values \[8\]"),
+    (pd.DataFrame({"decoder_depth": ["eight"], "ft": [1.0]}), r"key values \['eight'\] are not numeric"),
+    (pd.DataFrame({"decoder_depth": [8], "ft": ["high"]}), "metric 'ft' is not numeric"),
+])
+def test_compare_bad_input(ours, match):
+    with pytest.raises(ValueError, match=match):
+        compare("table1a_decoder_depth", ours, "smoke", PROV)
+
+
+def test_compare_needs_provenance_and_metrics():
+    ours = fabricated_depth({8: (1.0, 2.0)})
+    with pytest.raises(ValueError, match=r"prov lacks \['commit'\]"):
+        compare("table1a_decoder_depth", ours, "smoke", {"device": "cpu", "date": "x"})
+    with pytest.raises(ValueError, match="settings-only"):
+        compare("fig_reconstructions", pd.DataFrame({"panel": ["fig2"]}), "smoke", PROV)
+
+
+# ---------------------------------------------------------------------------------- spearman
+def test_spearman_hand_computed():
+    assert spearman([1, 2, 3, 4], [10, 20, 30, 40]) == pytest.approx(1.0)
+    assert spearman([1, 2, 3, 4], [40, 30, 20, 10]) == pytest.approx(-1.0)
+    # ties: ranks x = [1, 2.5, 2.5, 4], y = [1, 3, 2, 4] -> r = 4.5 / sqrt(4.5 * 5)
+    assert spearman([1, 2, 2, 3], [1, 3, 2, 4]) == pytest.approx(4.5 / math.sqrt(22.5))
+    assert math.isnan(spearman([1, 2], [1, 2]))
+    assert math.isnan(spearman([1, 1, 1], [1, 2, 3]))
+
+
+def test_spearman_matches_scipy_when_available():
+    stats = pytest.importorskip("scipy.stats")
+    rng = np.random.default_rng(0)
+    x, y = rng.integers(0, 5, 12), rng.integers(0, 5, 12)
+    assert spearman(x, y) == pytest.approx(stats.spearmanr(x, y).statistic)
+
+
+# ----------------------------------------------------------------------------------- verdict
+def test_verdict_perfect_and_reversed_ranking():
+    # lin paper: 1:65.5 2:70.0 4:71.9 8:73.5 12:73.3 -> ranks 1 2 3 5 4
+    same = fabricated_depth({1: (1.0, 10.0), 2: (2.0, 20.0), 4: (3.0, 30.0), 8: (4.0, 50.0), 12: (5.0, 40.0)})
+    v = verdict(compare("table1a_decoder_depth", same, "smoke", PROV), "table1a_decoder_depth")
+    assert v["lin"]["spearman"] == pytest.approx(1.0)
+    assert v["lin"]["best_ours"] == [8] and v["lin"]["best_paper"] == [8] and v["lin"]["best_match"] is True
+    assert v["lin"]["n"] == 5 and v["lin"]["scale"] == "smoke"
+    rev = fabricated_depth({1: (1.0, 50.0), 2: (2.0, 40.0), 4: (3.0, 30.0), 8: (4.0, 10.0), 12: (5.0, 20.0)})
+    v = verdict(compare("table1a_decoder_depth", rev, "smoke", PROV), "table1a_decoder_depth")
+    assert v["lin"]["spearman"] == pytest.approx(-1.0)
+    assert v["lin"]["best_ours"] == [1] and v["lin"]["best_match"] is False
+
+
+def test_verdict_paper_ties_and_direction():
+    # paper ft ties at 84.9 for depths 2, 4, 8: our best at 4 counts as a match
+    ours = fabricated_depth({1: (80.0, 1.0), 4: (83.0, 2.0), 12: (79.0, 3.0)})
+    v = verdict(compare("table1a_decoder_depth", ours, "smoke", PROV), "table1a_decoder_depth")
+    assert v["ft"]["best_paper"] == [4] and v["ft"]["best_ours"] == [4]
+    full = fabricated_depth({1: (80.0, 1.0), 2: (81.0, 2.0), 4: (83.0, 3.0), 8: (82.0, 4.0), 12: (79.0, 5.0)})
+    v = verdict(compare("table1a_decoder_depth", full, "smoke", PROV), "table1a_decoder_depth")
+    assert v["ft"]["best_paper"] == [2, 4, 8] and v["ft"]["best_match"] is True
+    # lower is better for FLOPs: best = the w/o [M] encoder (1.0x)
+    t1c = pd.DataFrame({"encoder_mask_token": ["with", "without"], "flops_rel": [3.0, 1.0]})
+    v = verdict(compare("table1c_mask_token", t1c, "smoke", PROV), "table1c_mask_token")
+    assert v["flops_rel"]["best_paper"] == ["without"] and v["flops_rel"]["best_ours"] == ["without"]
+    assert v["flops_rel"]["best_match"] is True and v["flops_rel"]["higher_is_better"] is False
+
+
+def test_verdict_too_few_points():
+    ours = fabricated_depth({8: (1.0, 2.0), 1: (0.5, 1.0)})
+    v = verdict(compare("table1a_decoder_depth", ours, "smoke", PROV), "table1a_decoder_depth")
+    assert math.isnan(v["ft"]["spearman"]) and v["ft"]["n"] == 2
+    assert "< 3" in v["ft"]["note"]
+    assert v["lin"]["best_match"] is True  # lin: 8 beats 1 in both
+    one = fabricated_depth({8: (1.0, 2.0)})
+    v = verdict(compare("table1a_decoder_depth", one, "smoke", PROV), "table1a_decoder_depth")
+    assert v["ft"]["best_match"] is None and v["ft"]["n"] == 1
+    none = pd.DataFrame({"mask_ratio": [0.5], "ft": [1.0]})
+    v = verdict(compare("fig5_masking_ratio", none, "smoke", PROV), "fig5_masking_ratio")
+    assert v["ft"]["n"] == 0 and "no setting" in v["ft"]["note"]
+
+
+def test_verdict_counts_approx_points_and_rejects_mixed_scales():
+    ours = pd.DataFrame({"epochs": [100, 800], "ft": [1.0, 2.0]})
+    df = compare("fig7_schedule", ours, "smoke", PROV)
+    v = verdict(df, "fig7_schedule")
+    assert v["ft"]["n"] == 1 and v["ft"]["n_approx"] == 0  # 100 ep has no paper number
+    df.loc[0, "scale"] = "mini"
+    with pytest.raises(ValueError, match="mix scales"):
+        verdict(df, "fig7_schedule")
+
+
+# ------------------------------------------------------------------------------------ writing
+def test_write_results_csv_and_sidecar(tmp_path):
+    ours = fabricated_depth({1: (1.0, 10.0), 4: (3.0, 30.0), 8: (4.0, 50.0)})
+    df = compare("table1a_decoder_depth", ours, "smoke", PROV)
+    v = verdict(df, "table1a_decoder_depth")
+    csv, meta = write_results(df, v, tmp_path / "res" / "table1a_decoder_depth_smoke.csv")
+    assert meta.name == "table1a_decoder_depth_smoke.meta.json"
+    back = pd.read_csv(csv)
+    assert list(back.columns) == list(df.columns) and len(back) == 5
+    assert back.set_index("decoder_depth").loc[8, "ft_ours"] == 4.0
+    m = json.loads(meta.read_text())  # strict JSON: NaN written as null
+    assert m["provenance"]["commit"] == "abc1234" and m["scale"] == "smoke" and m["rows"] == 5
+    assert m["verdicts"]["lin"]["best_ours"] == [8] and m["verdicts"]["lin"]["spearman"] == pytest.approx(1.0)
+    assert [p.name for p in csv.parent.iterdir() if p.name.startswith(".")] == []
+
+
+def test_write_results_is_atomic(tmp_path, monkeypatch):
+    ours = fabricated_depth({8: (1.0, 2.0)})
+    df = compare("table1a_decoder_depth", ours, "smoke", PROV)
+    path = tmp_path / "table1a_decoder_depth_smoke.csv"
+    path.write_text("previous contents\n")
+
+    def boom(src, dst):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(report.os, "replace", boom)
+    with pytest.raises(OSError, match="disk full"):
+        write_results(df, verdict(df, "table1a_decoder_depth"), path)
+    assert path.read_text() == "previous contents\n"  # old file intact
+    assert sorted(p.name for p in tmp_path.iterdir()) == [path.name]  # no temporary left behind
+
+
+def test_write_results_bad_input(tmp_path):
+    with pytest.raises(ValueError, match="must end in .csv"):
+        write_results(pd.DataFrame(), {}, tmp_path / "x.txt")
+    with pytest.raises(ValueError, match="lack provenance columns"):
+        write_results(pd.DataFrame({"decoder_depth": [8]}), {}, tmp_path / "x.csv")
+
+
+def test_format_table_shows_ours_paper_and_verdicts():
+    ours = fabricated_depth({1: (1.0, 10.0), 4: (3.0, 30.0), 8: (4.0, 50.0)})
+    df = compare("table1a_decoder_depth", ours, "smoke", PROV)
+    text = format_table(df, verdict(df, "table1a_decoder_depth"), title="Table 1a")
+    assert text.splitlines()[0] == "Table 1a"
+    assert "scale=smoke" in text and "commit=abc1234" in text
+    assert "ft_ours" in text and "ft_paper" in text and "84.90" in text
+    assert "verdict lin: best ours=8 paper=8 -> match; Spearman=+1.00 (n=3, scale=smoke)" in text
+    assert "verdict ft: best ours=8 paper=4, 8 -> match" in text
+
+
+# --------------------------------------------------------------------------------- provenance
+def _git(cwd, *args):
+    subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@t", "-c", "commit.gpgsign=false",
+                    *args], cwd=cwd, check=True, capture_output=True)
+
+
+def test_provenance_fields_and_git_states(tmp_path, monkeypatch):
+    monkeypatch.setenv("GIT_CEILING_DIRECTORIES", str(tmp_path))
+    outside = tmp_path / "plain"
+    outside.mkdir()
+    p = provenance(command="python reproduce/table1.py --part a", device="cpu", repo=outside)
+    assert p["commit"] == "unknown" and p["device"] == "cpu"
+    assert p["command"] == "python reproduce/table1.py --part a"
+    assert p["date"].endswith("+00:00") and "T" in p["date"]
+    assert set(p) == {"commit", "device", "torch", "python", "date", "command"}
+    host = socket.gethostname()
+    if len(host) >= 6:
+        assert host not in json.dumps(p)
+
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    _git(repo, "init", "-q")
+    assert report.git_commit(repo) == "unknown"  # no commit yet
+    (repo / "f.txt").write_text("a\n")
+    _git(repo, "add", "f.txt")
+    _git(repo, "commit", "-q", "-m", "x")
+    head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=repo, capture_output=True,
+                          text=True, check=True).stdout.strip()
+    assert report.git_commit(repo) == head
+    (repo / "new.txt").write_text("untracked files do not make the tree dirty\n")
+    assert report.git_commit(repo) == head
+    (repo / "f.txt").write_text("b\n")
+    assert report.git_commit(repo) == f"{head}-dirty"
+
+
+def test_provenance_defaults_detect_device_and_argv():
+    p = provenance(repo=os.devnull)
+    assert p["device"] == report.detect_device()
+    assert p["command"]  # this process's argv
