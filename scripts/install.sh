@@ -53,7 +53,12 @@ if [ ! -x "$VENV/bin/python" ]; then
   echo "[install] creating virtual environment $VENV"
   "$PYTHON" -m venv "$VENV"
 fi
-PIP=("$VENV/bin/python" -m pip)
+# pip, minus the warnings about index folders this machine's pip.conf names but lacks
+pip_quiet() {
+  "$VENV/bin/python" -m pip "$@" 2>&1 | { grep -v "is ignored: it is neither a file nor a directory" || true; }
+  return "${PIPESTATUS[0]}"
+}
+PIP=(pip_quiet)
 "${PIP[@]}" install -q --upgrade "pip>=24" "setuptools>=77" wheel
 echo "[install] $TORCH_PIN $TORCHVISION_PIN"
 "${PIP[@]}" install -q "$TORCH_PIN" "$TORCHVISION_PIN"

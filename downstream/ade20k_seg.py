@@ -1,0 +1,72 @@
+"""ADE20K semantic segmentation with an MAE encoder: paper Table 5.
+
+UperNet (+ auxiliary FCN head) on the ViT, trained with mmseg 1.2.2 through an mmengine Runner and
+evaluated by mmseg's IoUMetric: mIoU over the 150 classes.
+
+    python downstream/ade20k_seg.py --ckpt PATH [--data ADE_ROOT] --scale smoke|paper [--work-dir DIR] [--out CSV]
+
+ADE_ROOT is ``ADEChallengeData2016`` (``images/{training,validation}/*.jpg``,
+``annotations/{training,validation}/*.png``). With ``--scale smoke`` and no ``--data`` a tiny fixture
+is generated into ``<work-dir>/data``. Results go to ``results/table5_ade20k_<scale>.csv`` beside the
+paper's numbers, written by ``reproduce.report``.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any
+
+if __package__ in (None, ""):  # run as a script: make the repository importable
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from downstream.checks import check_ade20k  # noqa: E402
+from downstream.runner import Task, main  # noqa: E402
+
+# Which reference columns a run fills (reproduce/reference/table5_ade20k.csv). A smoke model has no
+# paper row: its numbers sit in the ViT-B column, and the CSV's scale column says "smoke".
+SUFFIX = {"base": "vit_base", "large": "vit_large"}
+
+def prepare_data(args: argparse.Namespace, work_dir: Path) -> Path:
+    """The dataset root, checked (generated first for a smoke run without --data)."""
+    if args.data:
+        root = Path(args.data).resolve()
+    else:
+        from downstream.fixtures import make_ade20k_fixture
+        root = make_ade20k_fixture(work_dir / "data" / "ADEChallengeData2016")
+    for split in ("training", "validation"):
+        check_ade20k(root, split)
+    return root
+
+
+def configure_data(cfg: Any, root: Path) -> None:
+    for loader in (cfg.train_dataloader, cfg.val_dataloader, cfg.test_dataloader):
+        loader.dataset.data_root = str(root)
+
+
+def wire_channels(cfg: Any, width: int) -> None:
+    cfg.model.decode_head.in_channels = [width] * 4
+    cfg.model.auxiliary_head.in_channels = width
+
+
+def table_for(size: str) -> str:
+    return "table5_ade20k"
+
+
+def ours(metrics: dict[str, float], size: str) -> dict[str, float]:
+    """IoUMetric reports mIoU in percent, as the paper."""
+    if "mIoU" not in metrics:
+        raise RuntimeError(f"the ADE20K evaluation returned no mIoU; got {sorted(metrics)}")
+    return {f"miou_{SUFFIX.get(size, 'vit_base')}": round(metrics["mIoU"], 2)}
+
+
+TASK = Task(name="ade20k_seg", config_stem="ade20k_upernet", prepare_data=prepare_data,
+            configure_data=configure_data, wire_channels=wire_channels, table_for=table_for, ours=ours)
+
+
+def run(argv: list[str] | None = None) -> Any:
+    return main(TASK, argv, description=__doc__.splitlines()[0])
+
+
+if __name__ == "__main__":
+    run()
