@@ -2,19 +2,31 @@
 
 ``reconstruct`` runs a model on images with a given mask and returns, in pixel space, the panels the
 paper shows: the masked input, the reconstruction, the reconstruction with the visible patches pasted
-back (the paper's footnote), and the original. Predictions of a per-patch normalised target are mapped
+back (the paper's footnote: no loss is computed on visible patches, so the raw output is worse there),
+the original, and the mask itself (Fig. 6). Predictions of a per-patch normalised target are mapped
 back with each patch's own mean and std; PCA predictions through the fitted components.
+
+``load_mae_checkpoint`` builds the model of any pre-training checkpoint the core writes (config inside)
+or of the official release's ``{'model': sd}`` files (architecture inferred from the tensor shapes), and
+refuses encoder-only, fine-tune and non-ViT files with an error that names what it found.
+``save_grid`` draws any table of panels (PNG, and PDF on request) with titles and a caption.
 """
 from __future__ import annotations
 
+import textwrap
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 
 from mae.data.transforms import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from mae.targets import PCATarget, PixelTarget, normalize_patches
+
+MASK_FILL = 0.5  # grey of removed patches in the "masked" panel
+MASK_COLORS = (1.0, 0.25)  # "mask" panel: visible patches white, removed ones dark grey
 
 
 @dataclass
@@ -26,6 +38,36 @@ class Reconstruction:
     reconstruction: np.ndarray
     pasted: np.ndarray
     mask: np.ndarray
+    mask_ratio: float | None = None
+    strategy: str | None = None
+
+    @property
+    def mask_image(self) -> np.ndarray:
+        """The mask drawn at pixel resolution (N, H, W, 3): visible patches white, removed ones dark."""
+        n, h, w, _ = self.original.shape
+        g = int(round(self.mask.shape[1] ** 0.5))
+        if g * g != self.mask.shape[1] or h % g or w % g:
+            raise ValueError(f"mask of {self.mask.shape[1]} patches does not tile a {h}x{w} image")
+        grid = self.mask.reshape(n, g, g)
+        px = np.repeat(np.repeat(grid, h // g, axis=1), w // g, axis=2)
+        img = np.where(px > 0.5, MASK_COLORS[1], MASK_COLORS[0]).astype(np.float32)
+        return np.repeat(img[..., None], 3, axis=-1)
+
+    def panel(self, name: str) -> np.ndarray:
+        """A panel by name: one of :data:`PANELS` or ``mask_image``."""
+        if name not in (*PANELS, "mask_image"):
+            raise ValueError(f"unknown panel {name!r}; choose from {(*PANELS, 'mask_image')}")
+        return getattr(self, name)
+
+
+# ---------------------------------------------------------------------------- targets -> pixels
+def denormalize_patches(pred: torch.Tensor, patches: torch.Tensor) -> torch.Tensor:
+    """Inverse of the norm-pixel target (Table 1d "w/ norm"): ``pred * std + mean`` with each patch's
+    own mean and std (``sqrt(var + 1e-6)``, unbiased var) taken from the true ``patches`` (N, L, P)."""
+    if pred.shape != patches.shape:
+        raise ValueError(f"prediction {tuple(pred.shape)} and patches {tuple(patches.shape)} differ in shape")
+    _, mean, std = normalize_patches(patches.float())
+    return pred * std + mean
 
 
 def prediction_to_patches(model: torch.nn.Module, pred: torch.Tensor, imgs: torch.Tensor) -> torch.Tensor:
@@ -34,8 +76,7 @@ def prediction_to_patches(model: torch.nn.Module, pred: torch.Tensor, imgs: torc
     if isinstance(target, PixelTarget):
         if not target.norm_pix:
             return pred
-        _, mean, std = normalize_patches(model.patchify(imgs))
-        return pred * std + mean  # inverse of the per-patch normalisation, with the input's statistics
+        return denormalize_patches(pred, model.patchify(imgs))
     if isinstance(target, PCATarget):
         return pred @ target.components + target.mean
     raise TypeError(f"a {type(target).__name__} prediction cannot be drawn as pixels (token targets have no pixels)")
@@ -49,62 +90,275 @@ def to_pixels(imgs: torch.Tensor, mean: tuple[float, ...] = IMAGENET_DEFAULT_MEA
     return (imgs.float() * s + m).clamp(0, 1).permute(0, 2, 3, 1).cpu().numpy()
 
 
+# ------------------------------------------------------------------------------- reconstruction
+def mask_noise(model: torch.nn.Module, n: int, mask_ratio: float, strategy: str | None = None,
+               seed: int = 0, device: torch.device | str = "cpu") -> torch.Tensor:
+    """Noise (N, L) fixing a mask of ``strategy`` (default: the model's own, Table 1f) from ``seed``.
+
+    Drawn with a private generator state: the caller's global RNG is neither used nor changed.
+    """
+    from mae.masking import sample_noise
+
+    strategy = strategy or model.config.mask_strategy
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        noise = sample_noise(strategy, n, model.config.grid_size, mask_ratio, "cpu")
+    return noise.to(device)
+
+
 @torch.no_grad()
 def reconstruct(model: torch.nn.Module, imgs: torch.Tensor, mask_ratio: float = 0.75,
-                noise: torch.Tensor | None = None, seed: int = 0) -> Reconstruction:
+                noise: torch.Tensor | None = None, seed: int = 0, strategy: str | None = None) -> Reconstruction:
     """Run ``model`` on ``imgs`` (normalised) with a mask fixed by ``noise`` or by ``seed``.
 
-    The mask comes from the model's own strategy with a private generator, so the caller's global
-    RNG is neither used nor changed.
+    The mask comes from ``strategy`` (default: the model's own) with a private generator, so the
+    caller's global RNG is neither used nor changed. The model is left in the mode it came in.
     """
     was_training = model.training
     model.eval()
     try:
         if noise is None:
-            with torch.random.fork_rng(devices=[]):
-                torch.manual_seed(seed)
-                noise = model.sample_noise(imgs.shape[0], mask_ratio, "cpu").to(imgs.device)
+            noise = mask_noise(model, imgs.shape[0], mask_ratio, strategy, seed, imgs.device)
         _, pred, mask = model(imgs, mask_ratio=mask_ratio, noise=noise)
-        patches = prediction_to_patches(model, pred.float(), imgs)
+        patches = prediction_to_patches(model, pred.float(), imgs.float())
+        visible = model.patchify(imgs.float())
+        removed = mask.bool().unsqueeze(-1).expand_as(visible)
         recon = model.unpatchify(patches)
-        m = mask.unsqueeze(-1).expand(-1, -1, model.patch_dim)
-        visible = model.patchify(imgs)
-        pasted = model.unpatchify(visible * (1 - m) + patches * m)
-        masked = to_pixels(model.unpatchify(visible * (1 - m)))
-        masked[model.unpatchify(m).permute(0, 2, 3, 1).cpu().numpy() > 0.5] = 0.5  # grey removed patches
-        return Reconstruction(original=to_pixels(imgs), masked=masked, reconstruction=to_pixels(recon),
-                              pasted=to_pixels(pasted), mask=mask.cpu().numpy())
+        pasted = model.unpatchify(torch.where(removed, patches, visible))  # visible patches: the input itself
+        original = to_pixels(imgs)
+        removed_px = model.unpatchify(removed.float()).permute(0, 2, 3, 1).cpu().numpy() > 0.5
+        masked = np.where(removed_px, np.float32(MASK_FILL), original)
+        return Reconstruction(original=original, masked=masked, reconstruction=to_pixels(recon),
+                              pasted=to_pixels(pasted), mask=mask.cpu().numpy(), mask_ratio=float(mask_ratio),
+                              strategy=strategy or model.config.mask_strategy)
     finally:
         model.train(was_training)
 
 
+# ------------------------------------------------------------------------------------ rendering
 PANELS = ("masked", "reconstruction", "pasted", "original")
-TITLES = {"masked": "masked", "reconstruction": "reconstruction", "pasted": "+ visible", "original": "original"}
+TITLES = {"masked": "masked", "reconstruction": "reconstruction", "pasted": "+ visible", "original": "original",
+          "mask_image": "mask"}
 
 
-def save_figure(rec: Reconstruction, path: str | Path, panels: tuple[str, ...] = PANELS,
-                caption: str | None = None, cell: float = 1.6) -> Path:
-    """One row per image, one column per panel; PNG (and PDF if the suffix says so)."""
+def save_grid(rows: Sequence[Sequence[np.ndarray | None]], path: str | Path, *,
+              col_titles: Sequence[str] | None = None, row_titles: Sequence[str] | None = None,
+              title: str | None = None, caption: str | None = None, cell: float = 1.6,
+              gaps_before: Sequence[int] = (), formats: Sequence[str] = ("png",), dpi: int = 120) -> list[Path]:
+    """Draw a table of (H, W, 3) panels: ``rows[i][j]`` in row i, column j (None = blank).
+
+    ``gaps_before`` puts a narrow spacer before those columns (groups of panels, e.g. the paper's
+    triplets); ``col_titles`` label the top row, ``row_titles`` the first column. Saves
+    ``path`` with each suffix in ``formats`` (e.g. ``("png", "pdf")``) and returns the paths.
+    """
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    n = rec.original.shape[0]
-    fig, axes = plt.subplots(n, len(panels), figsize=(cell * len(panels), cell * n + (0.4 if caption else 0)),
-                             squeeze=False)
-    for i in range(n):
-        for j, name in enumerate(panels):
-            ax = axes[i, j]
-            ax.imshow(getattr(rec, name)[i], interpolation="nearest")
+    if not rows or not all(len(r) == len(rows[0]) for r in rows) or not len(rows[0]):
+        raise ValueError(f"save_grid needs equal, non-empty rows; got lengths {[len(r) for r in rows]}")
+    n_rows, n_cols = len(rows), len(rows[0])
+    if col_titles is not None and len(col_titles) != n_cols:
+        raise ValueError(f"{len(col_titles)} column titles for {n_cols} columns")
+    if row_titles is not None and len(row_titles) != n_rows:
+        raise ValueError(f"{len(row_titles)} row titles for {n_rows} rows")
+    gaps = sorted({g for g in gaps_before if 0 < g < n_cols})
+    slots: list[int | None] = []  # grid column -> panel column (None = spacer)
+    for j in range(n_cols):
+        if j in gaps:
+            slots.append(None)
+        slots.append(j)
+    widths = [0.15 if s is None else 1.0 for s in slots]
+    fig_w = cell * sum(widths) + (0.3 if row_titles else 0)
+    wrap = max(40, int(fig_w * 15))
+    cap = "\n".join(textwrap.fill(line, wrap) for line in caption.splitlines()) if caption else ""
+    cap_in = 0.13 * (cap.count("\n") + 1) + 0.1 if cap else 0.0
+    title_in = 0.35 if title else 0.0
+    fig_h = cell * n_rows + 0.25 + cap_in + title_in
+    fig, axes = plt.subplots(n_rows, len(slots), figsize=(fig_w, fig_h), squeeze=False,
+                             gridspec_kw={"width_ratios": widths})
+    for i in range(n_rows):
+        for k, j in enumerate(slots):
+            ax = axes[i, k]
+            img = None if j is None else rows[i][j]
+            if img is None:
+                ax.axis("off")
+                continue
+            ax.imshow(np.clip(img, 0, 1), interpolation="nearest")
             ax.set_xticks([])
             ax.set_yticks([])
-            if i == 0:
-                ax.set_title(TITLES.get(name, name), fontsize=8)
-    if caption:
-        fig.text(0.5, 0.005, caption, ha="center", va="bottom", fontsize=6)
-    fig.tight_layout(rect=(0, 0.03 if caption else 0, 1, 1))
+            if i == 0 and col_titles is not None and col_titles[j]:
+                ax.set_title(col_titles[j], fontsize=8)
+            if k == (1 if slots[0] is None else 0) and row_titles is not None and row_titles[i]:
+                ax.set_ylabel(row_titles[i], fontsize=8)
+    if title:
+        fig.suptitle(title, fontsize=10)
+    if cap:
+        fig.text(0.01, 0.005, cap, ha="left", va="bottom", fontsize=6, family="monospace")
+    fig.tight_layout(rect=(0, cap_in / fig_h, 1, 1 - title_in / fig_h), pad=0.3, w_pad=0.2, h_pad=0.3)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
+    out = []
+    for fmt in formats or (path.suffix.lstrip(".") or "png",):
+        p = path.with_suffix(f".{fmt.lstrip('.')}")
+        fig.savefig(p, dpi=dpi)
+        out.append(p)
     plt.close(fig)
-    return path
+    return out
+
+
+def save_figure(rec: Reconstruction, path: str | Path, panels: tuple[str, ...] = PANELS,
+                caption: str | None = None, cell: float = 1.6) -> Path:
+    """One row per image, one column per panel; PNG (or PDF, by the suffix of ``path``)."""
+    rows = [[rec.panel(name)[i] for name in panels] for i in range(rec.original.shape[0])]
+    path = Path(path)
+    return save_grid(rows, path, col_titles=[TITLES.get(n, n) for n in panels], caption=caption, cell=cell,
+                     formats=(path.suffix.lstrip(".") or "png",))[0]
+
+
+# ------------------------------------------------------------------------------ checkpoint -> model
+@dataclass
+class LoadedMAE:
+    """A pre-trained MAE built from a checkpoint, and how it was recognised."""
+
+    model: Any  # MaskedAutoencoderViT
+    path: Path
+    source: str  # "ours" (config inside) | "official" (architecture inferred from shapes)
+    preset: str  # the MAE preset whose architecture it has (or "custom")
+    target: str
+    description: str  # one line for captions
+    train_mask_ratio: float | None = None
+    epoch: int | None = None
+    config: dict[str, Any] | None = None
+
+
+_DECODER_KEYS = ("decoder_embed.weight", "decoder_pred.weight")
+
+
+def _block_count(sd: dict[str, torch.Tensor], prefix: str) -> int:
+    idx = {int(k[len(prefix):].split(".")[0]) for k in sd if k.startswith(prefix)}
+    if idx and idx != set(range(len(idx))):
+        raise ValueError(f"non-contiguous {prefix}* blocks: {sorted(idx)}")
+    return len(idx)
+
+
+def _describe_keys(sd: dict[str, torch.Tensor], limit: int = 6) -> str:
+    keys = list(sd)
+    more = f", ... ({len(keys)} keys)" if len(keys) > limit else ""
+    return ", ".join(keys[:limit]) + more
+
+
+def infer_mae_config(sd: dict[str, torch.Tensor], source: str = "checkpoint", norm_pix: bool = False,
+                     preset: str | None = None) -> tuple[str, dict[str, Any]]:
+    """(preset name, config overrides) of the MAE whose ``state_dict`` is ``sd`` (official key layout).
+
+    Widths, depths, patch and image size come from the tensor shapes; head counts, which shapes do not
+    show, from the preset with the same encoder and decoder widths (or ``preset`` when given). The
+    target is a PCA target when ``target.components`` is present, else pixels (``norm_pix`` chooses
+    the normalised variant: the official ``*_full`` files were trained with norm_pix_loss).
+    """
+    from mae.engine.checkpoint import CheckpointError
+    from mae.models.mae import PRESETS, mae_config
+
+    if "patch_embed.proj.weight" not in sd:
+        raise CheckpointError(f"{source} is not a ViT/MAE checkpoint: no 'patch_embed.proj.weight' among its "
+                              f"keys ({_describe_keys(sd)})")
+    missing_dec = [k for k in _DECODER_KEYS if k not in sd]
+    if missing_dec:
+        kind = ("a fine-tune/linear-probe checkpoint (classifier head "
+                + ", ".join(k for k in ("head.weight", "fc_norm.weight") if k in sd) + ")"
+                if "head.weight" in sd else "an encoder-only checkpoint")
+        raise CheckpointError(
+            f"{source} is {kind}: it has no MAE decoder ({', '.join(missing_dec)} missing), so it cannot "
+            "reconstruct images. Use a pre-training checkpoint with its decoder (ours: checkpoint-*.pth of "
+            "`mae pretrain`; official: mae_visualize_vit_large*.pth or the *_full.pth pre-training files)")
+    if any(k.startswith("target.tokenizer.") for k in sd):
+        raise CheckpointError(f"{source} was trained with a token target: its predictions are token ids, "
+                              "not pixels, and cannot be drawn")
+    w = sd["patch_embed.proj.weight"]
+    if w.dim() != 4 or w.shape[2] != w.shape[3]:
+        raise CheckpointError(f"{source}: patch_embed.proj.weight has shape {tuple(w.shape)}, expected (D, C, p, p)")
+    embed_dim, in_chans, patch = int(w.shape[0]), int(w.shape[1]), int(w.shape[2])
+    if "pos_embed" not in sd:
+        raise CheckpointError(f"{source}: no 'pos_embed' (keys: {_describe_keys(sd)})")
+    num_patches = int(sd["pos_embed"].shape[1]) - 1
+    grid = int(round(num_patches ** 0.5))
+    if grid * grid != num_patches:
+        raise CheckpointError(f"{source}: pos_embed {tuple(sd['pos_embed'].shape)} is not a square grid plus a cls token")
+    dec_dim = int(sd["decoder_embed.weight"].shape[0])
+    over: dict[str, Any] = dict(
+        img_size=grid * patch, patch_size=patch, in_chans=in_chans, embed_dim=embed_dim,
+        depth=_block_count(sd, "blocks."), decoder_embed_dim=dec_dim,
+        decoder_depth=_block_count(sd, "decoder_blocks."),
+        encoder_mask_token="encoder_mask_token" in sd)
+    if "blocks.0.mlp.fc1.weight" in sd:
+        over["mlp_ratio"] = sd["blocks.0.mlp.fc1.weight"].shape[0] / embed_dim
+    if "target.components" in sd:
+        over["target"] = "pca"
+        over["pca_components"] = int(sd["target.components"].shape[0])
+    else:
+        out_dim = int(sd["decoder_pred.weight"].shape[0])
+        if out_dim != patch * patch * in_chans:
+            raise CheckpointError(f"{source}: decoder_pred predicts {out_dim} values per patch, not the "
+                                  f"{patch * patch * in_chans} pixels of a {patch}x{patch}x{in_chans} patch "
+                                  "(a token target?); it cannot be drawn")
+        over["target"] = "norm_pixel" if norm_pix else "pixel"
+    if preset is None:
+        same = [name for name, p in PRESETS.items()
+                if mae_config(name).embed_dim == embed_dim and mae_config(name).decoder_embed_dim == dec_dim]
+        exact = [name for name in same if all(getattr(mae_config(name), k) == over[k]
+                                              for k in ("patch_size", "depth", "decoder_depth", "img_size"))]
+        if not same:
+            raise CheckpointError(
+                f"{source}: no MAE preset has encoder width {embed_dim} and decoder width {dec_dim}, so the "
+                "numbers of attention heads are unknown (shapes do not show them); pass the preset explicitly")
+        preset = (exact or same)[0]
+    base = mae_config(preset)
+    over["num_heads"], over["decoder_num_heads"] = base.num_heads, base.decoder_num_heads
+    return preset, over
+
+
+def load_mae_checkpoint(path: str | Path, norm_pix: bool | None = None, preset: str | None = None,
+                        device: str | torch.device = "cpu") -> LoadedMAE:
+    """The pre-trained MAE of ``path``: ours (config inside) or the official release's ``{'model': sd}``.
+
+    ``norm_pix`` says whether an official file was trained with norm_pix_loss (the ``*_full`` files
+    were; the ``mae_visualize_*`` ones were not). For our checkpoints the stored config decides and a
+    contradicting ``norm_pix`` is an error. Encoder-only, fine-tune and non-ViT files raise
+    :class:`~mae.engine.checkpoint.CheckpointError` naming what they hold.
+    """
+    from mae.config import from_dict
+    from mae.engine.checkpoint import CheckpointError, extract_state_dict, load_checkpoint, load_state_dict_checked
+    from mae.models.mae import PRESETS, PRESET_ALIASES, create_mae
+
+    path = Path(path)
+    obj = load_checkpoint(path)
+    sd = extract_state_dict(obj, source=str(path))
+    cfg = obj.get("config") if isinstance(obj.get("config"), dict) else None
+    model_name = cfg.get("model") if cfg else None
+    if cfg is not None and isinstance(model_name, str) and PRESET_ALIASES.get(model_name, model_name) in PRESETS:
+        infer_mae_config(sd, str(path))  # same kind checks (decoder present, not a token target)
+        from mae.protocols.pretrain import Config
+        pcfg = from_dict(Config, cfg, strict=False)
+        over = pcfg.model_overrides()
+        trained_norm = over["target"] == "norm_pixel"
+        if norm_pix is not None and over["target"] in ("pixel", "norm_pixel") and norm_pix != trained_norm:
+            raise CheckpointError(f"{path} was trained with target {over['target']!r} (its stored config); "
+                                  f"norm_pix={norm_pix} contradicts it")
+        model = create_mae(pcfg.model, **over)
+        load_state_dict_checked(model, sd, strict=True, source=str(path))
+        epoch = obj.get("epoch") if isinstance(obj.get("epoch"), int) else None
+        desc = (f"ours: {pcfg.model}, target {over['target']}, trained at mask ratio {pcfg.mask_ratio} "
+                f"({pcfg.mask_strategy})" + (f", epoch {epoch} of {pcfg.epochs}" if epoch is not None else ""))
+        return LoadedMAE(model.to(device).eval(), path, "ours", pcfg.model, over["target"], desc,
+                         float(pcfg.mask_ratio), epoch, cfg)
+    if cfg is not None and model_name is not None:
+        infer_mae_config(sd, str(path))  # a classifier config: the key checks give the clear error
+        raise CheckpointError(f"{path}: its config names model {model_name!r}, not an MAE preset "
+                              f"(known: {sorted(PRESETS)})")
+    preset_name, over = infer_mae_config(sd, str(path), norm_pix=bool(norm_pix), preset=preset)
+    model = create_mae(preset_name, **over)
+    load_state_dict_checked(model, sd, strict=True, source=str(path))
+    desc = (f"official-layout file, architecture of {preset_name} inferred from shapes, target {over['target']}"
+            + ("" if norm_pix is not None else " (norm_pix not given: assumed off)"))
+    return LoadedMAE(model.to(device).eval(), path, "official", preset_name, over["target"], desc, config=None)

@@ -129,8 +129,12 @@ restore_setuptools() {
 trap restore_setuptools EXIT
 JOBS="$(nproc)"
 log "building mmcv $MMCV_VERSION from the sdist ($FLAVOUR ops, MAX_JOBS=$JOBS; ~20 min on 2 cores, longer with CUDA)"
-"$PY" -m pip install -q "torch==$TORCH_VER" "setuptools<70" wheel ninja mmengine \
-  || die "could not install the build requirements (setuptools<70 wheel ninja mmengine) beside torch $TORCH_VER"
+"$PY" -m pip install -q "torch==$TORCH_VER" wheel ninja mmengine \
+  || die "could not install the build requirements (wheel ninja mmengine) beside torch $TORCH_VER"
+# torch 2.14.1 declares setuptools>=77, so the resolver refuses setuptools<70 beside it: install it
+# without resolution for the build only (restored on exit)
+"$PY" -m pip install -q --no-deps "setuptools<70" \
+  || die "could not install setuptools<70 (mmcv $MMCV_VERSION's setup.py needs pkg_resources)"
 "$PY" -m pip download -q --no-deps --no-binary :all: --no-build-isolation -d "$BUILD_DIR" "mmcv==$MMCV_VERSION" \
   || die "could not download the mmcv $MMCV_VERSION sdist from the package index"
 SDIST="$(ls "$BUILD_DIR"/mmcv-"$MMCV_VERSION".tar.gz 2>/dev/null || true)"
