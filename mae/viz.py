@@ -349,7 +349,7 @@ def load_mae_checkpoint(path: str | Path, norm_pix: bool | None = None, preset: 
         load_state_dict_checked(model, sd, strict=True, source=str(path))
         epoch = obj.get("epoch") if isinstance(obj.get("epoch"), int) else None
         desc = (f"ours: {pcfg.model}, target {over['target']}, trained at mask ratio {pcfg.mask_ratio} "
-                f"({pcfg.mask_strategy})" + (f", epoch {epoch} of {pcfg.epochs}" if epoch is not None else ""))
+                f"({pcfg.mask_strategy})" + (f", {epoch} of {pcfg.epochs} epochs done" if epoch is not None else ""))
         return LoadedMAE(model.to(device).eval(), path, "ours", pcfg.model, over["target"], desc,
                          float(pcfg.mask_ratio), epoch, cfg)
     if cfg is not None and model_name is not None:

@@ -11,6 +11,7 @@ compared is the shape (best setting, ranking). Every figure carries a provenance
 from __future__ import annotations
 
 import argparse
+import importlib
 import datetime as _dt
 import sys
 import textwrap
@@ -200,39 +201,6 @@ def draw_curves(fig: plt.Figure, spec: TableSpec, ref: pd.DataFrame, res: OursRe
         _legend(ax, *twin)
 
 
-def draw_model_size(fig: plt.Figure, spec: TableSpec, ref: pd.DataFrame, res: OursResult | None) -> None:
-    """Fig. 8: fine-tuning accuracy vs model size, one line per pre-training (paper) and ours."""
-    ax = fig.subplots()
-    x = np.arange(len(spec.metrics))
-    cmap = plt.get_cmap("tab10")
-    for i, row in ref.reset_index(drop=True).iterrows():
-        y = row[list(spec.metrics)].to_numpy(dtype=float)
-        _paper_points(ax, x, y, np.full(len(y), row["approx"]), cmap(i), f"paper: {row['label']}")
-    _zoom(ax, ref[list(spec.metrics)].to_numpy(dtype=float).ravel())
-    ax.set_xticks(x, [m.replace("ft_vit_", "ViT-").replace("base", "B").replace("large", "L")
-                      .replace("huge", "H") for m in spec.metrics])
-    ax.set_xlabel("model")
-    ax.set_ylabel("paper: IN1K fine-tuning top-1 (%)", color=PAPER_COLOR)
-    twin = []
-    if res is not None and res.df is not None:
-        ax2 = ax.twinx()
-        ys = []
-        cols = [f"{m}_ours" for m in spec.metrics]
-        for _, row in res.df.iterrows():
-            y = np.array([pd.to_numeric(row.get(c), errors="coerce") for c in cols], dtype=float)
-            if np.isfinite(y).any():
-                marker = "^v<>sDp*"[len(ys) % 8]
-                ax2.plot(x, y, "-", marker=marker, color=OURS_COLOR,
-                         label=f"ours ({res.scale}): {row[spec.key]}")
-                ys.append(y)
-        if ys:
-            _zoom(ax2, np.concatenate(ys))
-        ax2.set_ylabel("ours: ft (%)", color=OURS_COLOR)
-        ax2.tick_params(axis="y", colors=OURS_COLOR)
-        twin.append(ax2)
-    _legend(ax, *twin, outside=True)
-
-
 def _bars(ax: plt.Axes, labels: list[str], values: np.ndarray, color: str, baseline: np.ndarray,
           title: str) -> None:
     x = np.arange(len(labels))
@@ -305,7 +273,6 @@ DrawFn = Callable[[plt.Figure, TableSpec, pd.DataFrame, "OursResult | None"], No
 FIGURES: dict[str, DrawFn] = {
     "fig5_masking_ratio": draw_curves,
     "fig7_schedule": draw_curves,
-    "fig8_model_size": draw_model_size,
     "fig9_partial_ft": draw_curves,
     "table1a_decoder_depth": draw_bars,
     "table1b_decoder_width": draw_bars,
@@ -317,6 +284,11 @@ FIGURES: dict[str, DrawFn] = {
 }
 
 
+# Figures drawn by their own module (one code path each); imported lazily, since they import this one.
+DELEGATED: dict[str, tuple[str, str]] = {"fig8_model_size": ("reproduce.fig8", "build_figure8")}
+FIGURE_NAMES: list[str] = [*FIGURES, *DELEGATED]
+
+
 # ---------------------------------------------------------------------------------------- build
 def _caption(spec: TableSpec, res: OursResult | None, width_in: float) -> str:
     if res is not None and res.df is not None:
@@ -325,7 +297,7 @@ def _caption(spec: TableSpec, res: OursResult | None, width_in: float) -> str:
         today = _dt.datetime.now(_dt.timezone.utc).date().isoformat()
         first = f"paper reference only; drawn at commit={git_commit()}, date={today}"
     lines = [f"{first}  |  {PAPER_CITE}; ours on its own axis/panel"]
-    if FIGURES.get(spec.name) in (draw_curves, draw_model_size):
+    if FIGURES.get(spec.name) is draw_curves:
         lines[0] += "; hollow markers = approx (read from a plot)"
     if FIGURES.get(spec.name) is draw_bars:
         lines.append("thick bar outline = the paper's default setting (Table 1 baseline)")
@@ -338,7 +310,7 @@ def build_figure(name: str, res: OursResult | None, out_dir: Path, results_dir: 
     """Draw ``name`` (paper + ``res`` when usable) and save PNG and PDF into ``out_dir``."""
     spec, ref = get_spec(name), load_reference(name)
     draw = FIGURES[name]
-    width = 10.0 if draw is draw_model_size else max(6.0, 4.2 * len(spec.metrics))
+    width = max(6.0, 4.2 * len(spec.metrics))
     fig = plt.figure(figsize=(width, 6.2 if draw is draw_bars else 5.2))
     try:
         usable = res if res is not None and res.df is not None else None
@@ -380,11 +352,15 @@ def build_all(results_dir: str | Path = "results", out_dir: str | Path = "result
               names: list[str] | None = None) -> list[FigureRecord]:
     """Build every figure (or ``names``): one per results scale found, or the paper's alone."""
     results_dir, out_dir = Path(results_dir), Path(out_dir)
-    unknown = sorted(set(names or []) - set(FIGURES))
+    unknown = sorted(set(names or []) - set(FIGURE_NAMES))
     if unknown:
-        raise ValueError(f"no figure named {unknown}; figures: {list(FIGURES)}")
+        raise ValueError(f"no figure named {unknown}; figures: {FIGURE_NAMES}")
     records = []
-    for name in names or list(FIGURES):
+    for name in names or FIGURE_NAMES:
+        if name in DELEGATED:
+            module, func = DELEGATED[name]
+            records += getattr(importlib.import_module(module), func)(results_dir, out_dir)
+            continue
         found = find_results(results_dir, name)
         for res in found or [None]:
             if res is not None and res.df is None:
@@ -398,10 +374,16 @@ def main(argv: list[str] | None = None) -> int:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--results", default="results", help="folder with <table>_<scale>.csv results")
     p.add_argument("--out", default="results/figures", help="folder for the PNG and PDF figures")
-    p.add_argument("--only", nargs="*", choices=list(FIGURES), help="build only these figures")
+    p.add_argument("--only", nargs="*", choices=FIGURE_NAMES, help="build only these figures")
+    p.add_argument("--no-reconstructions", action="store_true",
+                   help="do not redraw the reconstruction figures (Figs. 2/3/4/6) from their sidecars")
     args = p.parse_args(argv)
     for rec in build_all(args.results, args.out, args.only):
         print(f"{rec.title}\n  -> " + ", ".join(str(p) for p in rec.paths))
+    if not args.only and not args.no_reconstructions:
+        from reproduce.fig_reconstructions import rebuild_figures
+        for path in rebuild_figures(args.out):
+            print(f"reconstruction figure -> {path}")
     return 0
 
 

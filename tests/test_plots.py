@@ -37,7 +37,7 @@ def fabricated_ours(name: str) -> pd.DataFrame:
 @pytest.fixture(scope="module")
 def results_dir(tmp_path_factory) -> Path:
     d = tmp_path_factory.mktemp("results")
-    for name in plots.FIGURES:
+    for name in plots.FIGURE_NAMES:
         df = compare(name, fabricated_ours(name), "smoke", PROV)
         write_results(df, verdict(df, name), d / f"{name}_smoke.csv")
     return d
@@ -52,7 +52,7 @@ def _check_files(rec: plots.FigureRecord) -> None:
 
 def test_every_figure_from_synthetic_results(results_dir, tmp_path):
     records = plots.build_all(results_dir, tmp_path / "figs")
-    assert sorted(r.name for r in records) == sorted(plots.FIGURES)
+    assert sorted(r.name for r in records) == sorted(plots.FIGURE_NAMES)
     for rec in records:
         assert rec.scale == "smoke"
         assert "ours (smoke) vs paper" in rec.title, rec.title
@@ -62,7 +62,7 @@ def test_every_figure_from_synthetic_results(results_dir, tmp_path):
 
 def test_every_figure_without_any_results(tmp_path):
     records = plots.build_all(tmp_path / "no_results", tmp_path / "figs")
-    assert sorted(r.name for r in records) == sorted(plots.FIGURES)
+    assert sorted(r.name for r in records) == sorted(plots.FIGURE_NAMES)
     for rec in records:
         assert rec.scale is None and "paper only" in rec.title
         assert rec.paths[0].name == f"{rec.name}_paper.png"
