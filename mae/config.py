@@ -57,6 +57,10 @@ class TrainConfig:
     max_iters: int | None = opt(None, "stop after this many iterations in total (smoke runs)")
     progress: bool = opt(True, "show tqdm progress bars")
     tensorboard: bool = opt(True, "write TensorBoard event files")
+    # --- GPU fast path hook (mae.engine.speed, bench/README.md); added by the bench helper ---
+    fast_path: str = opt("auto", "GPU speed path: auto (torch.compile + fused AdamW on CUDA; nothing on CPU) "
+                                 "| on (also on CPU) | off")
+    compile_mode: str = opt("default", "torch.compile mode of the fast path: default | max-autotune-no-cudagraphs")
 
     @property
     def run_dir(self) -> Path:

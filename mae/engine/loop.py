@@ -27,6 +27,7 @@ from torch.utils.data import DataLoader, Dataset
 from mae.config import TrainConfig, save_config, to_dict
 from mae.data.sampler import ResumableSampler, SeededDataset
 from mae.engine import checkpoint as ckpt
+from mae.engine import speed
 from mae.engine.distributed import DistInfo, all_reduce_mean, barrier, init_distributed
 from mae.engine.optim import adamw, lr_at, param_groups_weight_decay, scaled_lr, set_lr
 
@@ -171,6 +172,10 @@ class Trainer:
         self.amp_dtype = resolve_amp(cfg.amp, self.device)
 
         self.model_without_ddp = model.to(self.device)
+        # [fast path hook, mae.engine.speed] compiled in place before DDP (state_dict unchanged); on CPU a
+        # no-op unless fast_path="on", so CPU runs stay bitwise what they were
+        self.fast_path = speed.resolve_fast_path(cfg.fast_path, self.device, cfg.compile_mode)
+        speed.apply_fast_path(self.model_without_ddp, self.fast_path, self.device, distributed=self.dist.enabled)
         self.model: nn.Module = self.model_without_ddp
         if self.dist.enabled:
             ids = [self.device.index] if self.device.type == "cuda" else None
@@ -192,7 +197,8 @@ class Trainer:
         self.eff_batch = cfg.batch_size * cfg.accum_iter * self.dist.world_size
         self.base_lr = cfg.lr if cfg.lr is not None else scaled_lr(cfg.blr, self.eff_batch)
         groups = param_groups if param_groups is not None else param_groups_weight_decay(self.model_without_ddp, cfg.weight_decay)
-        make_opt = optimizer_factory or (lambda g, lr: adamw(g, lr, cfg.betas))
+        fused = speed.adamw_fused_arg(self.fast_path)  # [fast path hook] None = fused on GPU, False = off
+        make_opt = optimizer_factory or (lambda g, lr: adamw(g, lr, cfg.betas, fused=fused))
         self.optimizer = make_opt(groups, self.base_lr)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp_dtype == torch.float16)
 

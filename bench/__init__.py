@@ -1,0 +1,1 @@
+"""Throughput benchmarks (see bench/README.md); importable so reproduce/ scripts can call them."""

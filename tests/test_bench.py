@@ -1,0 +1,185 @@
+"""The pre-training throughput benchmark (bench/): FLOP formulas against torch's counter, variant
+grammar, derived columns by hand, the CPU run end to end (CSV + provenance, no made-up GPU numbers),
+and the generated JPEG folder."""
+import csv
+import math
+
+import pytest
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+from bench import pretrain_throughput as bench
+from bench.flops import peak_tflops, step_flops
+from bench.jpeg_folder import make_jpeg_folder
+from mae.models import create_mae
+
+
+@pytest.fixture(autouse=True)
+def _fresh_dynamo():
+    torch._dynamo.reset()
+    yield
+    torch._dynamo.reset()
+
+
+def _counted(model, mask_ratio):
+    """(forward, forward + backward) FLOPs by torch's counter; attention as explicit matmuls so it counts."""
+    for m in model.modules():
+        if hasattr(m, "fused_attn"):
+            m.fused_attn = False  # the CPU flash kernel is not counted; the math is the same
+    x = torch.randn(2, 3, model.config.img_size, model.config.img_size)
+    with FlopCounterMode(display=False) as fwd:
+        model(x, mask_ratio)
+    with FlopCounterMode(display=False) as both:
+        model(x, mask_ratio)[0].backward()
+    return fwd.get_total_flops() / 2, both.get_total_flops() / 2
+
+
+@pytest.mark.parametrize("overrides,ratio", [({}, 0.75), ({"encoder_mask_token": True}, 0.75),
+                                             ({"decoder_depth": 3, "decoder_embed_dim": 48}, 0.6),
+                                             ({"target": "pca", "pca_components": 24}, 0.75)])
+def test_step_flops_match_torchs_flop_counter(overrides, ratio):
+    torch.manual_seed(0)
+    model = create_mae("mae_vit_smoke", **overrides)
+    fwd, train = _counted(model, ratio)
+    f = step_flops(model.config, ratio)
+    assert f.forward == fwd and f.train == train
+
+
+def test_step_flops_of_vit_large_by_hand():
+    """ViT-L/16, 224 px, 75% masked: 50 encoder tokens, 197 decoder tokens (hand arithmetic)."""
+    from mae.models import mae_config
+    f = step_flops(mae_config("mae_vit_large_patch16"))
+    d, dd = 1024, 512
+    enc = 24 * (2 * 50 * 12 * d * d + 4 * 50 * 50 * d)
+    dec = 2 * 50 * d * dd + 8 * (2 * 197 * 12 * dd * dd + 4 * 197 * 197 * dd) + 2 * 197 * dd * 768
+    assert f.encoder == enc and f.decoder == dec and f.patch_embed == 2 * 196 * 768 * d
+    assert f.train / 1e9 == pytest.approx(3 * (enc + dec) / 1e9 + 2 * 2 * 196 * 768 * d / 1e9)
+    from mae.models.mae import MAEConfig
+    with pytest.raises(ValueError, match="token"):
+        step_flops(MAEConfig(target="token"))
+
+
+def test_peak_table_by_device_name():
+    assert peak_tflops("NVIDIA H100 80GB HBM3", "bf16") == 989.4
+    assert peak_tflops("NVIDIA H100 PCIe", "bf16") == 756.0
+    assert peak_tflops("NVIDIA H200", "tf32") == 494.7
+    assert peak_tflops("NVIDIA A100-SXM4-80GB", "fp16") == 312.0
+    assert peak_tflops("Tesla V100-SXM2-16GB", "bf16") is None  # no bf16 on V100
+    assert peak_tflops("cpu", "fp32") is None
+
+
+def test_variant_grammar():
+    base = bench.parse_variant("baseline")
+    assert not base.fast.enabled and base.host_sync and base.fast.force
+    fast = bench.parse_variant("fast")
+    assert fast.fast.compile and fast.fast.fused_adamw and fast.host_sync
+    v = bench.parse_variant("fast-compile-host_sync")
+    assert not v.fast.compile and v.fast.fused_adamw and not v.host_sync
+    v = bench.parse_variant("baseline+cuda_graphs")
+    assert v.fast.cuda_graphs and v.fast.compile  # graphs bring compile
+    v = bench.parse_variant("fast+max_autotune", compile_backend="aot_eager")
+    assert v.fast.compile_mode == "max-autotune-no-cudagraphs" and v.fast.compile_backend == "aot_eager"
+    assert "compile=0" in bench.parse_variant("fast-compile").features()
+    with pytest.raises(ValueError, match="unknown feature 'flash'"):
+        bench.parse_variant("fast+flash")
+    with pytest.raises(ValueError, match="must start with"):
+        bench.parse_variant("turbo")
+
+
+def test_derived_columns_by_hand():
+    def row(variant, img_s, inp="synthetic", model="mae_vit_large_patch16", status="ok"):
+        return {"model": model, "batch_size": 256, "dtype": "bf16", "overrides": "", "input": inp,
+                "variant": variant, "img_per_s": img_s, "status": status}
+    rows = [row("baseline", 2000.0), row("fast", 3000.0), row("fast", 2850.0, "jpeg_gpu"),
+            row("baseline", 1000.0, "jpeg_gpu"), row("input_only", 6000.0, "jpeg_gpu"),
+            row("fast-compile", math.nan, status="oom")]
+    bench.derived_columns(rows, "NVIDIA H100 80GB HBM3")
+    assert rows[0]["speedup_vs_baseline"] == 1.0 and rows[1]["speedup_vs_baseline"] == 1.5
+    assert rows[2]["speedup_vs_baseline"] == 2.85  # against the baseline on the same input
+    assert rows[2]["input_efficiency"] == 0.95 and math.isnan(rows[1]["input_efficiency"])
+    assert rows[4]["input_efficiency"] == 2.0  # the loader alone vs the fast step on synthetic input
+    assert math.isnan(rows[4]["speedup_vs_baseline"]) and math.isnan(rows[5]["speedup_vs_baseline"])
+    assert rows[1]["vs_issue_official"] == pytest.approx(3000 / 1870)
+    other = [row("fast", 3000.0)]
+    bench.derived_columns(other, "NVIDIA A100-SXM4-80GB")  # the issue's rates are H100 rates
+    assert math.isnan(other[0]["vs_issue_official"])
+
+
+def test_measure_step_on_cpu_same_loss_for_every_variant():
+    kw = dict(device="cpu", warmup=1, steps=2, repeats=1)
+    base = bench.measure_step("mae_vit_smoke", 4, variant="baseline", **kw)
+    fast = bench.measure_step("mae_vit_smoke", 4, variant="fast", **kw)
+    for r in (base, fast):
+        assert r.status == "ok" and r.img_per_s > 0 and r.step_ms > 0 and r.dtype == "fp32"
+        assert math.isnan(r.mfu) and math.isnan(r.peak_mem_gib)  # no peak for a CPU, no CUDA memory
+    assert fast.compile_backend == "aot_eager" and base.compile_backend == ""
+    assert fast.loss_step0 == pytest.approx(base.loss_step0, rel=1e-6)  # same init, data and masks
+    from mae.models import mae_config
+    assert base.train_gflops_per_img == step_flops(mae_config("mae_vit_smoke")).train / 1e9
+
+
+def test_no_numbers_without_the_hardware():
+    r = bench.measure_step("mae_vit_smoke", 4, variant="fast+cuda_graphs", device="cpu", warmup=0, steps=1, repeats=1)
+    assert r.status.startswith("skipped") and math.isnan(r.img_per_s) and math.isnan(r.step_ms)
+    r = bench.measure_step("mae_vit_smoke", 4, variant="input_only", device="cpu", warmup=0, steps=1, repeats=1)
+    assert r.status.startswith("skipped") and math.isnan(r.img_per_s)
+    with pytest.raises(ValueError, match="jpeg-dir"):
+        bench.measure_step("mae_vit_smoke", 4, input="jpeg_gpu", device="cpu", warmup=0, steps=1, repeats=1)
+    with pytest.raises(ValueError, match="dtype"):
+        bench.measure_step("mae_vit_smoke", 4, dtype="int8", device="cpu")
+
+
+def test_cli_on_cpu_writes_a_csv_with_provenance(tmp_path):
+    out = tmp_path / "bench.csv"
+    code = bench.main(["--device", "cpu", "--model", "mae_vit_smoke", "--batch-sizes", "4", "--warmup", "1",
+                       "--steps", "2", "--repeats", "1", "--variants", "baseline,fast,fast+cuda_graphs",
+                       "--override", "decoder_depth=2", "--out", str(out)])
+    assert code == 0
+    rows = list(csv.DictReader(out.open()))
+    assert [r["variant"] for r in rows] == ["baseline", "fast", "fast+cuda_graphs"]
+    assert list(rows[0]) == list(bench.COLUMNS)
+    for r in rows:
+        assert r["scale"] == "smoke" and r["device"] == "cpu" and r["model"] == "mae_vit_smoke"
+        assert r["commit"] and r["date"] and r["torch"] == torch.__version__ and "--device cpu" in r["command"]
+        assert r["overrides"] == "decoder_depth=2" and r["mfu"] == "" and r["vs_issue_official"] == ""
+    assert float(rows[0]["speedup_vs_baseline"]) == 1.0 and float(rows[1]["img_per_s"]) > 0
+    assert rows[2]["status"].startswith("skipped") and rows[2]["img_per_s"] == ""
+
+
+def test_cli_jpeg_inputs_on_cpu(tmp_path):
+    out = tmp_path / "bench.csv"
+    code = bench.main(["--device", "cpu", "--model", "mae_vit_smoke", "--batch-sizes", "4", "--warmup", "1",
+                       "--steps", "2", "--repeats", "1", "--variants", "baseline,input_only",
+                       "--inputs", "synthetic,jpeg_gpu,jpeg_cpu", "--jpeg-generate", "12",
+                       "--jpeg-cache", str(tmp_path / "jpegs"), "--workers", "0", "--out", str(out)])
+    assert code == 0
+    rows = {(r["input"], r["variant"]): r for r in csv.DictReader(out.open())}
+    for inp in ("jpeg_gpu", "jpeg_cpu"):
+        assert rows[(inp, "baseline")]["status"] == "ok" and float(rows[(inp, "baseline")]["input_efficiency"]) > 0
+        assert float(rows[(inp, "input_only")]["img_per_s"]) > 0
+    assert rows[("synthetic", "input_only")]["status"].startswith("skipped")
+
+
+def test_cli_rejects_unknown_models_and_inputs(tmp_path):
+    with pytest.raises(SystemExit, match="unknown model"):
+        bench.main(["--device", "cpu", "--model", "vit_giant", "--out", str(tmp_path / "x.csv")])
+    with pytest.raises(SystemExit, match="unknown input"):
+        bench.main(["--device", "cpu", "--inputs", "webdataset", "--out", str(tmp_path / "x.csv")])
+    with pytest.raises(SystemExit, match="jpeg-dir"):
+        bench.main(["--device", "cpu", "--inputs", "jpeg_cpu", "--out", str(tmp_path / "x.csv")])
+
+
+def test_generated_jpeg_folder(tmp_path):
+    root = make_jpeg_folder(tmp_path / "a", 6, num_classes=3, seed=1)
+    files = sorted(root.rglob("*.JPEG"))
+    assert len(files) == 6 and len({f.parent for f in files}) == 3
+    assert files[0].read_bytes()[:3] == b"\xff\xd8\xff"
+    again = make_jpeg_folder(tmp_path / "b", 6, num_classes=3, seed=1)
+    assert [f.read_bytes() for f in sorted(again.rglob("*.JPEG"))] == [f.read_bytes() for f in files]
+    mtime = files[0].stat().st_mtime_ns
+    make_jpeg_folder(root, 6, num_classes=3, seed=1)  # complete: reused, not rewritten
+    assert files[0].stat().st_mtime_ns == mtime
+    with pytest.raises(ValueError, match="not empty"):
+        make_jpeg_folder(root, 7, num_classes=3, seed=1)
+    with pytest.raises(ValueError, match="num_images"):
+        make_jpeg_folder(tmp_path / "c", 0)
