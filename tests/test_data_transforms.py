@@ -170,3 +170,18 @@ def test_linprobe_transform_recipe():
     assert t(noise_image()).shape == (3, 24, 24)
     img = noise_image()
     assert torch.equal(linprobe_transform(24, is_train=False)(img), eval_transform(24)(img))
+
+
+def test_randaugment_posterize_never_asks_pillow_for_zero_bits():
+    """mstd0.5 can sample magnitude 10 -> posterize(0 bits), which Pillow >= 12 rejects."""
+    from PIL import Image
+
+    from mae.data.transforms import finetune_transform
+    tf = finetune_transform(32, is_train=True)
+    ops = [op for t in tf.transforms for op in getattr(t, "ops", []) if op.name == "PosterizeIncreasing"]
+    assert ops, "the paper's RandAugment includes PosterizeIncreasing"
+    op = ops[0]
+    assert op.level_fn(10.0, op.hparams) == (1,)
+    op.prob, op.magnitude, op.magnitude_std = 1.0, 10.0, 0.0
+    out = op(Image.new("RGB", (8, 8), (200, 100, 50)))  # raised ValueError before the clamp
+    assert out.size == (8, 8)

@@ -17,7 +17,7 @@ draw from Python's `random`; `SeededDataset` seeds and restores that one too.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable
+from typing import Any, Callable
 
 import torch
 from PIL import Image
@@ -185,7 +185,7 @@ def finetune_transform(
         raise ValueError(f"unrecognised timm auto-augment string {rand_aug!r}, e.g. {FINETUNE_RAND_AUG!r}")
     from timm.data import create_transform
 
-    return create_transform(
+    tf = create_transform(
         input_size=img_size,
         is_training=True,
         color_jitter=color_jitter,
@@ -197,6 +197,22 @@ def finetune_transform(
         mean=IMAGENET_DEFAULT_MEAN,
         std=IMAGENET_DEFAULT_STD,
     )
+    _clamp_posterize_bits(tf)
+    return tf
+
+
+def _clamp_posterize_bits(transform: Any) -> None:
+    """Keep RandAugment's PosterizeIncreasing at >= 1 bit.
+
+    With ``mstd0.5`` a sampled magnitude can reach 10, which timm maps to posterize(0 bits): older
+    Pillow returned a black image, Pillow >= 12 raises "bits must be between 1 and 8" in the middle of
+    an epoch. One bit is the closest valid operation.
+    """
+    for t in getattr(transform, "transforms", []):
+        for op in getattr(t, "ops", []):
+            if getattr(op, "name", None) == "PosterizeIncreasing" and op.level_fn is not None:
+                level_fn = op.level_fn
+                op.level_fn = lambda level, hparams, _f=level_fn: (max(1, _f(level, hparams)[0]),)
 
 
 def linprobe_transform(img_size: int, is_train: bool) -> ImageTransform:

@@ -120,7 +120,8 @@ def run(cfg: Config) -> dict[str, Any]:
     model = build_model(cfg)
     vis_set = build_dataset(cfg.data, split="train", transform=eval_transform(cfg.img_size),
                             img_size=cfg.img_size, seed=cfg.seed)
-    if model.config.target == "pca" and not cfg.init and cfg.resume is None:
+    from mae.engine.checkpoint import resolve_resume
+    if model.config.target == "pca" and not cfg.init and resolve_resume(cfg.resume, cfg.run_dir) is None:
         fit_pca_target(model, vis_set, cfg.pca_fit_images)
 
     def step(m: torch.nn.Module, batch: Any) -> tuple[torch.Tensor, dict[str, Any]]:

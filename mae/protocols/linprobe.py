@@ -1,0 +1,137 @@
+"""Linear probing of the frozen pre-trained encoder (MAE Sec. 4, Appendix A.3; Table 1 "lin").
+
+Recipe (REFERENCE.md): LARS, momentum 0.9, base lr 0.1, weight decay 0, effective batch 16384
+(512 x 32 processes), 10 warm-up epochs, 90 epochs, RandomResizedCrop + flip, the cls token after
+the encoder's final norm, and a BatchNorm1d without affine (eps 1e-6) before the linear head.
+Only the head trains: every encoder parameter has ``requires_grad=False`` and the encoder stays in
+eval mode, so nothing in it drifts (the BatchNorm of the head does use batch statistics).
+
+``--cache_features`` is a fast path: the encoder runs once, the head trains on stored features
+(mae/protocols/features.py says when that equals this full path, and when not).
+"""
+from __future__ import annotations
+
+import os
+import warnings
+from dataclasses import dataclass, replace
+from typing import Any
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from mae.config import TrainConfig, opt
+from mae.engine.checkpoint import save_checkpoint
+from mae.engine.lars import lars_factory
+from mae.engine.loop import Trainer, resolve_amp, resolve_device, seed_everything
+from mae.engine.optim import param_groups_weight_decay
+from mae.models.vit import ViTClassifier, create_vit, init_head
+from mae.protocols.features import FeatureHead, extract_features
+from mae.protocols.finetune import classification_data, evaluate, evaluate_only, start_from_pretrained
+
+CLASSIFIER_FILE = "classifier.pth"
+
+
+@dataclass
+class Config(TrainConfig):
+    """Linear-probe recipe (defaults: the paper's ViT-L/16 recipe)."""
+
+    model: str = opt("vit_large_patch16", "classifier preset (mae.models.vit.PRESETS); the mae_vit_* name works too")
+    finetune: str | None = opt(None, "pre-trained checkpoint to probe (MAE pre-training file, ours or official, or a "
+                                     "timm encoder); none = a randomly initialised encoder (a baseline)")
+    eval_checkpoint: str | None = opt(None, "only evaluate this trained linear-probe checkpoint on the val set, then exit")
+    nb_classes: int | None = opt(None, "number of classes (default: the dataset's)")
+    global_pool: bool = opt(False, "probe the average of the patch tokens instead of the cls token (paper: cls token)")
+    head_init_std: float = opt(0.01, "std of the head's trunc-normal init (official: 0.01)")
+    augment: bool = opt(True, "train with RandomResizedCrop + flip (paper); false = the eval transform (deterministic)")
+    cache_features: bool = opt(False, "fast path: run the frozen encoder once and train the head on stored "
+                                      "features (no augmentation; see mae/protocols/features.py)")
+    momentum: float = opt(0.9, "LARS momentum")
+    trust_coefficient: float = opt(0.001, "LARS trust coefficient")
+    eval_batch_size: int | None = opt(None, "evaluation / feature-extraction batch size (default: --batch_size)")
+    # the paper's values for the shared fields (batch 512 x 32 processes = 16384)
+    blr: float = opt(0.1, "base learning rate: lr = blr * effective batch / 256")
+    weight_decay: float = opt(0.0, "weight decay (paper: 0)")
+    min_lr: float = opt(0.0, "lower bound of the cosine schedule")
+    warmup_epochs: float = opt(10.0, "linear warm-up epochs")
+    epochs: int = opt(90, "linear-probe epochs")
+    batch_size: int = opt(512, "batch size per process (effective = batch_size * accum_iter * world size)")
+
+    def __post_init__(self) -> None:
+        if self.momentum < 0 or self.trust_coefficient <= 0:
+            raise ValueError(f"LARS needs momentum >= 0 and trust_coefficient > 0, got {self.momentum}, "
+                             f"{self.trust_coefficient}")
+        if self.nb_classes is not None and self.nb_classes < 1:
+            raise ValueError(f"nb_classes must be >= 1, got {self.nb_classes}")
+
+
+_PAPER = Config(num_workers=10, data="/path/to/imagenet", img_size=224)  # --data is required
+PRESETS: dict[str, Config] = {
+    # after `mae pretrain` (preset demo): a minute on a CPU thanks to the feature cache
+    "demo": Config(model="vit_micro_patch4_32", img_size=32, data="embedded", finetune="outputs/demo/checkpoint-last.pth",
+                   cache_features=True, augment=False, epochs=30, warmup_epochs=3, batch_size=256, blr=0.1,
+                   num_workers=2, output_dir="outputs/linprobe_demo", log_every=20),
+    "smoke": Config(model="vit_smoke", img_size=32, data="synthetic:64", epochs=1, warmup_epochs=0, batch_size=16,
+                    num_workers=0, output_dir="outputs/linprobe_smoke", log_every=1, tensorboard=False, progress=False),
+    "mini": Config(model="vit_tiny_patch4_32", img_size=32, data="synthetic:50000", finetune="outputs/mini/checkpoint-last.pth",
+                   epochs=90, warmup_epochs=10, batch_size=1024, blr=0.1, num_workers=8,
+                   output_dir="outputs/linprobe_mini", log_every=50),
+    "paper_vit_base": replace(_PAPER, model="vit_base_patch16", output_dir="outputs/linprobe_vit_base"),
+    "paper_vit_large": replace(_PAPER, model="vit_large_patch16", output_dir="outputs/linprobe_vit_large"),
+    "paper_vit_huge": replace(_PAPER, model="vit_huge_patch14", output_dir="outputs/linprobe_vit_huge"),
+}
+DEFAULT_PRESET = "demo"
+
+
+def build_model(cfg: Config, nb_classes: int) -> ViTClassifier:
+    """Classifier with the BatchNorm + Linear head, encoder loaded from ``cfg.finetune`` and frozen."""
+    model = create_vit(cfg.model, img_size=cfg.img_size, num_classes=nb_classes, global_pool=cfg.global_pool,
+                       drop_path=0.0, head_type="bn_linear")
+    if not cfg.eval_checkpoint:
+        start_from_pretrained(cfg, model, cfg.head_init_std)
+        init_head(model, cfg.head_init_std)  # also with a random encoder: the same head init either way
+    model.freeze_except(lambda n: n.startswith("head."))
+    return model
+
+
+def _step(m: nn.Module, batch: Any) -> tuple[torch.Tensor, dict[str, Any]]:
+    x, y = batch
+    return F.cross_entropy(m(x), y), {}
+
+
+def run(cfg: Config) -> dict[str, Any]:
+    """Linear-probe (or, with ``eval_checkpoint``, only evaluate); returns the Trainer's result."""
+    from mae.data import eval_transform, linprobe_transform
+
+    seed_everything(cfg.seed)
+    eval_bs = cfg.eval_batch_size or cfg.batch_size
+    if cfg.eval_checkpoint:
+        _, val_set, nb = classification_data(cfg, None, nb_classes=cfg.nb_classes)
+        return evaluate_only(cfg, build_model(cfg, nb), val_set)
+    if cfg.cache_features and cfg.augment:
+        warnings.warn("--cache_features trains on one stored center-crop view per image: augmentation is off in this "
+                      "path (pass --augment false to say so; see mae/protocols/features.py)", stacklevel=2)
+    augment = cfg.augment and not cfg.cache_features
+    train_tf = linprobe_transform(cfg.img_size, True) if augment else eval_transform(cfg.img_size)
+    train_set, val_set, nb = classification_data(cfg, train_tf, nb_classes=cfg.nb_classes)
+    model = build_model(cfg, nb)
+    common = dict(step_fn=_step, optimizer_factory=lars_factory(cfg.momentum, cfg.trust_coefficient),
+                  best_metric="acc1")
+    if not cfg.cache_features:
+        trainer = Trainer(cfg, model, train_set, param_groups=param_groups_weight_decay(model, cfg.weight_decay),
+                          eval_fn=lambda m, epoch: evaluate(m, val_set, eval_bs, cfg.num_workers), **common)
+        return trainer.fit()
+
+    device = resolve_device(cfg.device)
+    amp = resolve_amp(cfg.amp, device)
+    train_feats = extract_features(model, train_set, eval_bs, cfg.num_workers, device, amp)
+    val_feats = extract_features(model, val_set, eval_bs, cfg.num_workers, device, amp)
+    head = FeatureHead(model.head)
+    trainer = Trainer(cfg, head, train_feats, param_groups=param_groups_weight_decay(head, cfg.weight_decay),
+                      eval_fn=lambda m, epoch: evaluate(m, val_feats, eval_bs), **common)
+    result = trainer.fit()
+    if result.get("finished") and int(os.environ.get("RANK", 0)) == 0:
+        # the Trainer's checkpoints hold the head only; this file is the whole classifier (official layout)
+        save_checkpoint({"model": model.state_dict(), "epoch": cfg.epochs - 1, "final": result["final"]},
+                        cfg.run_dir / CLASSIFIER_FILE)
+    return result
