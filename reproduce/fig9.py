@@ -1,0 +1,73 @@
+"""Figure 9 of MAE: partial fine-tuning, from 0 blocks (linear probing) to all blocks (full fine-tuning).
+
+    python reproduce/fig9.py --scale smoke
+    python reproduce/fig9.py --scale mini                  # a 12-block tiny ViT
+    python reproduce/fig9.py --scale paper --data /path/to/imagenet
+
+One pre-training (the Table 1 baseline of the scale, a helper cell shared by every row), then per row:
+0 blocks = the linear probe (as in the paper), 0.5 = only the MLP sub-block of the last block, k
+blocks = the last k blocks + final norm + head (mae/protocols/partial.py), all blocks = end-to-end
+fine-tuning. The key column keeps the paper's block counts (of ViT-L's 24); at smaller scales the
+same fraction of the encoder's blocks is tuned (``tuned_blocks_used_ours``).
+Results: <out>/fig9_partial_ft_<scale>.csv.
+"""
+from __future__ import annotations
+
+import sys
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+if __package__ in (None, ""):  # run as a script: make `reproduce` and `mae` importable from the repo root
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from reproduce.grid import Cell, GridResult, Ref, Report, Stage, TableJob, acc, script_main, train_seconds  # noqa: E402
+from reproduce.scales import Scale  # noqa: E402
+
+TABLE = "fig9_partial_ft"
+PRETRAIN_CELL = "pretrain"
+
+
+def build_cells(scale: Scale) -> list[Cell]:
+    from reproduce.reference import load_reference
+    paper_keys = [float(k) for k in load_reference(TABLE)["tuned_blocks"].tolist()]
+    full = max(paper_keys)
+    cells = [Cell(PRETRAIN_CELL, {}, [Stage("pretrain", "pretrain", scale.pretrain)], report=False)]
+    src = {"finetune": Ref("pretrain", cell=PRETRAIN_CELL)}
+    for k in paper_keys:
+        ours = scale.partial_blocks[k]
+        if k == 0:
+            stage = Stage("linprobe", "linprobe", scale.linprobe, inputs=src)
+        elif k == full:
+            stage = Stage("finetune", "finetune", scale.finetune, inputs=src)
+        else:
+            stage = Stage("partial", "partial", replace(scale.partial, tune_blocks=float(ours)), inputs=src)
+        key = int(k) if k == int(k) else k
+        cells.append(Cell(f"tuned_blocks_{key}", {"tuned_blocks": key}, [stage],
+                          info={"tuned_blocks_used": ours, "protocol_used": stage.protocol}))
+    return cells
+
+
+def rows(grid: GridResult) -> list[dict[str, Any]]:
+    out = []
+    for c in grid.cells:
+        if not c.report:
+            continue
+        s = c.stages[0]
+        r = grid.get(c.name, s.name)
+        out.append({**c.key, **c.info, "ft": acc(r), "ft_best": acc(r, "best"), "time_s": train_seconds(r)})
+    return out
+
+
+def build_jobs(args: Any, scale: Scale) -> list[TableJob]:
+    notes = scale.notes + ("0 blocks is the linear probe (BatchNorm + linear head, LARS) as in the paper; "
+                           "the others use the fine-tuning recipe",)
+    return [TableJob(TABLE, build_cells(scale), [Report(TABLE, rows, "Figure 9: partial fine-tuning")], notes)]
+
+
+def main(argv: list[str] | None = None) -> int:
+    return script_main(__doc__, build_jobs, argv)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

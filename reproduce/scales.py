@@ -1,0 +1,235 @@
+"""Per-scale recipes of the reproduction scripts: ``smoke``, ``mini`` and ``paper``.
+
+- ``smoke``: ``mae_vit_smoke`` (2 blocks x 32 wide, 8 px patches on 32 px images) on 64 generated
+  images, one epoch per stage: every stage takes about a second on a CPU. It checks the plumbing
+  (tests, CI); its accuracies are near chance and say nothing about the paper.
+- ``mini``: ``mae_vit_tiny_patch4_32`` (ViT-Tiny width, 12 blocks, 4 px patches on 32 px images, 64
+  patches) on ``synthetic:20000`` (mae.data.SyntheticShapes: 10 labelled procedural classes,
+  5 shapes x {solid, striped} with random colour, size, position, rotation and background, rendered
+  on the fly; 20,000 train / 4,000 val images) or on a folder given with ``--data``. One GPU: about 3 minutes per cell on an H100 by our estimate (pre-train 50 epochs,
+  fine-tune 15, linear probe 50 on cached features), so a Table 1 part of 4-5 cells takes
+  15-20 minutes and Fig. 5's ten ratios about half an hour.
+- ``paper``: the recipes of REFERENCE.md (the protocols' ``paper_*`` presets: ViT-L/16, 800
+  pre-training epochs, 50 fine-tuning, 90 linear-probe epochs, ...). ImageNet-1K is required
+  (``--data``); effective batches assume 64 / 32 GPUs, raise ``--set pretrain.accum_iter=...`` on fewer.
+
+Settings that are sizes or lengths in the paper (decoder width, schedule length, tuned blocks) are
+mapped to this scale's model by the tables below; every results row records the value used
+(``*_used_ours`` columns), while the key column keeps the paper's value so that rows line up.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+from mae.protocols import finetune, linprobe, partial, pretrain
+from reproduce import tokenizer as tokenizer_stage
+from reproduce.grid import Cell, GridError, Ref, Stage, resolve_data
+
+PAPER_DECODER_DEPTHS = (1, 2, 4, 8, 12)
+PAPER_DECODER_WIDTHS = (128, 256, 512, 768, 1024)
+PAPER_SCHEDULE = (100, 200, 400, 800, 1600)
+PAPER_PARTIAL_BLOCKS = (0, 0.5, 1, 4, 6, 24)
+IMAGENET_TRAIN_IMAGES = 1_281_167
+
+
+@dataclass(frozen=True)
+class Table2Recipe:
+    """Wall-clock measurement of Table 2 at one scale: per-iteration time, extrapolated to 800 epochs."""
+
+    models: dict[str, str]  # encoder of the paper's rows (vit_large, vit_huge) -> MAE preset measured here
+    decoder_width: int  # the paper's 512 at this scale
+    batch_size: int  # per device (the paper: 4096 on 128 TPU-v3 cores = 32 per core)
+    warmup_iters: int
+    timed_iters: int
+    device: str = "auto"
+    amp: str = "auto"
+    epochs: int = 800
+    dataset_size: int = IMAGENET_TRAIN_IMAGES
+
+
+@dataclass(frozen=True)
+class Scale:
+    """Everything a reproduction script needs to know about one scale."""
+
+    name: str
+    description: str
+    pretrain: pretrain.Config  # the Table 1 baseline at this scale (decoder 512 x 8 mapped)
+    finetune: finetune.Config
+    linprobe: linprobe.Config
+    partial: partial.Config
+    tokenizer: tokenizer_stage.Config
+    decoder_depth: dict[int, int]  # Table 1a: paper -> ours
+    decoder_width: dict[int, int]  # Table 1b: paper -> ours
+    schedule: dict[int, int]  # Fig. 7: paper pre-training epochs -> ours
+    partial_blocks: dict[float, float]  # Fig. 9: paper tuned blocks -> ours (0 = linear probe, last = full ft)
+    long_epochs: int  # Table 3: the paper's 1600 epochs
+    table3_models: dict[str, str]  # Table 3 column (vit_base, ...) -> MAE preset at this scale
+    table2: Table2Recipe
+    notes: tuple[str, ...] = field(default_factory=tuple)
+
+    @property
+    def encoder_depth(self) -> int:
+        from mae.models import mae_config
+        return mae_config(self.pretrain.model).depth
+
+    def warmup_for(self, epochs: int) -> float:
+        """The baseline warm-up, capped at 40% of a shorter schedule (the paper: 40 of 100 epochs)."""
+        return min(self.pretrain.warmup_epochs, 0.4 * epochs)
+
+    def classifier_configs(self, mae_model: str) -> tuple[finetune.Config, linprobe.Config]:
+        """Fine-tune and linear-probe recipes for another MAE preset (Table 3's ViT-B/L/H)."""
+        if self.name == "paper":
+            size = {"mae_vit_base_patch16": "vit_base", "mae_vit_large_patch16": "vit_large",
+                    "mae_vit_huge_patch14": "vit_huge"}.get(mae_model)
+            if size is None:
+                raise GridError(f"no paper recipe for {mae_model}")
+            data = self.finetune.data
+            return (replace(finetune.PRESETS[f"paper_{size}"], data=data),
+                    replace(linprobe.PRESETS[f"paper_{size}"], data=data))
+        from mae.models.vit import vit_for_mae
+        vit = vit_for_mae(mae_model)
+        return replace(self.finetune, model=vit), replace(self.linprobe, model=vit)
+
+    def pretrain_for(self, mae_model: str, **over: Any) -> pretrain.Config:
+        """The pre-training recipe of another MAE preset (paper: its own ``paper_*`` preset)."""
+        if mae_model == self.pretrain.model:
+            base = self.pretrain
+        elif self.name == "paper":
+            size = mae_model.split("_")[2]
+            base = replace(pretrain.PRESETS[f"paper_vit_{size}"], data=self.pretrain.data)
+        else:  # another small model: its own preset decoder
+            base = replace(self.pretrain, model=mae_model, decoder_depth=None, decoder_embed_dim=None)
+        return replace(base, **over)
+
+
+def _no_init(cfg: Any) -> Any:
+    """Recipes start without a checkpoint: the grid fills ``finetune`` from the pre-training stage."""
+    return replace(cfg, finetune=None)
+
+
+def _smoke() -> Scale:
+    quiet = dict(progress=False, tensorboard=False, num_workers=0)
+    return Scale(
+        name="smoke",
+        description="mae_vit_smoke on synthetic:64, one epoch per stage, CPU (plumbing only)",
+        pretrain=replace(pretrain.PRESETS["smoke"], decoder_depth=8, decoder_embed_dim=32, **quiet),
+        finetune=_no_init(replace(finetune.PRESETS["smoke"], **quiet)),
+        linprobe=_no_init(replace(linprobe.PRESETS["smoke"], cache_features=True, augment=False, **quiet)),
+        partial=_no_init(replace(partial.PRESETS["smoke"], **quiet)),
+        tokenizer=replace(tokenizer_stage.PRESETS["smoke"], **quiet),
+        decoder_depth={d: d for d in PAPER_DECODER_DEPTHS},
+        decoder_width={w: w // 16 for w in PAPER_DECODER_WIDTHS},  # 8..64 (encoder 32 wide)
+        schedule={100: 1, 200: 2, 400: 3, 800: 4, 1600: 5},  # monotone stand-ins, not proportional
+        partial_blocks={0: 0, 0.5: 0.5, 1: 1, 4: 1.5, 6: 2, 24: 2},  # 2 blocks in all
+        long_epochs=2,
+        table3_models={"vit_base": "mae_vit_smoke"},
+        table2=Table2Recipe(models={"vit_large": "mae_vit_smoke", "vit_huge": "mae_vit_micro_patch4_32"},
+                            decoder_width=32, batch_size=8, warmup_iters=1, timed_iters=3, device="cpu"),
+        notes=("smoke numbers are near chance: they test the pipeline, not the paper",),
+    )
+
+
+MINI_DATA = "synthetic:20000"
+
+
+def _mini() -> Scale:
+    data = dict(data=MINI_DATA, num_workers=8)
+    return Scale(
+        name="mini",
+        description=f"mae_vit_tiny_patch4_32 on {MINI_DATA} (or --data), one GPU",
+        pretrain=replace(pretrain.PRESETS["mini"], epochs=50, warmup_epochs=5, batch_size=256, blr=1e-3,
+                         decoder_depth=8, decoder_embed_dim=128, vis_every=50, **data),
+        finetune=_no_init(replace(finetune.PRESETS["mini"], epochs=15, warmup_epochs=2, batch_size=256, blr=1e-3,
+                                  **data)),
+        linprobe=_no_init(replace(linprobe.PRESETS["mini"], cache_features=True, augment=False, epochs=50,
+                                  warmup_epochs=5, batch_size=1024, **data)),
+        partial=_no_init(replace(partial.PRESETS["mini"], epochs=15, warmup_epochs=2, **data)),
+        tokenizer=replace(tokenizer_stage.PRESETS["mini"], **data),
+        decoder_depth={d: d for d in PAPER_DECODER_DEPTHS},
+        decoder_width={w: w // 4 for w in PAPER_DECODER_WIDTHS},  # 32..256 (encoder 192 wide)
+        schedule={e: max(1, round(e / 16)) for e in PAPER_SCHEDULE},  # 6, 12, 25, 50, 100
+        partial_blocks={0: 0, 0.5: 0.5, 1: 1, 4: 2, 6: 3, 24: 12},  # the same fraction of 12 blocks
+        long_epochs=100,
+        table3_models={"vit_base": "mae_vit_tiny_patch4_32"},
+        table2=Table2Recipe(models={"vit_large": "mae_vit_large_patch16", "vit_huge": "mae_vit_huge_patch14"},
+                            decoder_width=512, batch_size=32, warmup_iters=3, timed_iters=10),
+        notes=("linear probe on cached features (no augmentation) for speed",
+               "a tiny ViT on 32 px synthetic shapes: compare rankings and best settings, not values"),
+    )
+
+
+def _paper(data: str | None) -> Scale:
+    d = dict(data=data) if data else {}
+    return Scale(
+        name="paper",
+        description="the paper's recipes (REFERENCE.md) on ImageNet-1K",
+        pretrain=replace(pretrain.PRESETS["paper_vit_large"], **d),
+        finetune=_no_init(replace(finetune.PRESETS["paper_vit_large"], **d)),
+        linprobe=_no_init(replace(linprobe.PRESETS["paper_vit_large"], **d)),
+        partial=_no_init(replace(partial.PRESETS["paper_vit_large"], **d)),
+        tokenizer=replace(tokenizer_stage.PRESETS["paper"], **d),
+        decoder_depth={x: x for x in PAPER_DECODER_DEPTHS},
+        decoder_width={x: x for x in PAPER_DECODER_WIDTHS},
+        schedule={x: x for x in PAPER_SCHEDULE},
+        partial_blocks={x: x for x in PAPER_PARTIAL_BLOCKS},
+        long_epochs=1600,
+        table3_models={"vit_base": "mae_vit_base_patch16", "vit_large": "mae_vit_large_patch16",
+                       "vit_huge": "mae_vit_huge_patch14"},
+        table2=Table2Recipe(models={"vit_large": "mae_vit_large_patch16", "vit_huge": "mae_vit_huge_patch14"},
+                            decoder_width=512, batch_size=32, warmup_iters=10, timed_iters=50),
+        notes=("partial fine-tuning uses 50 epochs for every k (the paper picks 50, 100 or 200 per k)",
+               "the dVAE-token row uses our own VQ tokenizer trained on IN1K, not BEiT's DALL-E dVAE"),
+    )
+
+
+def get_scale(name: str, data: str | None = None, check_data: bool = True) -> Scale:
+    """The recipes of scale ``name`` with ``--data`` applied to every stage (required at ``paper``)."""
+    if name not in ("smoke", "mini", "paper"):
+        raise GridError(f"unknown scale {name!r}; choose smoke, mini or paper")
+    data = resolve_data(name, data, check=check_data)
+    if name == "paper":
+        return _paper(data)
+    scale = _smoke() if name == "smoke" else _mini()
+    if not data:
+        return scale
+    return replace(scale, pretrain=replace(scale.pretrain, data=data), finetune=replace(scale.finetune, data=data),
+                   linprobe=replace(scale.linprobe, data=data), partial=replace(scale.partial, data=data),
+                   tokenizer=replace(scale.tokenizer, data=data))
+
+
+# ------------------------------------------------------------------------------ cell builders
+TOKENIZER_CELL = "tokenizer"
+
+
+def pretrain_eval_cell(scale: Scale, name: str, key: dict[str, Any], pretrain_cfg: pretrain.Config | None = None,
+                       info: dict[str, Any] | None = None, pretrain_inputs: dict[str, Ref] | None = None,
+                       finetune_cfg: finetune.Config | None = None,
+                       linprobe_cfg: linprobe.Config | None = None) -> Cell:
+    """The Table 1 cell: pre-train, then fine-tune and linear-probe its ``checkpoint-last.pth``."""
+    pre = pretrain_cfg or scale.pretrain
+    ft, lin = finetune_cfg or scale.finetune, linprobe_cfg or scale.linprobe
+    from mae.models.vit import vit_for_mae
+    for cfg in (ft, lin):
+        if cfg.model not in (pre.model, vit_for_mae(pre.model)):
+            raise GridError(f"cell {name}: classifier {cfg.model} does not match the pre-trained {pre.model}")
+    from_pretrain = {"finetune": Ref("pretrain")}
+    return Cell(name, key, [Stage("pretrain", "pretrain", pre, inputs=dict(pretrain_inputs or {})),
+                            Stage("finetune", "finetune", ft, inputs=from_pretrain),
+                            Stage("linprobe", "linprobe", lin, inputs=from_pretrain)], info=dict(info or {}))
+
+
+def tokenizer_cell(scale: Scale) -> Cell:
+    """The tokenizer stage of Table 1d's token row (a helper cell; trained once, then reused)."""
+    from mae.models import mae_config
+    m = mae_config(scale.pretrain.model)
+    tok = scale.tokenizer
+    if (tok.patch_size, tok.img_size) != (m.patch_size, m.img_size):
+        raise GridError(f"{scale.name}: tokenizer patches {tok.patch_size} px of {tok.img_size} px images do not "
+                        f"match {scale.pretrain.model} ({m.patch_size} px of {m.img_size} px)")
+    return Cell(TOKENIZER_CELL, {}, [Stage("tokenizer", "reproduce.tokenizer", tok, local_only=True)], report=False)
+
+
+def tokenizer_ref() -> Ref:
+    """The token target's input: the tokenizer cell's ``tokenizer.pth``."""
+    return Ref("tokenizer", cell=TOKENIZER_CELL, file=tokenizer_stage.TOKENIZER_FILE)

@@ -1,0 +1,425 @@
+"""The grid runner (reproduce/grid.py): run dirs, inputs, skip / resume, --only, --dry-run, --set,
+failures, the torchrun and SLURM launchers. Runner logic is tested on a stub protocol (instant);
+one test resumes a real, interrupted smoke pre-training."""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # `reproduce` is not an installed package
+
+import json
+import types
+from dataclasses import dataclass, replace
+
+import pytest
+
+from reproduce import grid
+from reproduce.grid import Cell, GridError, Ref, Stage, run_grid
+
+# --------------------------------------------------------------------------- stub protocol
+CALLS: list = []
+
+
+@dataclass
+class StubConfig:
+    output_dir: str = "unset"
+    resume: str | None = None
+    finetune: str | None = None
+    value: float = 1.0
+    crash: bool = False
+    stop_early: bool = False  # leave a checkpoint but no metrics.json, like a killed run
+    epochs: int = 1
+
+
+def stub_run(cfg: StubConfig) -> dict:
+    CALLS.append(cfg)
+    d = Path(cfg.output_dir)
+    d.mkdir(parents=True, exist_ok=True)
+    if cfg.crash:
+        raise RuntimeError("boom")
+    (d / "checkpoint-last.pth").write_text("weights")
+    if cfg.stop_early:
+        return {"finished": False}
+    m = {"final": {"acc1": cfg.value, "train_loss": 0.5}, "best": {"acc1": cfg.value + 1},
+         "history": [{"epoch_time_s": 0.25}, {"epoch_time_s": 0.5}], "finished": True}
+    (d / "metrics.json").write_text(json.dumps(m))
+    return m
+
+
+@pytest.fixture(autouse=True)
+def stub_protocol(monkeypatch):
+    mod = types.ModuleType("stub_protocol")
+    mod.Config, mod.run = StubConfig, stub_run
+    monkeypatch.setitem(sys.modules, "stub_protocol", mod)
+    CALLS.clear()
+    yield
+
+
+def two_stage_cell(name: str, value: float = 1.0, **key) -> Cell:
+    return Cell(name, key or {"x": value}, [
+        Stage("pretrain", "stub_protocol", StubConfig(value=value)),
+        Stage("finetune", "stub_protocol", StubConfig(value=value + 10), inputs={"finetune": Ref("pretrain")}),
+    ])
+
+
+def quiet(*_a) -> None:
+    pass
+
+
+# ---------------------------------------------------------------------------------- paths
+def test_run_dirs_inputs_and_configs(tmp_path):
+    g = run_grid([two_stage_cell("a", 1.0), two_stage_cell("b", 2.0)], table="t1", scale="smoke",
+                 work_dir=tmp_path, echo=quiet)
+    root = tmp_path / "t1_smoke"
+    assert g.root == root.resolve()
+    assert [Path(c.output_dir) for c in CALLS] == [root.resolve() / c / s for c in "ab" for s in ("pretrain", "finetune")]
+    # the fine-tune reads the pre-training's checkpoint of the same cell; nothing else does
+    assert CALLS[1].finetune == str(root.resolve() / "a" / "pretrain" / "checkpoint-last.pth")
+    assert CALLS[0].finetune is None and CALLS[0].resume is None
+    for c in "ab":
+        for s in ("pretrain", "finetune"):
+            assert (root / c / s / "config.yaml").is_file()
+    assert g.get("b", "finetune").status == "ran"
+    assert grid.acc(g.get("b", "finetune")) == 12.0
+    assert grid.acc(g.get("b", "finetune"), "best") == 13.0
+    assert grid.train_seconds(g.get("a", "pretrain")) == 0.75
+    assert g.complete and not g.failed
+
+
+def test_finished_cells_are_skipped_on_rerun(tmp_path):
+    cells = [two_stage_cell("a"), two_stage_cell("b")]
+    run_grid(cells, table="t", scale="smoke", work_dir=tmp_path, echo=quiet)
+    assert len(CALLS) == 4
+    lines: list[str] = []
+    g = run_grid(cells, table="t", scale="smoke", work_dir=tmp_path, echo=lines.append)
+    assert len(CALLS) == 4  # nothing ran again
+    assert {r.status for r in g.stages.values()} == {"done"}
+    assert sum("finished before, skipped" in line for line in lines) == 2
+    assert grid.acc(g.get("a", "pretrain")) == 1.0
+
+
+def test_a_redone_upstream_stage_flags_finished_downstream_stages(tmp_path):
+    import os
+    cells = [two_stage_cell("a")]
+    run_grid(cells, table="t", scale="smoke", work_dir=tmp_path, echo=quiet)
+    ckpt = tmp_path / "t_smoke" / "a" / "pretrain" / "checkpoint-last.pth"
+    later = (tmp_path / "t_smoke" / "a" / "finetune" / "metrics.json").stat().st_mtime + 10
+    os.utime(ckpt, (later, later))  # the pre-training was redone after the fine-tune finished
+    lines: list[str] = []
+    run_grid(cells, table="t", scale="smoke", work_dir=tmp_path, echo=lines.append)
+    assert any("warning: a/finetune finished before its input(s)" in line and "stale" in line for line in lines)
+
+
+def test_interrupted_stage_resumes_and_fresh_stage_does_not(tmp_path):
+    cell = two_stage_cell("a")
+    cell.stages[0].config = replace(cell.stages[0].config, stop_early=True)
+    g = run_grid([cell], table="t", scale="smoke", work_dir=tmp_path, echo=quiet)
+    assert g.get("a", "pretrain").status == "failed"
+    assert "stopped before finishing" in g.get("a", "pretrain").error
+    assert g.get("a", "finetune") is None  # the cell stops at its first failure
+    assert CALLS[0].resume is None  # a fresh run: nothing to resume (the PCA target is fitted then)
+    cell.stages[0].config = replace(cell.stages[0].config, stop_early=False)
+    g = run_grid([cell], table="t", scale="smoke", work_dir=tmp_path, echo=quiet)
+    assert CALLS[1].resume == "auto"
+    assert g.get("a", "pretrain").status == "resumed"
+    assert g.get("a", "finetune").status == "ran" and CALLS[2].resume is None
+
+
+def test_a_failing_cell_does_not_stop_the_others_unless_fail_fast(tmp_path):
+    bad = two_stage_cell("bad", 5.0)
+    bad.stages[0].config = replace(bad.stages[0].config, crash=True)
+    dependent = Cell("dep", {"x": 9}, [Stage("ft", "stub_protocol", StubConfig(),
+                                             inputs={"finetune": Ref("pretrain", cell="bad")})])
+    lines: list[str] = []
+    g = run_grid([bad, two_stage_cell("good"), dependent], table="t", scale="smoke", work_dir=tmp_path,
+                 echo=lines.append)
+    assert g.get("bad", "pretrain").status == "failed" and "RuntimeError: boom" in g.get("bad", "pretrain").error
+    assert g.get("good", "finetune").status == "ran"
+    assert g.get("dep", "ft").status == "failed" and "depends on failed cell bad" in g.get("dep", "ft").error
+    assert grid.exit_code(g) == 1
+    assert any("FAILED" in line for line in lines)
+    with pytest.raises(RuntimeError, match="boom"):
+        run_grid([bad], table="t2", scale="smoke", work_dir=tmp_path, keep_going=False, echo=quiet)
+
+
+def test_missing_input_is_a_clear_error(tmp_path):
+    cell = two_stage_cell("a")
+    root = tmp_path / "t_smoke"
+    with pytest.raises(GridError, match=r"input finetune = .*a/pretrain/checkpoint-last.pth does not exist"):
+        grid.execute_stage(root, cell, cell.stages[1])
+
+
+# ---------------------------------------------------------------------------------- --only
+def test_only_selects_cells_and_their_helper_cells(tmp_path):
+    helper = Cell("shared", {}, [Stage("pretrain", "stub_protocol", StubConfig())], report=False)
+    rows = [Cell(f"k{k}", {"k": k, "mode": m}, [Stage("ft", "stub_protocol", StubConfig(value=k),
+                                                      inputs={"finetune": Ref("pretrain", cell="shared")})])
+            for k, m in ((0.5, "a"), (1, "b"), (4, "a"))]
+    cells = [helper, *rows]
+    assert [c.name for c in grid.select_cells(cells, ["k=1"])] == ["shared", "k1"]
+    assert [c.name for c in grid.select_cells(cells, ["k=.5"])] == ["shared", "k0.5"]  # numeric match
+    assert [c.name for c in grid.select_cells(cells, ["mode=a"])] == ["shared", "k0.5", "k4"]
+    assert [c.name for c in grid.select_cells(cells, {"mode": "a", "k": "4"})] == ["shared", "k4"]
+    assert grid.select_cells(cells, None) == cells
+    with pytest.raises(GridError, match=r"unknown key 'depth'; keys of this table: k, mode"):
+        grid.select_cells(cells, ["depth=8"])
+    with pytest.raises(GridError, match=r"no cell has k=3; values: 0.5, 1, 4"):
+        grid.select_cells(cells, ["k=3"])
+    with pytest.raises(GridError, match="KEY=VALUE"):
+        grid.select_cells(cells, ["k"])
+    with pytest.raises(GridError, match="no cell matches all"):
+        grid.select_cells(cells, ["k=1", "mode=a"])
+    g = run_grid(cells, table="t", scale="smoke", work_dir=tmp_path, only=["k=4"], echo=quiet)
+    assert [Path(c.output_dir).parent.name for c in CALLS] == ["shared", "k4"]
+    assert set(g.stages) == {("shared", "pretrain"), ("k4", "ft")}
+
+
+def test_check_grid_rejects_bad_references():
+    a = two_stage_cell("a")
+    with pytest.raises(GridError, match="duplicate cell names"):
+        grid.check_grid([a, two_stage_cell("a")])
+    later = Cell("x", {"x": 1}, [Stage("ft", "stub_protocol", StubConfig(), inputs={"finetune": Ref("pre")}),
+                                 Stage("pre", "stub_protocol", StubConfig())])
+    with pytest.raises(GridError, match="later stage"):
+        grid.check_grid([later])
+    ghost = Cell("y", {"x": 2}, [Stage("ft", "stub_protocol", StubConfig(), inputs={"finetune": Ref("p", cell="nope")})])
+    with pytest.raises(GridError, match="unknown cell 'nope'"):
+        grid.check_grid([ghost])
+    with pytest.raises(GridError, match="has no stage 'nostage'"):
+        grid.check_grid([a, Cell("z", {"x": 3}, [Stage("ft", "stub_protocol", StubConfig(),
+                                                       inputs={"finetune": Ref("nostage", cell="a")})])])
+    with pytest.raises(ValueError, match="not fields of StubConfig"):
+        Stage("s", "stub_protocol", StubConfig(), inputs={"weights": Ref("p")})
+    with pytest.raises(ValueError, match="bad cell name"):
+        Cell("a/b", {}, [])
+
+
+# ---------------------------------------------------------------------------- dry run etc.
+def test_dry_run_prints_the_plan_and_runs_nothing(tmp_path):
+    from mae.protocols import pretrain
+    cells = [Cell("c", {"x": 1}, [Stage("pretrain", "pretrain", pretrain.PRESETS["smoke"]),
+                                  Stage("tok", "stub_protocol", StubConfig(), local_only=True)])]
+    lines: list[str] = []
+    g = run_grid(cells, table="t", scale="smoke", work_dir=tmp_path, dry_run=True, launcher="torchrun",
+                 nproc_per_node=4, echo=lines.append)
+    text = "\n".join(lines)
+    assert not CALLS and not (tmp_path / "t_smoke").exists()
+    run_dir = tmp_path.resolve() / "t_smoke" / "c" / "pretrain"
+    assert str(run_dir) in text and "run" in text
+    assert f"torch.distributed.run --standalone --nproc_per_node=4 -m mae pretrain --config {run_dir}/config.yaml" in text
+    assert "(runs in this process: stub_protocol.run)" in text
+    assert {r.status for r in g.stages.values()} == {"planned"}
+
+
+def test_collect_reads_finished_stages_only(tmp_path):
+    cells = [two_stage_cell("a", 1.0), two_stage_cell("b", 2.0)]
+    run_grid(cells, table="t", scale="smoke", work_dir=tmp_path, only=["x=1.0"], echo=quiet)
+    CALLS.clear()
+    g = run_grid(cells, table="t", scale="smoke", work_dir=tmp_path, collect=True, echo=quiet)
+    assert not CALLS
+    assert g.get("a", "finetune").status == "done" and g.get("b", "finetune").status == "missing"
+    assert grid.acc(g.get("b", "finetune")) != grid.acc(g.get("b", "finetune"))  # NaN
+
+
+def test_bad_launcher_and_scale():
+    with pytest.raises(GridError, match="unknown launcher"):
+        run_grid([], table="t", scale="smoke", launcher="mpi")
+    with pytest.raises(GridError, match="unknown scale"):
+        run_grid([], table="t", scale="huge")
+
+
+def test_set_overrides_fields_by_stage():
+    cells = [two_stage_cell("a"), two_stage_cell("b")]
+    grid.apply_overrides(cells, grid.parse_set(["pretrain.epochs=3", "value=7.5"]))
+    assert [s.config.epochs for c in cells for s in c.stages] == [3, 1, 3, 1]
+    assert {s.config.value for c in cells for s in c.stages} == {7.5}
+    with pytest.raises(GridError, match="no stage 'decoder'"):
+        grid.apply_overrides(cells, grid.parse_set(["decoder.epochs=1"]))
+    with pytest.raises(GridError, match="has no field 'blr'"):
+        grid.apply_overrides(cells, grid.parse_set(["pretrain.blr=1"]))
+    with pytest.raises(GridError, match="no stage of this table has a field 'nope'"):
+        grid.apply_overrides(cells, grid.parse_set(["nope=1"]))
+    with pytest.raises(GridError, match="set by the grid runner"):
+        grid.apply_overrides(cells, grid.parse_set(["finetune.finetune=x.pth"]))
+    with pytest.raises(GridError, match="FIELD=VALUE"):
+        grid.parse_set(["epochs"])
+
+
+def test_set_validates_through_the_protocol_config():
+    from mae.protocols import finetune
+    cells = [Cell("c", {"x": 1}, [Stage("finetune", "finetune", finetune.PRESETS["smoke"])])]
+    grid.apply_overrides(cells, grid.parse_set(["finetune.betas=[0.9, 0.95]", "finetune.epochs=2"]))
+    assert cells[0].stages[0].config.betas == (0.9, 0.95) and cells[0].stages[0].config.epochs == 2
+    with pytest.raises(GridError, match="--set layer_decay=2 for stage 'finetune': layer_decay must be in"):
+        grid.apply_overrides(cells, grid.parse_set(["finetune.layer_decay=2"]))
+    grid.apply_overrides(cells, grid.parse_set(["finetune.rand_aug=none"]))  # 'none' is None, as in the mae CLI
+    assert cells[0].stages[0].config.rand_aug is None
+
+
+def test_resolve_data_and_results_path(tmp_path):
+    assert grid.resolve_data("smoke", None) is None
+    assert grid.resolve_data("mini", "synthetic:500") == "synthetic:500"
+    with pytest.raises(GridError, match="needs --data /path/to/imagenet"):
+        grid.resolve_data("paper", None)
+    with pytest.raises(GridError, match="no such directory"):
+        grid.resolve_data("paper", str(tmp_path / "missing"))
+    assert grid.resolve_data("paper", str(tmp_path / "missing"), check=False)
+    assert grid.resolve_data("paper", str(tmp_path)) == str(tmp_path)
+    with pytest.raises(GridError, match="neither an embedded set"):
+        grid.resolve_data("mini", str(tmp_path / "nothing"))
+    assert grid.results_path("results", "table1a_decoder_depth", "mini") == Path("results/table1a_decoder_depth_mini.csv")
+    assert grid.results_path("out/x.csv", "t", "mini") == Path("out/x.csv")
+
+
+# ------------------------------------------------------------------------------- launchers
+def test_stage_command_forms(tmp_path):
+    from mae.protocols import linprobe
+    s = Stage("linprobe", "linprobe", linprobe.PRESETS["smoke"])
+    cfg = tmp_path / "config.yaml"
+    assert grid.stage_command(s, cfg, "local") == [sys.executable, "-m", "mae", "linprobe", "--config", str(cfg)]
+    assert grid.stage_command(s, cfg, "torchrun", 8)[1:6] == ["-m", "torch.distributed.run", "--standalone",
+                                                               "--nproc_per_node=8", "-m"]
+    with pytest.raises(GridError, match="runs in this process"):
+        grid.stage_command(Stage("t", "stub_protocol", StubConfig()), cfg, "torchrun")
+
+
+def test_slurm_without_submitit_is_a_clear_error(tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "submitit", None)  # makes `import submitit` fail
+    with pytest.raises(GridError, match="pip install submitit"):
+        run_grid([two_stage_cell("a")], table="t", scale="smoke", work_dir=tmp_path, launcher="slurm", echo=quiet)
+
+
+class FakeJob:
+    def __init__(self, job_id: str, fn=None):
+        self.job_id, self._fn, self._out = job_id, fn, None
+
+    def result(self):
+        return self._fn() if self._fn else None
+
+
+def fake_submitit(states: dict[str, str]) -> types.ModuleType:
+    mod = types.ModuleType("submitit")
+    mod.submitted = []  # (params, job)
+
+    class AutoExecutor:
+        def __init__(self, folder):
+            self.folder, self.params = Path(folder), {}
+
+        def update_parameters(self, **kw):
+            self.params.update(kw)
+
+        def submit(self, fn):
+            job = FakeJob(str(100 + len(mod.submitted)), fn)
+            mod.submitted.append((dict(self.params), job))
+            return job
+
+    class SlurmJob(FakeJob):
+        def __init__(self, folder, job_id):
+            super().__init__(job_id)
+
+        @property
+        def state(self):
+            return states.get(self.job_id, "COMPLETED")
+
+    class TorchDistributedEnvironment:
+        def export(self, **kw):
+            raise RuntimeError("not in a SLURM job")
+
+    mod.AutoExecutor, mod.SlurmJob = AutoExecutor, SlurmJob
+    mod.helpers = types.SimpleNamespace(TorchDistributedEnvironment=TorchDistributedEnvironment,
+                                        DelayedSubmission=lambda fn: ("requeue", fn))
+    return mod
+
+
+def test_slurm_submits_one_job_per_cell_with_dependencies(tmp_path, monkeypatch):
+    fake = fake_submitit({})
+    monkeypatch.setitem(sys.modules, "submitit", fake)
+    helper = Cell("shared", {}, [Stage("pretrain", "stub_protocol", StubConfig())], report=False)
+    dep = Cell("row", {"k": 1}, [Stage("ft", "stub_protocol", StubConfig(value=3),
+                                       inputs={"finetune": Ref("pretrain", cell="shared")})])
+    opts = grid.SlurmOptions(partition="gpu", gpus_per_node=4, timeout_min=60)
+    g = run_grid([helper, dep], table="t", scale="mini", work_dir=tmp_path, launcher="slurm", slurm=opts, echo=quiet)
+    (p0, j0), (p1, j1) = fake.submitted
+    assert p0["slurm_partition"] == "gpu" and p0["tasks_per_node"] == 4 and p0["gpus_per_node"] == 4
+    assert "slurm_additional_parameters" not in p0
+    assert p1["slurm_additional_parameters"] == {"dependency": f"afterok:{j0.job_id}"}
+    assert p1["name"] == "t_mini_row"
+    assert g.get("row", "ft").status == "done" and grid.acc(g.get("row", "ft")) == 3.0
+    assert json.loads((tmp_path / "t_mini" / "row" / "slurm_job.json").read_text())["job_id"] == j1.job_id
+    # the job object requeues itself on preemption (stages then resume from checkpoint-last.pth)
+    assert j1._fn.checkpoint()[0] == "requeue"
+
+
+def test_slurm_does_not_resubmit_running_jobs_or_finished_cells(tmp_path, monkeypatch):
+    fake = fake_submitit({"7": "RUNNING"})
+    monkeypatch.setitem(sys.modules, "submitit", fake)
+    done, running = two_stage_cell("done"), two_stage_cell("running", 2.0)
+    run_grid([done], table="t", scale="mini", work_dir=tmp_path, echo=quiet)  # finished before
+    (tmp_path / "t_mini" / "running").mkdir(parents=True)
+    (tmp_path / "t_mini" / "running" / "slurm_job.json").write_text(json.dumps({"job_id": "7"}))
+    lines: list[str] = []
+    g = run_grid([done, running], table="t", scale="mini", work_dir=tmp_path, launcher="slurm",
+                 slurm=grid.SlurmOptions(wait=False), echo=lines.append)
+    assert fake.submitted == []
+    assert any("job 7 is RUNNING, not resubmitted" in line for line in lines)
+    assert g.get("running", "finetune").status == "submitted" and g.get("done", "finetune").status == "done"
+
+
+def test_torchrun_launcher_runs_the_mae_cli(tmp_path):
+    """One real stage through `python -m torch.distributed.run -m mae pretrain --config ...` (1 process)."""
+    from mae.protocols import pretrain
+    cfg = replace(pretrain.PRESETS["smoke"], data="synthetic:32", progress=False)
+    g = run_grid([Cell("c", {"x": 1}, [Stage("pretrain", "pretrain", cfg)])], table="t", scale="smoke",
+                 work_dir=tmp_path, launcher="torchrun", nproc_per_node=1, echo=quiet)
+    r = g.get("c", "pretrain")
+    assert r.status == "ran", r.error
+    assert (r.run_dir / "checkpoint-last.pth").is_file()
+    assert r.metrics["finished"] and r.metrics["final"]["train_loss"] > 0
+
+
+# --------------------------------------------------------------------- a real interrupted run
+def test_real_interrupted_pretraining_resumes_to_the_end(tmp_path):
+    from mae.protocols import pretrain
+    cfg = replace(pretrain.PRESETS["smoke"], data="synthetic:64", epochs=2, progress=False)
+    cell = Cell("c", {"x": 1}, [Stage("pretrain", "pretrain", cfg)])
+    run_dir = tmp_path / "t_smoke" / "c" / "pretrain"
+    # a run killed after 3 of its 8 iterations (max_iters stops it after writing checkpoint-last.pth)
+    pretrain.run(replace(cfg, output_dir=str(run_dir), max_iters=3))
+    assert grid.stage_status(run_dir) == "resume"
+    lines: list[str] = []
+    g = run_grid([cell], table="t", scale="smoke", work_dir=tmp_path, echo=lines.append)
+    r = g.get("c", "pretrain")
+    assert r.status == "resumed" and any("resuming pretrain" in line for line in lines)
+    assert r.metrics["finished"] and len(r.metrics["history"]) == 2
+    import csv
+    with (run_dir / "train_log.csv").open() as f:
+        iters = [int(row["iteration"]) for row in csv.DictReader(f)]
+    assert iters == list(range(8))  # no iteration lost or repeated
+
+
+def test_a_cell_job_runs_in_every_process_of_a_two_process_job(tmp_path):
+    """What a SLURM job does (CellJob in each task), here under torchrun with 2 CPU processes (gloo):
+    every rank walks the same stages, and none reads metrics.json before rank 0 wrote it."""
+    import os
+    import subprocess
+    script = f"""
+import os, sys
+sys.path.insert(0, {str(Path(__file__).resolve().parents[1])!r})
+from pathlib import Path
+from reproduce.grid import CellJob
+from reproduce.scales import get_scale, pretrain_eval_cell
+scale = get_scale("smoke")
+cell = pretrain_eval_cell(scale, "c", {{"x": 1}})
+cell.stages = cell.stages[:2]  # pretrain -> finetune
+out = CellJob(Path({str(tmp_path)!r}), cell)()
+Path({str(tmp_path)!r}, "rank" + os.environ["RANK"] + ".txt").write_text(repr(out))
+"""
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                           "--no-python", sys.executable, "-c", script],
+                          capture_output=True, text=True, timeout=300, env=env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    for rank in (0, 1):  # every process ran both stages and found their results
+        assert (tmp_path / f"rank{rank}.txt").read_text() == "{'pretrain': 'ran', 'finetune': 'ran'}"
+    assert json.loads((tmp_path / "c" / "finetune" / "metrics.json").read_text())["finished"]

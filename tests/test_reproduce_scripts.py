@@ -1,0 +1,239 @@
+"""The reproduction scripts (reproduce/table1.py, table2.py, table3.py, fig7.py, fig9.py) and their
+scales: CLI behaviour, plans at every scale, and one smoke run of everything with the CSV schema
+and the ours-vs-paper columns checked. Smoke numbers are near chance: only the pipeline is tested."""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))  # `reproduce` is not an installed package
+
+import json
+import math
+import os
+import subprocess
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from reproduce import fig7, fig9, table1, table2, table3
+from reproduce.reference import get_spec, load_reference
+from reproduce.report import PROVENANCE_COLUMNS, meta_path
+from reproduce.scales import get_scale
+
+SCRIPTS = {"table1": table1, "table2": table2, "table3": table3, "fig7": fig7, "fig9": fig9}
+
+
+def dirs(tmp_path: Path) -> list[str]:
+    return ["--work-dir", str(tmp_path / "work"), "--out", str(tmp_path / "results")]
+
+
+# ---------------------------------------------------------------------------------- the CLI
+@pytest.mark.parametrize("name", list(SCRIPTS))
+def test_help(name, capsys):
+    with pytest.raises(SystemExit) as e:
+        SCRIPTS[name].main(["--help"])
+    assert e.value.code == 0
+    out = capsys.readouterr().out
+    for flag in ("--scale", "--data", "--out", "--only", "--dry-run", "--launcher", "--collect", "--set"):
+        assert flag in out
+    assert "{smoke,mini,paper}" in out and "{local,torchrun,slurm}" in out
+
+
+def test_unknown_part_and_bad_only_are_clear_errors(tmp_path, capsys):
+    with pytest.raises(SystemExit) as e:
+        table1.main(["--part", "decoder_size"])
+    assert e.value.code == 2 and "invalid choice: 'decoder_size'" in capsys.readouterr().err
+    assert table1.main(["--part", "decoder_depth", "--only", "depth=8", "--dry-run", *dirs(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert "unknown key 'depth'" in err and "decoder_depth" in err
+    assert table1.main(["--part", "decoder_depth", "--only", "decoder_depth=3", "--dry-run", *dirs(tmp_path)]) == 2
+    assert "values: 1, 2, 4, 8, 12" in capsys.readouterr().err
+    assert table1.main(["--only", "nonsense=1", "--dry-run", *dirs(tmp_path)]) == 2
+    assert "no selected table has the key(s) ['nonsense']" in capsys.readouterr().err
+    assert fig7.main(["--set", "pretrain.no_such_field=1", "--dry-run", *dirs(tmp_path)]) == 2
+    assert "has no field 'no_such_field'" in capsys.readouterr().err
+    assert table1.main(["--part", "target", "--dry-run", "--out", str(tmp_path / "one.csv")]) == 2
+    assert "names one CSV but this run writes 2 tables" in capsys.readouterr().err
+
+
+def test_paper_scale_needs_imagenet(tmp_path, capsys):
+    for mod in (table1, table3, fig7, fig9):
+        assert mod.main(["--scale", "paper", "--dry-run", *dirs(tmp_path)]) == 2
+        assert "--scale paper needs --data /path/to/imagenet" in capsys.readouterr().err
+    assert fig7.main(["--scale", "paper", "--data", str(tmp_path / "nowhere"), *dirs(tmp_path)]) == 2
+    assert "no such directory" in capsys.readouterr().err
+
+
+def test_dry_runs_plan_every_script_and_run_nothing(tmp_path, capsys):
+    for name, mod in SCRIPTS.items():
+        assert mod.main(["--scale", "smoke", "--dry-run", *dirs(tmp_path)]) == 0, name
+    out = capsys.readouterr().out
+    assert not (tmp_path / "work").exists() and not (tmp_path / "results").exists()
+    for table in ("table1a_decoder_depth", "table1d_target", "fig5_masking_ratio", "table2_wallclock",
+                  "table3_comparison", "fig7_schedule", "fig9_partial_ft"):
+        assert f"{table}_smoke" in out
+    assert "tokenizer  ([helper]" not in out and "[helper]" in out  # the tokenizer / shared pre-training
+    assert "-m mae pretrain --config" in out and "-m mae partial --config" in out
+
+
+def test_only_with_every_part_runs_the_parts_that_have_the_key(tmp_path, capsys):
+    assert table1.main(["--only", "mask_ratio=0.75", "--dry-run", *dirs(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "fig5_masking_ratio_smoke" in out and "table1a" not in out
+    assert "plan: 1 cell(s)" in out and "mask_ratio_0.75" in out
+
+
+@pytest.mark.parametrize("scale", ["mini", "paper"])
+def test_larger_scales_plan_with_their_recipes(scale, tmp_path, capsys):
+    data = ["--data", str(tmp_path)] if scale == "paper" else []
+    for name, mod in SCRIPTS.items():
+        assert mod.main(["--scale", scale, *data, "--dry-run", *dirs(tmp_path)]) == 0, name
+    out = capsys.readouterr().out
+    assert f"table1b_decoder_width_{scale}" in out
+    if scale == "paper":
+        assert "mae_vit_base" in out or "mae_vit_huge" in out  # Table 3's three model sizes
+        assert out.count("table3_comparison_paper/mae_vit_") >= 3
+
+
+# -------------------------------------------------------------------------------- the scales
+@pytest.mark.parametrize("scale_name", ["smoke", "mini", "paper"])
+def test_scales_are_consistent(scale_name, tmp_path):
+    from mae.models import mae_config
+    from mae.models.vit import vit_for_mae
+    scale = get_scale(scale_name, str(tmp_path) if scale_name == "paper" else None)
+    m = mae_config(scale.pretrain.model)
+    # the baseline of Table 1 is the paper's decoder 8 x 512, mapped
+    assert scale.pretrain.decoder_depth in (None, 8) and scale.decoder_depth[8] == (scale.pretrain.decoder_depth or m.decoder_depth)
+    assert scale.decoder_width[512] == (scale.pretrain.decoder_embed_dim or m.decoder_embed_dim)
+    heads = scale.pretrain.decoder_num_heads or m.decoder_num_heads
+    assert all(w % heads == 0 and w % 4 == 0 for w in scale.decoder_width.values())
+    assert set(scale.decoder_depth) == set(load_reference("table1a_decoder_depth")["decoder_depth"])
+    assert set(scale.decoder_width) == set(load_reference("table1b_decoder_width")["decoder_width"])
+    sched = [scale.schedule[e] for e in sorted(scale.schedule)]
+    assert set(scale.schedule) == set(load_reference("fig7_schedule")["epochs"]) and sched == sorted(set(sched))
+    assert scale.schedule[800] in (scale.pretrain.epochs, 4)  # smoke's schedule is a stand-in
+    blocks = [scale.partial_blocks[k] for k in sorted(scale.partial_blocks)]
+    assert set(scale.partial_blocks) == set(load_reference("fig9_partial_ft")["tuned_blocks"])
+    assert blocks == sorted(blocks) and blocks[-1] == m.depth and blocks[0] == 0
+    for cfg in (scale.finetune, scale.linprobe, scale.partial):
+        assert cfg.model == vit_for_mae(scale.pretrain.model) and cfg.finetune is None
+        assert cfg.data == scale.pretrain.data and cfg.img_size == m.img_size
+    tok = scale.tokenizer
+    assert (tok.patch_size, tok.img_size) == (m.patch_size, m.img_size)
+    if scale_name == "paper":
+        assert scale.pretrain.epochs == 800 and scale.pretrain.target == "pixel" and scale.linprobe.epochs == 90
+        assert scale.finetune.epochs == 50 and scale.finetune.layer_decay == 0.75 and scale.long_epochs == 1600
+        assert scale.pretrain.data == str(tmp_path)
+
+
+def test_table1_cells_change_one_switch_each():
+    scale = get_scale("smoke")
+    base = scale.pretrain
+    cells = table1.target_cells(scale)
+    by_name = {c.name: c for c in cells}
+    assert by_name["target_pca"].stage("pretrain").config.pca_components == 24  # 192-dim patches / 8 (96 of 768)
+    assert by_name["target_token"].stage("pretrain").inputs["tokenizer"].cell == "tokenizer"
+    assert not by_name["tokenizer"].report
+    assert by_name["loss_on_all"].stage("pretrain").config.loss_on == "all"
+    aug = {c.key["augmentation"]: c.stage("pretrain").config.augmentation for c in table1.augmentation_cells(scale)}
+    assert aug["crop_rand_color_jitter"] == "crop_rand_jitter" and aug["none"] == "none"
+    fsamp = {c.key["mask_sampling"]: c.stage("pretrain").config for c in table1.mask_sampling_cells(scale)}
+    assert (fsamp["block_50"].mask_strategy, fsamp["block_50"].mask_ratio) == ("block", 0.5)
+    for part in table1.PARTS.values():
+        for c in part.cells(scale):
+            if not c.report:
+                continue
+            cfg = c.stage("pretrain").config
+            changed = {f for f in vars(cfg) if getattr(cfg, f) != getattr(base, f)}
+            assert len(changed) <= 2, (c.name, changed)  # mask_sampling sets strategy + ratio, pca its k
+
+
+# ------------------------------------------------------------------------------ smoke run
+def check_results(path: Path, table: str, expect: set[str]) -> pd.DataFrame:
+    """Schema of a results CSV: key first, label, ours/paper/diff per metric, provenance; meta verdicts."""
+    spec = get_spec(table)
+    df = pd.read_csv(path, keep_default_na=False, na_values=[""])
+    assert df.columns[0] == spec.key and "label" in df.columns
+    for c in PROVENANCE_COLUMNS:
+        assert c in df.columns, c
+    assert set(df["scale"]) == {"smoke"} and df["commit"].notna().all() and (df["device"] == "cpu").all()
+    measured = {m for m in spec.metrics if f"{m}_ours" in df.columns}
+    assert measured == expect, (table, measured)
+    for m in measured:
+        assert {f"{m}_paper", f"{m}_diff"} <= set(df.columns)
+        both = df[[f"{m}_ours", f"{m}_paper"]].notna().all(axis=1)
+        np.testing.assert_allclose(df.loc[both, f"{m}_diff"], df.loc[both, f"{m}_ours"] - df.loc[both, f"{m}_paper"])
+    ref = load_reference(table)
+    assert set(ref[spec.key].astype(str)) <= set(df[spec.key].astype(str))  # every paper row is there
+    meta = json.loads(meta_path(path).read_text())
+    assert set(meta["verdicts"]) == measured and meta["scale"] == "smoke"
+    assert meta["provenance"]["command"]
+    for v in meta["verdicts"].values():
+        assert {"best_ours", "best_paper", "best_match", "spearman", "n"} <= set(v)
+    return df
+
+
+def finite(values) -> bool:
+    return all(isinstance(v, float) and math.isfinite(v) for v in values)
+
+
+def test_every_script_at_smoke_scale(tmp_path, capsys):
+    """The CI run: every script and every Table 1 part at smoke scale, the CSVs and the comparisons."""
+    res = tmp_path / "results"
+    # as users run it: a separate process, from the repo root
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run([sys.executable, "reproduce/table1.py", "--part", "masking_ratio", "--scale", "smoke",
+                           *dirs(tmp_path)], cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "Figure 5: masking ratio" in proc.stdout and "verdict lin:" in proc.stdout
+    assert "ft_ours  ft_paper  ft_diff" in proc.stdout
+    df = check_results(res / "fig5_masking_ratio_smoke.csv", "fig5_masking_ratio", {"ft", "lin"})
+    assert finite(df["ft_ours"]) and finite(df["lin_ours"]) and df["ft_ours"].between(0, 100).all()
+
+    parts = [p for p in table1.PARTS if p != "masking_ratio"]
+    assert table1.main([*(a for p in parts for a in ("--part", p)), *dirs(tmp_path)]) == 0
+    for mod in (table2, table3, fig7, fig9):
+        assert mod.main(dirs(tmp_path)) == 0, mod.__name__
+    out = capsys.readouterr().out
+    assert "FAILED" not in out
+
+    for part in parts:
+        table = table1.PARTS[part].table
+        expect = {"ft", "lin", "flops_rel"} if part == "mask_token" else {"ft", "lin"}
+        df = check_results(res / f"{table}_smoke.csv", table, expect)
+        paper_rows = df[df["ft_paper"].notna()]
+        assert finite(paper_rows["ft_ours"]) and finite(paper_rows["lin_ours"]), table
+        assert "pretrain_time_s_ours" in df.columns and "ft_best_ours" in df.columns
+    d = pd.read_csv(res / "table1c_mask_token_smoke.csv").set_index("encoder_mask_token")
+    assert d.at["without", "flops_rel_ours"] == 1.0 and d.at["with", "flops_rel_ours"] > 1.0
+    d = check_results(res / "sec3_loss_scope_smoke.csv", "sec3_loss_scope", {"ft_delta"})
+    assert d["ft_delta_ours"].iloc[0] == pytest.approx(d["ft_all_ours"].iloc[0] - d["ft_masked_ours"].iloc[0])
+    d = check_results(res / "table1b_decoder_width_smoke.csv", "table1b_decoder_width", {"ft", "lin"})
+    assert d.set_index("decoder_width").at[512, "decoder_width_used_ours"] == 32
+
+    t2 = check_results(res / "table2_wallclock_smoke.csv", "table2_wallclock", {"time_h", "speedup"}).set_index("setting")
+    assert finite(t2["time_h_ours"]) and (t2["gflops_ours"] > 0).all()
+    no_mask = [s for s in t2.index if "with_mask" not in s]
+    assert finite(t2.loc[no_mask, "speedup_ours"]) and t2.loc[no_mask, "flops_speedup_ours"].gt(1).all()
+    t3 = check_results(res / "table3_comparison_smoke.csv", "table3_comparison",
+                       {"ft_vit_base", "lin_vit_base"}).set_index("method")
+    assert finite(t3.loc[["mae", "scratch"], "ft_vit_base_ours"]) and t3.at["mae", "model_vit_base_ours"] == "mae_vit_smoke"
+    f7 = check_results(res / "fig7_schedule_smoke.csv", "fig7_schedule", {"ft", "lin"}).set_index("epochs")
+    assert f7["epochs_used_ours"].tolist() == [1, 2, 3, 4, 5] and "ft_mmselfsup" in f7.columns
+    f9 = check_results(res / "fig9_partial_ft_smoke.csv", "fig9_partial_ft", {"ft"}).set_index("tuned_blocks")
+    assert f9.at[0, "protocol_used_ours"] == "linprobe" and f9.at[24, "protocol_used_ours"] == "finetune"
+    assert f9.at[0.5, "protocol_used_ours"] == "partial" and finite(f9["ft_ours"])
+
+    # rerun one cell: everything is finished, nothing trains, and the CSV keeps every row
+    assert table1.main(["--part", "decoder_depth", "--only", "decoder_depth=4", *dirs(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "decoder_depth_4: finished before, skipped" in out and "running" not in out
+    again = pd.read_csv(res / "table1a_decoder_depth_smoke.csv")
+    assert again["ft_ours"].notna().sum() == 5
+    # --collect writes the table from disk without running anything
+    (res / "fig7_schedule_smoke.csv").unlink()
+    assert fig7.main(["--collect", *dirs(tmp_path)]) == 0
+    assert (res / "fig7_schedule_smoke.csv").is_file() and "running" not in capsys.readouterr().out
