@@ -7,17 +7,9 @@ import torch.nn as nn
 
 
 
-def _require_openmmlab() -> None:
-    try:
-        import mmcv.ops  # noqa: F401
-        import mmdet  # noqa: F401
-        import mmseg  # noqa: F401
-    except Exception as e:  # noqa: BLE001
-        pytest.skip(f"OpenMMLab stack not importable ({type(e).__name__}: {e}); "
-                    "install it with: bash scripts/install.sh --downstream", allow_module_level=True)
+from _openmmlab import require_openmmlab  # noqa: E402
 
-
-_require_openmmlab()
+require_openmmlab()
 pytestmark = pytest.mark.downstream
 
 from downstream.backbone import MAELayerDecayOptimizerConstructor, MAEViT, layer_id_for_param  # noqa: E402
