@@ -237,21 +237,42 @@ def train_transform(cfg: Config) -> Callable:
 
 
 # ----------------------------------------------------------------------------------- run
-def run(cfg: Config, prepare: Callable[[ViTClassifier], Any] | None = None) -> dict[str, Any]:
+def given_data(datasets: tuple[Dataset, Dataset, int], cfg: TrainConfig, train_tf: Callable | None,
+               nb_classes: int | None = None) -> tuple[Dataset, Dataset, int]:
+    """Datasets built by the caller (e.g. iNat/Places lists), with this recipe's transforms set on them."""
+    from mae.data import eval_transform
+
+    train_set, val_set, n = datasets
+    if nb_classes is not None and nb_classes != n:
+        raise ValueError(f"nb_classes={nb_classes} but the given datasets have {n} classes")
+    if train_tf is not None:
+        train_set.transform = train_tf
+    val_set.transform = eval_transform(cfg.img_size)
+    return train_set, val_set, n
+
+
+def run(cfg: Config, prepare: Callable[[ViTClassifier], Any] | None = None,
+        datasets: tuple[Dataset, Dataset, int] | None = None) -> dict[str, Any]:
     """Fine-tune (or, with ``eval_checkpoint``, only evaluate); returns the Trainer's result.
 
     ``prepare(model)`` runs after the model is built and initialised (partial fine-tuning freezes
-    parameters there). Checkpoints: checkpoint-last.pth (resume), checkpoint-best.pth (best acc1),
-    both with ``model`` in the official fine-tune key layout.
+    parameters there). ``datasets=(train, val, num_classes)`` replaces the ones ``cfg.data`` names
+    (their ``transform`` is set to the recipe's). Checkpoints: checkpoint-last.pth (resume),
+    checkpoint-best.pth (best acc1), both with ``model`` in the official fine-tune key layout.
     """
+    def data(train_tf: Callable | None) -> tuple[Dataset, Dataset, int]:
+        if datasets is not None:
+            return given_data(datasets, cfg, train_tf, cfg.nb_classes)
+        return classification_data(cfg, train_tf, nb_classes=cfg.nb_classes)
+
     seed_everything(cfg.seed)
     if cfg.eval_checkpoint:
-        _, val_set, nb = classification_data(cfg, None, nb_classes=cfg.nb_classes)
+        _, val_set, nb = data(None)
         model = build_model(cfg, nb)
         if prepare is not None:
             prepare(model)
         return evaluate_only(cfg, model, val_set)
-    train_set, val_set, nb = classification_data(cfg, train_transform(cfg), nb_classes=cfg.nb_classes)
+    train_set, val_set, nb = data(train_transform(cfg))
     model = build_model(cfg, nb)
     if prepare is not None:
         prepare(model)
