@@ -265,7 +265,9 @@ def verdict(df: pd.DataFrame, table: str) -> dict[str, dict[str, Any]]:
         else:
             res["best_ours"] = _best(both[key], both[f"{m}_ours"], higher)
             res["best_paper"] = _best(both[key], both[f"{m}_paper"], higher)
-            if n >= 2:
+            if n >= 2 and len(res["best_ours"]) == n:
+                notes.append("all our values tie: no best setting, best-setting check undefined")
+            elif n >= 2:
                 res["best_match"] = bool(set(res["best_ours"]) & set(res["best_paper"]))
             else:
                 notes.append("one common setting: best-setting check undefined")

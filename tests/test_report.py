@@ -261,3 +261,14 @@ def test_provenance_defaults_detect_device_and_argv():
     p = provenance(repo=os.devnull)
     assert p["device"] == report.detect_device()
     assert p["command"]  # this process's argv
+
+
+def test_verdict_all_tied_ours_is_not_a_match():
+    """Near-chance smoke runs often tie everywhere: that must not count as matching the paper."""
+    import pandas as pd
+
+    from reproduce.report import compare, verdict
+    ours = pd.DataFrame({"decoder_depth": [1, 2, 4, 8, 12], "ft": [10.0] * 5, "lin": [10.0] * 5})
+    df = compare("table1a_decoder_depth", ours, "smoke", {"commit": "x", "device": "cpu", "date": "d", "command": "c"})
+    v = verdict(df, "table1a_decoder_depth")
+    assert v["lin"]["best_match"] is None and "tie" in v["lin"]["note"]
