@@ -151,3 +151,18 @@ def test_two_process_gloo_ddp_run(tmp_path):
     assert state["world_size"] == 2 and state["global_step"] == 2 * (64 // (8 * 2))
     records = [json.loads(l) for l in (out / "log.txt").read_text().splitlines()]
     assert [r["epoch"] for r in records] == [0, 1]
+
+
+def test_gpu_decode_path_trains_on_a_jpeg_folder(tmp_path):
+    """--gpu_decode: workers read bytes, the device decodes (CPU fallback here); same loop, same checkpoints."""
+    from PIL import Image
+    root = tmp_path / "jpegs"
+    for c in ("a", "b"):
+        (root / c).mkdir(parents=True)
+        for i in range(8):
+            Image.new("RGB", (48, 40), (i * 30, 90, 160)).save(root / c / f"{i}.jpg")
+    cfg = smoke_cfg(tmp_path, data=str(root), gpu_decode=True, batch_size=8, epochs=2)
+    result = pretrain.run(cfg)
+    assert result["finished"] and len(losses(cfg.output_dir)) == 4
+    with pytest.raises(DataError, match="gpu_decode needs an image folder"):
+        pretrain.run(smoke_cfg(tmp_path, data="synthetic:32", gpu_decode=True))

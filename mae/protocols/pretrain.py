@@ -35,6 +35,8 @@ class Config(TrainConfig):
     pca_fit_images: int = opt(512, "PCA target: images used to fit the components")
     tokenizer: str | None = opt(None, "token target: path to a tokenizer checkpoint (reproduce/tokenizer stage)")
     augmentation: str = opt("crop_rand", "none | crop_fixed | crop_rand | crop_rand_jitter (Table 1e)")
+    gpu_decode: bool = opt(False, "image folders: workers only read JPEG bytes and draw crops; decoding, crop and flip "
+                                  "run batched on the device (nvJPEG on a GPU); crop_rand augmentation only")
     init: str | None = opt(None, "start from the weights of this checkpoint (not a resume)")
     vis_every: int = opt(1, "save a reconstruction figure every N epochs (0 = never)")
     vis_images: int = opt(4, "images in the reconstruction figure")
@@ -109,14 +111,38 @@ def fit_pca_target(model: MaskedAutoencoderViT, dataset: torch.utils.data.Datase
     model.target.mean.copy_(mean)
 
 
+def gpu_input_hooks(cfg: Config) -> tuple[Any, Any, Any]:
+    """(dataset of encoded JPEGs, collate_fn, batch decoder) for ``--gpu_decode`` (issue: input pipeline)."""
+    import os
+    from pathlib import Path
+
+    from mae.data import DataError
+    from mae.engine.gpu_input import trainer_hooks
+    from mae.engine.loop import resolve_device
+
+    root = Path(cfg.data or "")
+    if not cfg.data or not root.is_dir():
+        raise DataError(f"--gpu_decode needs an image folder as --data, got {cfg.data!r}")
+    if (root / "train").is_dir():
+        root = root / "train"
+    device = resolve_device(cfg.device)
+    if device.type == "cuda" and device.index is None:
+        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+    return trainer_hooks(root, cfg.img_size, device, cfg.augmentation)
+
+
 def run(cfg: Config) -> dict[str, Any]:
     """Pre-train; returns the Trainer's result (history, final epoch record)."""
     from mae.data import build_dataset, eval_transform, pretrain_transform
     from mae.viz import reconstruct, save_figure
 
     seed_everything(cfg.seed)
-    train_set = build_dataset(cfg.data, split="train", transform=pretrain_transform(cfg.augmentation, cfg.img_size),
-                              img_size=cfg.img_size, seed=cfg.seed)
+    collate_fn = batch_transform = None
+    if cfg.gpu_decode:
+        train_set, collate_fn, batch_transform = gpu_input_hooks(cfg)
+    else:
+        train_set = build_dataset(cfg.data, split="train", transform=pretrain_transform(cfg.augmentation, cfg.img_size),
+                                  img_size=cfg.img_size, seed=cfg.seed)
     model = build_model(cfg)
     vis_set = build_dataset(cfg.data, split="train", transform=eval_transform(cfg.img_size),
                             img_size=cfg.img_size, seed=cfg.seed)
@@ -138,5 +164,6 @@ def run(cfg: Config) -> dict[str, Any]:
         save_figure(rec, trainer.run_dir / f"recon-epoch{epoch:04d}.png",
                     caption=f"{cfg.model}, epoch {epoch + 1}, mask ratio {cfg.mask_ratio}")
 
-    trainer = Trainer(cfg, model, train_set, step_fn=step, epoch_end_fn=visualize)
+    trainer = Trainer(cfg, model, train_set, step_fn=step, epoch_end_fn=visualize,
+                      collate_fn=collate_fn, batch_transform=batch_transform)
     return trainer.fit()
