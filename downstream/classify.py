@@ -413,17 +413,10 @@ def write_comparison(spec: TransferSet, row: str, model: str, cfg: Any, result: 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """CLI entry: input errors become one line on stderr and exit status 2 (MAE_DEBUG=1: traceback)."""
-    from mae.cli import USER_ERRORS
+    from mae.cli import guarded
     from mae.models.interop import InteropError
 
-    try:
-        run(argv)
-    except (*USER_ERRORS, ClassifyError, InteropError) as e:
-        if os.environ.get("MAE_DEBUG"):
-            raise
-        print(f"classify: error: {e}\n(set MAE_DEBUG=1 for the traceback)", file=sys.stderr)
-        return 2
-    return 0
+    return guarded("classify", run, argv, extra_errors=(ClassifyError, InteropError))[0]
 
 
 if __name__ == "__main__":

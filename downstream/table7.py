@@ -319,14 +319,9 @@ def run(argv: Sequence[str] | None = None) -> pd.DataFrame:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """CLI entry: input errors become one line on stderr and exit status 2."""
-    try:
-        run(argv)
-    except (Table7Error, FileNotFoundError) as e:
-        if os.environ.get("MAE_DEBUG"):
-            raise
-        print(f"table7: error: {e}", file=sys.stderr)
-        return 2
-    return 0
+    from mae.cli import guarded
+
+    return guarded("table7", run, argv, extra_errors=(Table7Error,))[0]
 
 
 if __name__ == "__main__":

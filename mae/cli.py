@@ -13,6 +13,7 @@ import os
 import sys
 import types
 import typing
+from collections.abc import Callable
 from typing import Any
 
 from mae.config import from_dict, load_config_file, to_dict
@@ -66,6 +67,21 @@ def add_config_args(parser: argparse.ArgumentParser, cls: type, defaults: Any) -
             parser.add_argument(flag, nargs=len(typing.get_args(tp)), type=elem, metavar=f.name.upper(), **kw)
         else:
             parser.add_argument(flag, type=_parser_for(tp, optional), metavar=getattr(tp, "__name__", "X").upper(), **kw)
+
+
+def guarded(prog: str, fn: Callable[..., Any], *args: Any, extra_errors: tuple[type[BaseException], ...] = ()
+            ) -> tuple[int, Any]:
+    """Run ``fn(*args)``; an input error becomes one line on stderr and exit status 2 (MAE_DEBUG=1: traceback).
+
+    Returns (exit status, fn's result or None). Every command-line entry point of the project uses it.
+    """
+    try:
+        return 0, fn(*args)
+    except (*USER_ERRORS, *extra_errors) as e:
+        if os.environ.get("MAE_DEBUG"):
+            raise
+        print(f"{prog}: error: {e}\n(set MAE_DEBUG=1 for the traceback)", file=sys.stderr)
+        return 2, None
 
 
 def protocol_module(name: str) -> types.ModuleType:
@@ -123,13 +139,9 @@ def main(argv: list[str] | None = None) -> int:
     if cmd not in available:
         print(f"mae: unknown command {cmd!r}; choose one of {', '.join(available)}", file=sys.stderr)
         return 2
-    try:
-        result = run_protocol(cmd, rest)
-    except USER_ERRORS as e:
-        if os.environ.get("MAE_DEBUG"):
-            raise
-        print(f"mae {cmd}: error: {e}\n(set MAE_DEBUG=1 for the traceback)", file=sys.stderr)
-        return 2
+    code, result = guarded(f"mae {cmd}", run_protocol, cmd, rest)
+    if code:
+        return code
     final = result.get("final", {}) if isinstance(result, dict) else {}
     if final:
         print("final: " + ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in final.items()))

@@ -11,3 +11,13 @@ def smoke_model():
     from mae.models import create_mae
     torch.manual_seed(0)
     return create_mae("mae_vit_smoke")
+
+
+@pytest.fixture(scope="session")
+def pretrained(tmp_path_factory):
+    """An MAE pre-training checkpoint of the smoke preset in the official layout ({'model': sd})."""
+    from mae.models import create_mae
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("pre") / "mae.pth"
+    torch.save({"model": create_mae("mae_vit_smoke").state_dict()}, path)
+    return path

@@ -7,16 +7,7 @@ import torch
 import torch.nn.functional as F
 
 from mae.engine.checkpoint import load_checkpoint
-from mae.models.mae import create_mae
 from mae.protocols import linprobe
-
-
-@pytest.fixture(scope="module")
-def pretrained(tmp_path_factory):
-    torch.manual_seed(0)
-    path = tmp_path_factory.mktemp("pre") / "mae.pth"
-    torch.save({"model": create_mae("mae_vit_smoke").state_dict()}, path)
-    return path
 
 
 def smoke(tmp_path, **kw):

@@ -6,17 +6,8 @@ import pytest
 import torch
 
 from mae.engine.checkpoint import load_checkpoint
-from mae.models.mae import create_mae
 from mae.models.vit import create_vit
 from mae.protocols import partial
-
-
-@pytest.fixture(scope="module")
-def pretrained(tmp_path_factory):
-    torch.manual_seed(0)
-    path = tmp_path_factory.mktemp("pre") / "mae.pth"
-    torch.save({"model": create_mae("mae_vit_smoke").state_dict()}, path)
-    return path
 
 
 def test_trainable_prefixes_hand_checked():
