@@ -8,12 +8,13 @@ from mae import cli
 from mae.protocols import pretrain
 
 
-def test_help_documents_every_field(capsys):
+@pytest.mark.parametrize("protocol", ["pretrain", "finetune", "linprobe", "partial"])
+def test_help_documents_every_field(capsys, protocol):
     with pytest.raises(SystemExit) as e:
-        cli.main(["pretrain", "--help"])
+        cli.main([protocol, "--help"])
     assert e.value.code == 0
     out = capsys.readouterr().out
-    for f in dataclasses.fields(pretrain.Config):
+    for f in dataclasses.fields(cli.protocol_module(protocol).Config):
         assert f"--{f.name}" in out, f.name
         assert f.metadata.get("help"), f"field {f.name} has no help text"
 
