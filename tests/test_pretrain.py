@@ -166,3 +166,34 @@ def test_gpu_decode_path_trains_on_a_jpeg_folder(tmp_path):
     assert result["finished"] and len(losses(cfg.output_dir)) == 4
     with pytest.raises(DataError, match="gpu_decode needs an image folder"):
         pretrain.run(smoke_cfg(tmp_path, data="synthetic:32", gpu_decode=True))
+
+
+def test_deferred_loss_check_never_lets_a_nan_reach_a_checkpoint(tmp_path, monkeypatch):
+    """The GPU mode of the guard (no per-step host sync), forced on CPU: same error, same kept checkpoint."""
+    cfg = smoke_cfg(tmp_path, data="synthetic:64", epochs=2, batch_size=8, ckpt_every_iters=2, log_every=4)
+
+    class DeferredNaNTrainer(loop.Trainer):
+        def __init__(self, *a, step_fn, **k):
+            def step(m, b):
+                loss, metrics = step_fn(m, b)
+                return (loss * float("nan") if self.total_iters == 5 else loss), metrics
+            super().__init__(*a, step_fn=step, **k)
+            self.defer_loss_check = True
+
+    monkeypatch.setattr(pretrain, "Trainer", DeferredNaNTrainer)
+    with pytest.raises(loop.NonFiniteLossError, match="loss is nan at epoch 0, iteration 5 "):
+        pretrain.run(cfg)
+    state = ckpt.load_checkpoint(Path(cfg.output_dir) / "checkpoint-last.pth")
+    assert state["total_iters"] == 4
+    assert all(torch.isfinite(v).all() for v in state["model"].values() if v.is_floating_point())
+
+
+def test_deferred_loss_check_gives_the_same_losses(tmp_path):
+    from mae.engine.loop import LossMonitor
+    calls = []
+    for deferred in (False, True):
+        mon = LossMonitor(torch.device("cpu"), deferred, lambda v, i: calls.append((v, i)))
+        for i, x in enumerate([1.5, 2.25, 0.125]):
+            mon.add(torch.tensor(x), i)
+        assert mon.last() == 0.125 and mon.mean() == pytest.approx((1.5 + 2.25 + 0.125) / 3)
+    assert calls == []

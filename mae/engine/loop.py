@@ -82,6 +82,52 @@ def move_to(batch: Any, device: torch.device) -> Any:
     return batch
 
 
+class LossMonitor:
+    """An epoch's running loss and the non-finite guard.
+
+    Where host syncs are cheap (CPU) every loss is read and checked at once, before its backward pass.
+    On a GPU (``deferred``) the check stays on the device and the host reads it only when a value is
+    needed: at logging points, before a checkpoint and at the epoch end; so a NaN stops the run at most
+    ``log_every`` iterations late, and never reaches a checkpoint.
+    """
+
+    def __init__(self, device: torch.device, deferred: bool, on_bad: Callable[[float, int], None]):
+        self.deferred, self.on_bad, self.n = deferred, on_bad, 0
+        self.total: float | torch.Tensor = torch.zeros((), dtype=torch.float64, device=device) if deferred else 0.0
+        self.first_bad = torch.full((), -1, dtype=torch.int64, device=device) if deferred else None
+        self.bad_value = torch.zeros((), dtype=torch.float32, device=device) if deferred else None
+        self._last: float | torch.Tensor = float("nan")
+
+    def add(self, loss: torch.Tensor, iteration: int) -> None:
+        v = loss.detach()
+        self.n += 1
+        if not self.deferred:
+            x = float(v.item())
+            if not math.isfinite(x):
+                self.on_bad(x, iteration)
+            self.total += x
+            self._last = x
+            return
+        newly_bad = ~torch.isfinite(v) & (self.first_bad < 0)
+        self.first_bad = torch.where(newly_bad, torch.full_like(self.first_bad, iteration), self.first_bad)
+        self.bad_value = torch.where(newly_bad, v.float(), self.bad_value)
+        self.total = self.total + v.double()
+        self._last = v
+
+    def check(self) -> None:
+        """Raise (through ``on_bad``) if a non-finite loss was seen; a host sync when deferred."""
+        if self.deferred and int(self.first_bad.item()) >= 0:
+            self.on_bad(float(self.bad_value.item()), int(self.first_bad.item()))
+
+    def last(self) -> float:
+        self.check()
+        return float(self._last)
+
+    def mean(self) -> float:
+        self.check()
+        return float(self.total) / max(self.n, 1)
+
+
 class RunLogger:
     """Rank-0 logs of a run: per-iteration CSV, per-epoch JSON lines, TensorBoard."""
 
@@ -207,6 +253,8 @@ class Trainer:
         self.history: list[dict[str, Any]] = []
         self.logger = RunLogger(self.run_dir, self.is_main, cfg.tensorboard)
         self._stop_signal: int | None = None
+        # GPU: check the loss for NaN/Inf on the device and sync only at logging points (LossMonitor)
+        self.defer_loss_check = self.device.type == "cuda"
 
     # ----------------------------------------------------------- checkpoints
     def state_dict(self) -> dict[str, Any]:
@@ -302,7 +350,8 @@ class Trainer:
             from tqdm.auto import tqdm
             bar = tqdm(total=self.iters_per_epoch, initial=start, desc=f"epoch {self.epoch + 1}/{cfg.epochs}",
                        dynamic_ncols=True, mininterval=1.0, leave=False)
-        loss_sum, n_seen, t0 = 0.0, 0, time.time()
+        monitor = LossMonitor(self.device, self.defer_loss_check, self._non_finite)
+        t0 = time.time()
         opt.zero_grad(set_to_none=True)
         for batch in self.loader:
             it = self.iter_in_epoch
@@ -318,9 +367,7 @@ class Trainer:
                 with sync:
                     with self._autocast():
                         loss, metrics = self.step_fn(model, batch)
-                    loss_value = float(loss.detach().item())
-                    if not math.isfinite(loss_value):
-                        self._non_finite(loss_value)
+                    monitor.add(loss, self.total_iters)
                     self.scaler.scale(loss / cfg.accum_iter).backward()
             except torch.cuda.OutOfMemoryError as e:
                 raise torch.cuda.OutOfMemoryError(
@@ -336,20 +383,21 @@ class Trainer:
                 self.global_step += 1
             self.iter_in_epoch += 1
             self.total_iters += 1
-            loss_sum += loss_value
-            n_seen += 1
             current_lr = max(g["lr"] for g in opt.param_groups)
             if self.total_iters % cfg.log_every == 0 or self.iter_in_epoch == self.iters_per_epoch:
+                loss_value = monitor.last()  # (deferred: the one host sync of the interval)
                 row = {"epoch": self.epoch, "iteration": self.total_iters - 1, "lr": current_lr, "loss": loss_value}
                 row.update({k: float(v) for k, v in metrics.items()})
                 self.logger.log_iter(row)
+                if bar is not None:
+                    bar.set_postfix(loss=f"{loss_value:.4f}", lr=f"{current_lr:.2e}", refresh=False)
             if bar is not None:
                 bar.update(1)
-                bar.set_postfix(loss=f"{loss_value:.4f}", lr=f"{current_lr:.2e}", refresh=False)
             if stepping:
                 stop = (cfg.max_iters is not None and self.total_iters >= cfg.max_iters) or self._stop_signal is not None
                 if stop or (cfg.ckpt_every_iters and self.global_step % cfg.ckpt_every_iters == 0
                             and self.iter_in_epoch < self.iters_per_epoch):
+                    monitor.check()  # a NaN never reaches a checkpoint
                     self.save()
                 if stop:
                     if bar is not None:
@@ -361,19 +409,20 @@ class Trainer:
                     raise _Stop
         if bar is not None:
             bar.close()
-        self._epoch_stats = {"train_loss": all_reduce_mean(loss_sum / max(n_seen, 1), self.device),
+        self._epoch_stats = {"train_loss": all_reduce_mean(monitor.mean(), self.device),
                              "train_lr": max(g["lr"] for g in opt.param_groups),
                              "epoch_time_s": time.time() - t0,
-                             "imgs_per_s": n_seen * cfg.batch_size * self.dist.world_size / max(time.time() - t0, 1e-9)}
+                             "imgs_per_s": monitor.n * cfg.batch_size * self.dist.world_size / max(time.time() - t0, 1e-9)}
         skipped = getattr(getattr(self.dataset, "base", None), "num_skipped", 0)
         if skipped:
             self._epoch_stats["skipped_images"] = int(skipped)
 
-    def _non_finite(self, value: float) -> None:
+    def _non_finite(self, value: float, total_iteration: int) -> None:
         last = self.run_dir / ckpt.LAST
         kept = f"the last good checkpoint is {last}" if last.exists() else "no checkpoint was written yet"
+        in_epoch = total_iteration - (self.total_iters - self.iter_in_epoch)
         raise NonFiniteLossError(
-            f"loss is {value} at epoch {self.epoch}, iteration {self.iter_in_epoch} (step {self.global_step}); "
+            f"loss is {value} at epoch {self.epoch}, iteration {in_epoch} (overall iteration {total_iteration}); "
             f"training stopped and {kept}. Try a lower --blr, more --warmup_epochs, --clip_grad, or --amp none.")
 
     def _end_epoch(self) -> None:
