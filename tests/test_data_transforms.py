@@ -185,3 +185,12 @@ def test_randaugment_posterize_never_asks_pillow_for_zero_bits():
     op.prob, op.magnitude, op.magnitude_std = 1.0, 10.0, 0.0
     out = op(Image.new("RGB", (8, 8), (200, 100, 50)))  # raised ValueError before the clamp
     assert out.size == (8, 8)
+
+
+def test_eval_transform_crop_pct_follows_official_rule_above_224():
+    # official main_finetune.build_transform: crop_pct = 224/256 if input_size <= 224 else 1.0
+    ops = eval_transform(448).transforms
+    assert ops[0].size == 448 and ops[1].size == (448, 448)
+    ops = eval_transform(224).transforms
+    assert ops[0].size == 256
+    assert eval_transform(448, crop_pct=0.875).transforms[0].size == 512  # an explicit ratio still wins

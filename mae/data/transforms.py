@@ -6,7 +6,7 @@
   timm's `create_transform` exactly as the official release does (`finetune_transform`).
 - Linear probing (appendix A.3): RandomResizedCrop + flip (`linprobe_transform`).
 - Evaluation: resize the shorter side to img_size / 0.875 (256 for 224), center crop
-  (`eval_transform`).
+  (`eval_transform`); above 224 px the official code uses crop ratio 1.0 (resize to img_size).
 
 Pre-training transforms are torchvision v1 transforms: their randomness comes only from
 torch's global RNG (never Python's `random`), so seeding torch (as `SeededDataset`
@@ -37,6 +37,7 @@ __all__ = [
     "DEFAULT_PRETRAIN_AUGMENTATION",
     "pretrain_transform",
     "eval_transform",
+    "eval_crop_pct",
     "finetune_transform",
     "linprobe_transform",
 ]
@@ -146,9 +147,20 @@ def pretrain_transform(
     return T.Compose(ops + _to_normalized_tensor())
 
 
-def eval_transform(img_size: int = 224, crop_pct: float = EVAL_CROP_PCT) -> ImageTransform:
-    """Resize the shorter side to int(img_size / crop_pct) (bicubic), center crop, normalize."""
+def eval_crop_pct(img_size: int) -> float:
+    """The official release's evaluation crop ratio: 224/256 up to 224 px, 1.0 above (e.g. ViT-H at 448)."""
+    return EVAL_CROP_PCT if img_size <= 224 else 1.0
+
+
+def eval_transform(img_size: int = 224, crop_pct: float | None = None) -> ImageTransform:
+    """Resize the shorter side to int(img_size / crop_pct) (bicubic), center crop, normalize.
+
+    ``crop_pct=None`` follows the official fine-tuning code: 0.875 (256 -> 224) for img_size <= 224,
+    1.0 (resize to img_size, no border cropped) for larger inputs.
+    """
     _check_size(img_size)
+    if crop_pct is None:
+        crop_pct = eval_crop_pct(img_size)
     if not 0.0 < crop_pct <= 1.0:
         raise ValueError(f"crop_pct must be in (0, 1], got {crop_pct}")
     return T.Compose(
