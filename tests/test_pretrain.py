@@ -197,3 +197,18 @@ def test_deferred_loss_check_gives_the_same_losses(tmp_path):
             mon.add(torch.tensor(x), i)
         assert mon.last() == 0.125 and mon.mean() == pytest.approx((1.5 + 2.25 + 0.125) / 3)
     assert calls == []
+
+
+def test_weight_decay_groups_tokens_per_reference_or_official():
+    from mae.engine.optim import param_groups_weight_decay
+    from mae.models import create_mae
+    model = create_mae("mae_vit_smoke")
+    names = {id(p): n for n, p in model.named_parameters()}
+
+    def decayed(groups):
+        return {names[id(p)] for g in groups if g["weight_decay"] > 0 for p in g["params"]}
+    ref = decayed(param_groups_weight_decay(model, 0.05))
+    official = decayed(param_groups_weight_decay(model, 0.05, skip_model_tokens=False))
+    assert "cls_token" not in ref and "mask_token" not in ref and "blocks.0.attn.qkv.weight" in ref
+    assert official - ref == {"cls_token", "mask_token"}
+    assert not any(n.endswith(".bias") or "norm" in n or "pos_embed" in n for n in official)

@@ -14,13 +14,15 @@ def scaled_lr(blr: float, effective_batch: int) -> float:
     return blr * effective_batch / 256
 
 
-def param_groups_weight_decay(model: nn.Module, weight_decay: float, skip: Iterable[str] = ()) -> list[dict]:
+def param_groups_weight_decay(model: nn.Module, weight_decay: float, skip: Iterable[str] = (),
+                              skip_model_tokens: bool = True) -> list[dict]:
     """Two groups: decayed weights, and 1-d params / biases / named tokens without weight decay.
 
+    ``skip_model_tokens`` adds the model's ``no_weight_decay()`` names (cls/mask tokens) to ``skip``.
     Frozen parameters (``requires_grad=False``) are left out.
     """
     skip = set(skip)
-    if hasattr(model, "no_weight_decay"):
+    if skip_model_tokens and hasattr(model, "no_weight_decay"):
         skip |= set(model.no_weight_decay())
     decay, no_decay = [], []
     for name, p in model.named_parameters():

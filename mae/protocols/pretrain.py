@@ -14,6 +14,7 @@ import torch
 from mae.config import TrainConfig, opt
 from mae.engine.checkpoint import extract_state_dict, load_checkpoint, load_state_dict_checked
 from mae.engine.loop import Trainer, seed_everything
+from mae.engine.optim import param_groups_weight_decay
 from mae.models.mae import MaskedAutoencoderViT, create_mae
 
 
@@ -35,6 +36,8 @@ class Config(TrainConfig):
     pca_fit_images: int = opt(512, "PCA target: images used to fit the components")
     tokenizer: str | None = opt(None, "token target: path to a tokenizer checkpoint (reproduce/tokenizer stage)")
     augmentation: str = opt("crop_rand", "none | crop_fixed | crop_rand | crop_rand_jitter (Table 1e)")
+    decay_tokens: bool = opt(False, "weight decay on cls/mask tokens too, as the official release's param groups do "
+                                    "(the paper's text and REFERENCE: no decay on tokens)")
     gpu_decode: bool = opt(False, "image folders: workers only read JPEG bytes and draw crops; decoding, crop and flip "
                                   "run batched on the device (nvJPEG on a GPU); crop_rand augmentation only")
     init: str | None = opt(None, "start from the weights of this checkpoint (not a resume)")
@@ -164,6 +167,7 @@ def run(cfg: Config) -> dict[str, Any]:
         save_figure(rec, trainer.run_dir / f"recon-epoch{epoch:04d}.png",
                     caption=f"{cfg.model}, epoch {epoch + 1}, mask ratio {cfg.mask_ratio}")
 
-    trainer = Trainer(cfg, model, train_set, step_fn=step, epoch_end_fn=visualize,
+    groups = param_groups_weight_decay(model, cfg.weight_decay, skip_model_tokens=not cfg.decay_tokens)
+    trainer = Trainer(cfg, model, train_set, step_fn=step, epoch_end_fn=visualize, param_groups=groups,
                       collate_fn=collate_fn, batch_transform=batch_transform)
     return trainer.fit()
