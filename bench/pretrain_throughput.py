@@ -577,4 +577,6 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    from mae.cli import guarded
+    code, result = guarded("pretrain_throughput", main)
+    raise SystemExit(code or result)

@@ -85,4 +85,5 @@ def run(argv: list[str] | None = None) -> Any:
 
 
 if __name__ == "__main__":
-    run()
+    from downstream.runner import cli
+    raise SystemExit(cli(TASK, description=__doc__.splitlines()[0]))

@@ -11,6 +11,7 @@ import argparse
 import json
 import numbers
 import os
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -128,6 +129,20 @@ def train_and_evaluate(cfg: Any) -> dict[str, float]:
     if not hook.metrics:
         raise RuntimeError(f"training finished without validation metrics (work dir {cfg.work_dir})")
     return hook.metrics
+
+
+def cli(task: Task, argv: list[str] | None = None, description: str = "") -> int:
+    """Command-line entry: input errors (checkpoint, dataset, missing OpenMMLab stack) are one line, exit 2."""
+    from mae.cli import guarded
+    from downstream.checks import DatasetError
+
+    try:
+        import mmengine  # noqa: F401
+    except ModuleNotFoundError as e:
+        print(f"{task.name}: error: the OpenMMLab stack is not installed ({e}); run "
+              "`bash scripts/install.sh --downstream` first", file=sys.stderr)
+        return 2
+    return guarded(task.name, main, task, argv, description, extra_errors=(DatasetError,))[0]
 
 
 def main(task: Task, argv: list[str] | None = None, description: str = "") -> pd.DataFrame | None:

@@ -26,8 +26,8 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     """Errors caused by input (data, checkpoints, configs, diverging runs): one clear line, no traceback."""
     from mae.data import DataError
     from mae.engine.checkpoint import CheckpointError
-    from mae.engine.loop import NonFiniteLossError
-    return (DataError, CheckpointError, NonFiniteLossError, FileNotFoundError)
+    from mae.engine.loop import DeviceUnavailableError, NonFiniteLossError
+    return (DataError, CheckpointError, NonFiniteLossError, DeviceUnavailableError, FileNotFoundError)
 
 
 USER_ERRORS = _user_errors()

@@ -25,6 +25,7 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Dataset
 
 from mae.config import TrainConfig, save_config, to_dict
+from mae.data.errors import DataError
 from mae.data.sampler import ResumableSampler, SeededDataset
 from mae.engine import checkpoint as ckpt
 from mae.engine import speed
@@ -39,6 +40,10 @@ class NonFiniteLossError(FloatingPointError):
     """Training produced a NaN/Inf loss; the last good checkpoint is kept untouched."""
 
 
+class DeviceUnavailableError(RuntimeError):
+    """The requested device does not exist on this machine."""
+
+
 class _Stop(Exception):
     """Internal: leave the loop after a checkpoint (max_iters reached or a preemption signal)."""
 
@@ -48,7 +53,7 @@ def resolve_device(name: str) -> torch.device:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     dev = torch.device(name)
     if dev.type == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError(f"--device {name}: CUDA is not available on this machine (use --device cpu)")
+        raise DeviceUnavailableError(f"--device {name}: CUDA is not available on this machine (use --device cpu)")
     return dev
 
 
@@ -228,7 +233,7 @@ class Trainer:
             self.model = DistributedDataParallel(self.model_without_ddp, device_ids=ids)
 
         if len(train_set) < cfg.batch_size * self.dist.world_size:
-            raise ValueError(f"the training set has {len(train_set)} samples, fewer than one batch "
+            raise DataError(f"the training set has {len(train_set)} samples, fewer than one batch "
                              f"({cfg.batch_size} x {self.dist.world_size} processes)")
         self.dataset = SeededDataset(train_set, cfg.seed)
         self.sampler = ResumableSampler(len(train_set), num_replicas=self.dist.world_size, rank=self.dist.rank,

@@ -68,10 +68,10 @@ class Config(TrainConfig):
 _PAPER = Config(num_workers=10, data="/path/to/imagenet", img_size=224)  # --data is required
 PRESETS: dict[str, Config] = {
     # LARS moves each weight by lr * 0.001 of its norm per step: the paper's lr is 6.4 (blr 0.1 at batch
-    # 16384) over ~7k steps; the small presets take the same lr (mini) or more (demo: ~600 steps).
+    # 16384) over ~7k steps; the small presets take the same lr.
     # after `mae pretrain` (preset demo): a minute on a CPU thanks to the feature cache
     "demo": Config(model="vit_micro_patch4_32", img_size=32, data="embedded", finetune="outputs/demo/checkpoint-last.pth",
-                   cache_features=True, augment=False, epochs=30, warmup_epochs=3, batch_size=256, blr=50.0,
+                   cache_features=True, augment=False, epochs=30, warmup_epochs=3, batch_size=256, blr=6.4,
                    num_workers=2, output_dir="outputs/linprobe_demo", log_every=20),
     "smoke": Config(model="vit_smoke", img_size=32, data="synthetic:64", epochs=1, warmup_epochs=0, batch_size=16,
                     num_workers=0, output_dir="outputs/linprobe_smoke", log_every=1, tensorboard=False, progress=False),
