@@ -44,15 +44,13 @@ class _Crash(RuntimeError):
 
 
 def _crashing_trainer(at_iteration):
+    """A Trainer whose process 'dies' (an exception) when it reaches overall iteration ``at_iteration``."""
     class CrashingTrainer(loop.Trainer):
         def __init__(self, *a, step_fn, **k):
-            calls = {"n": 0}
-
             def step(m, b):
-                if calls["n"] + self_ref[0].total_iters >= at_iteration:
+                if self.total_iters >= at_iteration:
                     raise _Crash("killed")
                 return step_fn(m, b)
-            self_ref = [self]
             super().__init__(*a, step_fn=step, **k)
     return CrashingTrainer
 
