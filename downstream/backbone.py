@@ -47,6 +47,7 @@ from timm.layers import LayerNorm2d, resample_abs_pos_embed, resample_patch_embe
 from timm.models.vision_transformer import Block
 
 from mae.engine.checkpoint import CheckpointError, extract_state_dict, load_checkpoint
+from mae.models.interop import encoder_shape
 from mae.models.mae import PRESETS, mae_config
 from mae.models.pos_embed import get_2d_sincos_pos_embed
 
@@ -106,15 +107,6 @@ def encoder_state_dict(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[
     return enc, meta
 
 
-def _grid_of(num_tokens: int) -> tuple[int, int]:
-    """(prefix tokens, side) of a square position table with or without a cls row."""
-    for prefix in (1, 0):
-        side = math.isqrt(num_tokens - prefix)
-        if side * side == num_tokens - prefix:
-            return prefix, side
-    raise NotAViTCheckpointError(f"a position table of {num_tokens} rows is not a square grid (+ cls row)")
-
-
 def _heads_from_meta(meta: dict[str, Any]) -> int | None:
     """Heads named by the file itself: our ``config`` ({'model': preset, ...} or 'num_heads') or the
     official release's ``args.model`` (an argparse Namespace holding the preset name)."""
@@ -139,11 +131,8 @@ def infer_vit_arch(path: str | Path, num_heads: int | None = None) -> ViTArch:
     """Read the encoder shape from a checkpoint; heads come from ``num_heads``, the file's own config
     (``config`` / ``args.model``), or the preset with the same width, depth and patch size."""
     sd, meta = encoder_state_dict(path)
-    d = sd["pos_embed"].shape[-1]
-    depth = 1 + max(int(k.split(".")[1]) for k in sd if k.startswith("blocks."))
-    patch = sd["patch_embed.proj.weight"].shape[-1]
-    _, side = _grid_of(sd["pos_embed"].shape[1])
-    mlp_ratio = sd["blocks.0.mlp.fc1.weight"].shape[0] / d
+    shape = encoder_shape(sd, f"checkpoint {path}")
+    d, depth, patch, side, mlp_ratio = shape.embed_dim, shape.depth, shape.patch_size, shape.grid, shape.mlp_ratio
     heads = num_heads or _heads_from_meta(meta)
     if heads is None:
         presets = [mae_config(name) for name in PRESETS]
@@ -381,9 +370,9 @@ class MAEViT(BaseModule):
         """
         sd, _ = encoder_state_dict(path)
         own = self.state_dict()
-        pos = sd["pos_embed"]
-        prefix, side = _grid_of(pos.shape[1])
-        if prefix == 0:
+        shape = encoder_shape(sd, f"checkpoint {path}")
+        pos, side = sd["pos_embed"], shape.grid
+        if not shape.cls_token:
             pos = torch.cat([torch.zeros_like(pos[:, :1]), pos], dim=1)
         if pos.shape[-1] != self.embed_dim:
             raise CheckpointError(f"checkpoint {path} has width {pos.shape[-1]}, the backbone {self.embed_dim}")
@@ -396,9 +385,8 @@ class MAEViT(BaseModule):
             print_log(f"MAEViT: resampling the patch kernel of {path} from {kernel.shape[-1]} to {self.patch_size}",
                       "current")
             sd["patch_embed.proj.weight"] = resample_patch_embed(kernel, [self.patch_size, self.patch_size])
-        ck_depth = 1 + max(int(k.split(".")[1]) for k in sd if k.startswith("blocks."))
-        if ck_depth != self.depth:
-            raise CheckpointError(f"checkpoint {path} has {ck_depth} blocks, the backbone {self.depth}")
+        if shape.depth != self.depth:
+            raise CheckpointError(f"checkpoint {path} has {shape.depth} blocks, the backbone {self.depth}")
         shapes = [f"{k}: checkpoint {tuple(v.shape)} vs backbone {tuple(own[k].shape)}"
                   for k, v in sd.items() if k in own and v.shape != own[k].shape]
         if shapes:

@@ -114,29 +114,17 @@ FIXTURE_SIZE = 40
 
 
 # ------------------------------------------------------------------------------------ model
-def _encoder_shape(sd: dict[str, Any], label: str) -> tuple[int, int, int, int]:
-    """(embed_dim, depth, patch_size, grid side) of a ViT / MAE state_dict."""
-    w = sd.get("patch_embed.proj.weight")
-    if w is None or w.ndim != 4:
-        raise ClassifyError(f"{label}: no patch_embed.proj.weight (4-d) - not a ViT/MAE checkpoint")
-    blocks = {int(k.split(".")[1]) for k in sd if k.startswith("blocks.") and k.split(".")[1].isdigit()}
-    if not blocks:
-        raise ClassifyError(f"{label}: no blocks.* keys - not a ViT/MAE encoder")
-    pos = sd.get("pos_embed")
-    grid = int(round((pos.shape[1] - 1) ** 0.5)) if pos is not None and pos.ndim == 3 else 0
-    return int(w.shape[0]), max(blocks) + 1, int(w.shape[-1]), grid
-
-
 def resolve_model(ckpt: str, model: str | None) -> str:
     """The classifier preset (mae.models.vit.PRESETS) for ``ckpt``: ``model`` checked, or inferred."""
-    from mae.models.interop import checkpoint_kind, read_state_dict
+    from mae.models.interop import checkpoint_kind, encoder_shape, read_state_dict
     from mae.models.vit import PRESETS, vit_for_mae
 
     if not os.path.isfile(ckpt):
         raise FileNotFoundError(f"--ckpt {ckpt}: no such file (an MAE pre-training checkpoint, ours or official)")
     sd, label = read_state_dict(ckpt)
     checkpoint_kind(sd, label)  # raises for anything that is not a ViT / MAE
-    dim, depth, patch, grid = _encoder_shape(sd, label)
+    shape = encoder_shape(sd, label)
+    dim, depth, patch, grid = shape.embed_dim, shape.depth, shape.patch_size, shape.grid or 0
     if model is not None:
         name = vit_for_mae(model) if model.startswith("mae_") else model
         if name not in PRESETS:

@@ -235,13 +235,6 @@ class LoadedMAE:
 _DECODER_KEYS = ("decoder_embed.weight", "decoder_pred.weight")
 
 
-def _block_count(sd: dict[str, torch.Tensor], prefix: str) -> int:
-    idx = {int(k[len(prefix):].split(".")[0]) for k in sd if k.startswith(prefix)}
-    if idx and idx != set(range(len(idx))):
-        raise ValueError(f"non-contiguous {prefix}* blocks: {sorted(idx)}")
-    return len(idx)
-
-
 def _describe_keys(sd: dict[str, torch.Tensor], limit: int = 6) -> str:
     keys = list(sd)
     more = f", ... ({len(keys)} keys)" if len(keys) > limit else ""
@@ -258,6 +251,7 @@ def infer_mae_config(sd: dict[str, torch.Tensor], source: str = "checkpoint", no
     the normalised variant: the official ``*_full`` files were trained with norm_pix_loss).
     """
     from mae.engine.checkpoint import CheckpointError
+    from mae.models.interop import block_count, encoder_shape
     from mae.models.mae import PRESETS, mae_config
 
     if "patch_embed.proj.weight" not in sd:
@@ -275,24 +269,20 @@ def infer_mae_config(sd: dict[str, torch.Tensor], source: str = "checkpoint", no
     if any(k.startswith("target.tokenizer.") for k in sd):
         raise CheckpointError(f"{source} was trained with a token target: its predictions are token ids, "
                               "not pixels, and cannot be drawn")
-    w = sd["patch_embed.proj.weight"]
-    if w.dim() != 4 or w.shape[2] != w.shape[3]:
-        raise CheckpointError(f"{source}: patch_embed.proj.weight has shape {tuple(w.shape)}, expected (D, C, p, p)")
-    embed_dim, in_chans, patch = int(w.shape[0]), int(w.shape[1]), int(w.shape[2])
     if "pos_embed" not in sd:
         raise CheckpointError(f"{source}: no 'pos_embed' (keys: {_describe_keys(sd)})")
-    num_patches = int(sd["pos_embed"].shape[1]) - 1
-    grid = int(round(num_patches ** 0.5))
-    if grid * grid != num_patches:
+    shape = encoder_shape(sd, source)
+    if not shape.cls_token:
         raise CheckpointError(f"{source}: pos_embed {tuple(sd['pos_embed'].shape)} is not a square grid plus a cls token")
+    embed_dim, in_chans, patch = shape.embed_dim, shape.in_chans, shape.patch_size
     dec_dim = int(sd["decoder_embed.weight"].shape[0])
     over: dict[str, Any] = dict(
-        img_size=grid * patch, patch_size=patch, in_chans=in_chans, embed_dim=embed_dim,
-        depth=_block_count(sd, "blocks."), decoder_embed_dim=dec_dim,
-        decoder_depth=_block_count(sd, "decoder_blocks."),
+        img_size=shape.img_size, patch_size=patch, in_chans=in_chans, embed_dim=embed_dim,
+        depth=shape.depth, decoder_embed_dim=dec_dim,
+        decoder_depth=block_count(sd, "decoder_blocks."),
         encoder_mask_token="encoder_mask_token" in sd)
-    if "blocks.0.mlp.fc1.weight" in sd:
-        over["mlp_ratio"] = sd["blocks.0.mlp.fc1.weight"].shape[0] / embed_dim
+    if shape.mlp_ratio is not None:
+        over["mlp_ratio"] = shape.mlp_ratio
     if "target.components" in sd:
         over["target"] = "pca"
         over["pca_components"] = int(sd["target.components"].shape[0])

@@ -164,3 +164,18 @@ def test_timm_classifier_state_dict_loads_and_predicts_the_same():
     assert load_classifier(ours, t.state_dict()).kind == "finetune"
     x = torch.randn(2, 3, 32, 32)
     torch.testing.assert_close(ours(x), t(x), rtol=0, atol=0)
+
+
+def test_encoder_shape_reads_the_official_layout():
+    from mae.models import create_mae
+    from mae.models.interop import InteropError, block_count, encoder_shape
+    sd = create_mae("mae_vit_smoke").state_dict()
+    s = encoder_shape(sd)
+    assert (s.embed_dim, s.depth, s.patch_size, s.in_chans, s.grid, s.cls_token, s.mlp_ratio, s.img_size) == \
+        (32, 2, 8, 3, 4, True, 4.0, 32)
+    assert block_count(sd, "decoder_blocks.") == 1
+    no_cls = {**sd, "pos_embed": sd["pos_embed"][:, 1:]}
+    assert encoder_shape(no_cls).cls_token is False and encoder_shape(no_cls).grid == 4
+    gap = {k: v for k, v in sd.items() if not k.startswith("blocks.0.")}
+    with pytest.raises(InteropError, match="non-contiguous blocks"):
+        encoder_shape(gap)

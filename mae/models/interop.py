@@ -19,6 +19,7 @@ Every error names the file, the keys and the shapes that do not fit.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
@@ -93,6 +94,58 @@ def checkpoint_kind(sd: Mapping[str, torch.Tensor], label: str = "state_dict") -
         return "encoder"
     raise InteropError(f"{label} is not a ViT/MAE checkpoint: no patch_embed.proj.weight / blocks.* keys "
                        f"(first keys: {_abbrev(sorted(sd), 8)})")
+
+
+@dataclass(frozen=True)
+class EncoderShape:
+    """What a ViT/MAE state_dict's tensor shapes say about its encoder (head counts they do not show)."""
+
+    embed_dim: int
+    depth: int
+    patch_size: int
+    in_chans: int
+    grid: int | None  # side of the square position table (None without a pos_embed)
+    cls_token: bool  # whether the position table has a cls row
+    mlp_ratio: float | None
+
+    @property
+    def img_size(self) -> int | None:
+        return None if self.grid is None else self.grid * self.patch_size
+
+
+def block_count(sd: Mapping[str, torch.Tensor], prefix: str = "blocks.") -> int:
+    """Number of ``<prefix><i>.*`` blocks; the indices must be 0..n-1."""
+    ids = {int(k[len(prefix):].split(".")[0]) for k in sd
+           if k.startswith(prefix) and k[len(prefix):].split(".")[0].isdigit()}
+    if ids and ids != set(range(len(ids))):
+        raise InteropError(f"non-contiguous {prefix}* blocks: {sorted(ids)}")
+    return len(ids)
+
+
+def encoder_shape(sd: Mapping[str, torch.Tensor], label: str = "state_dict") -> EncoderShape:
+    """Width, depth, patch size, channels, grid and MLP ratio of the encoder in ``sd``."""
+    w = sd.get("patch_embed.proj.weight")
+    if w is None or w.ndim != 4 or w.shape[2] != w.shape[3]:
+        shape = None if w is None else tuple(w.shape)
+        raise InteropError(f"{label}: patch_embed.proj.weight is {shape}, expected (D, C, p, p) - not a ViT/MAE checkpoint")
+    depth = block_count(sd, "blocks.")
+    if not depth:
+        raise InteropError(f"{label}: no blocks.* keys - not a ViT/MAE encoder")
+    grid, cls = None, True
+    pos = sd.get("pos_embed")
+    if pos is not None:
+        if pos.ndim != 3:
+            raise InteropError(f"{label}: pos_embed has shape {tuple(pos.shape)}, expected (1, [1+]L, D)")
+        for prefix in (1, 0):
+            side = math.isqrt(max(pos.shape[1] - prefix, 0))
+            if side * side == pos.shape[1] - prefix:
+                grid, cls = side, prefix == 1
+                break
+        else:
+            raise InteropError(f"{label}: pos_embed {tuple(pos.shape)} is not a square grid (+ a cls row)")
+    fc1 = sd.get("blocks.0.mlp.fc1.weight")
+    return EncoderShape(embed_dim=int(w.shape[0]), depth=depth, patch_size=int(w.shape[2]), in_chans=int(w.shape[1]),
+                        grid=grid, cls_token=cls, mlp_ratio=None if fc1 is None else fc1.shape[0] / w.shape[0])
 
 
 def _resize_pos_embed(sd: dict[str, torch.Tensor], grid: tuple[int, int], embed_dim: int, label: str
@@ -215,13 +268,8 @@ def load_classifier(model: ViTClassifier, source: Source) -> LoadReport:
 
 
 def _what(sd: Mapping[str, torch.Tensor], depth: int) -> str:
-    d = _depth(sd)
+    d = block_count(sd)
     return f"checkpoint has {d} blocks, the model {depth}" if d != depth else "key sets differ"
-
-
-def _depth(sd: Mapping[str, torch.Tensor]) -> int:
-    ids = {int(k.split(".")[1]) for k in sd if k.startswith("blocks.") and k.split(".")[1].isdigit()}
-    return max(ids) + 1 if ids else 0
 
 
 # ----------------------------------------------------------------------------------- timm
