@@ -53,7 +53,10 @@ DEFAULT_BATCH = {"mae_vit_base_patch16": 256, "mae_vit_large_patch16": 256, "mae
 ISSUE_OFFICIAL_H100 = {("mae_vit_base_patch16", 256, "bf16"): 3150.0, ("mae_vit_large_patch16", 256, "bf16"): 1870.0,
                        ("mae_vit_huge_patch14", 128, "bf16"): 860.0}
 VARIANT_FEATURES = (*FEATURES, "host_sync", "max_autotune")
-INPUTS = ("synthetic", "jpeg_gpu", "jpeg_cpu")
+# jpeg_cpu: the official loader (PIL crop + ToTensor + Normalize in workers, float batches); the others are
+# the --input_path choices of `mae pretrain`: jpeg_cpu_u8 = pil (uint8 batches, normalised on the device),
+# jpeg_gpu = gpu_decode (the device decodes), jpeg_worker = worker_decode (workers decode, the device resizes)
+INPUTS = ("synthetic", "jpeg_gpu", "jpeg_worker", "jpeg_cpu_u8", "jpeg_cpu")
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": None}
 GPU_VARIANTS = ("baseline", "fast", "fast-compile", "fast-fused_adamw", "fast-host_sync", "fast+cuda_graphs")
 CPU_VARIANTS = ("baseline", "fast")
@@ -170,18 +173,40 @@ def _endless_loader(dataset: Any, batch_size: int, workers: int, seed: int, **kw
 
 
 class JpegGpuInput(InputSource):
-    """Workers read bytes + draw crops; a background thread decodes/augments on the device (gpu_input)."""
+    """Workers read bytes + draw crops (``decode_on="worker"``: decode + crop too); a background thread
+    finishes the batch on the device (mae.engine.gpu_input), as ``mae pretrain --input_path`` does."""
 
     def __init__(self, root: str, batch_size: int, img_size: int, device: torch.device, workers: int,
-                 seed: int, depth: int = 3):
+                 seed: int, depth: int = 3, decode_on: str = "device"):
         from mae.engine.gpu_input import BatchDecoder, CropSpec, PrefetchLoader, collate_encoded, encoded_image_folder
         spec = CropSpec.from_augmentation("crop_rand", img_size)
-        loader = _endless_loader(encoded_image_folder(root, spec), batch_size, workers, seed,
-                                 collate_fn=collate_encoded)
+        loader = _endless_loader(encoded_image_folder(root, spec, decode_on), batch_size, workers, seed,
+                                 collate_fn=collate_encoded, pin_memory=device.type == "cuda")
         self._it = iter(PrefetchLoader(loader, BatchDecoder(spec, device), device, depth=depth))
 
     def next(self) -> torch.Tensor:
         return next(self._it)[0]
+
+    def close(self) -> None:
+        self._it.close()
+
+
+class JpegCpuU8Input(InputSource):
+    """PIL crop + flip in workers, uint8 batches (pinned), ``NormalizeBatch`` on the device one batch ahead:
+    the default (``--input_path pil``) of ``mae pretrain``."""
+
+    def __init__(self, root: str, batch_size: int, img_size: int, device: torch.device, workers: int, seed: int,
+                 depth: int = 3):
+        from mae.data import NormalizeBatch, SafeImageFolder, pretrain_transform
+        from mae.engine.prefetch import PrefetchLoader
+        loader = _endless_loader(SafeImageFolder(root, pretrain_transform("crop_rand", img_size, normalize=False)),
+                                 batch_size, workers, seed, pin_memory=device.type == "cuda")
+        norm = NormalizeBatch()
+        self._it = iter(PrefetchLoader(loader, lambda b: norm(b[0].to(device, non_blocking=True)), device,
+                                       depth=depth))
+
+    def next(self) -> torch.Tensor:
+        return next(self._it)
 
     def close(self) -> None:
         self._it.close()
@@ -212,8 +237,12 @@ def make_input(kind: str, batch_size: int, img_size: int, device: torch.device, 
         raise ValueError(f"unknown input {kind!r}; choose from {INPUTS}")
     if not jpeg_dir:
         raise ValueError(f"input {kind!r} needs --jpeg-dir DIR or --jpeg-generate N")
-    cls = JpegGpuInput if kind == "jpeg_gpu" else JpegCpuInput
-    return cls(jpeg_dir, batch_size, img_size, device, workers, seed)
+    if kind == "jpeg_cpu":
+        return JpegCpuInput(jpeg_dir, batch_size, img_size, device, workers, seed)
+    if kind == "jpeg_cpu_u8":
+        return JpegCpuU8Input(jpeg_dir, batch_size, img_size, device, workers, seed)
+    return JpegGpuInput(jpeg_dir, batch_size, img_size, device, workers, seed,
+                        decode_on="worker" if kind == "jpeg_worker" else "device")
 
 
 # ------------------------------------------------------------------------------------ one measurement

@@ -150,11 +150,11 @@ def test_cli_jpeg_inputs_on_cpu(tmp_path):
     out = tmp_path / "bench.csv"
     code = bench.main(["--device", "cpu", "--model", "mae_vit_smoke", "--batch-sizes", "4", "--warmup", "1",
                        "--steps", "2", "--repeats", "1", "--variants", "baseline,input_only",
-                       "--inputs", "synthetic,jpeg_gpu,jpeg_cpu", "--jpeg-generate", "12",
+                       "--inputs", ",".join(bench.INPUTS), "--jpeg-generate", "12",
                        "--jpeg-cache", str(tmp_path / "jpegs"), "--workers", "0", "--out", str(out)])
     assert code == 0
     rows = {(r["input"], r["variant"]): r for r in csv.DictReader(out.open())}
-    for inp in ("jpeg_gpu", "jpeg_cpu"):
+    for inp in ("jpeg_gpu", "jpeg_worker", "jpeg_cpu_u8", "jpeg_cpu"):
         assert rows[(inp, "baseline")]["status"] == "ok" and float(rows[(inp, "baseline")]["input_efficiency"]) > 0
         assert float(rows[(inp, "input_only")]["img_per_s"]) > 0
     assert rows[("synthetic", "input_only")]["status"].startswith("skipped")
@@ -183,3 +183,23 @@ def test_generated_jpeg_folder(tmp_path):
         make_jpeg_folder(root, 7, num_classes=3, seed=1)
     with pytest.raises(ValueError, match="num_images"):
         make_jpeg_folder(tmp_path / "c", 0)
+
+
+def test_input_cost_per_worker_on_cpu(tmp_path):
+    """bench/input_cost.py: one row per input path, with provenance; workers_for_R = R x seconds per image."""
+    from bench import input_cost
+    out = tmp_path / "cost.csv"
+    code = input_cost.main(["--jpeg-generate", "6", "--jpeg-cache", str(tmp_path / "jpegs"), "--img-size", "32",
+                            "--images", "4", "--repeats", "1", "--out", str(out)])
+    assert code == 0
+    rows = list(csv.DictReader(out.open()))
+    assert [r["path"] for r in rows] == list(input_cost.PATHS) and list(rows[0]) == list(input_cost.COLUMNS)
+    for r in rows:
+        ms = float(r["ms_per_img"])
+        assert ms > 0 and r["scale"] == "cpu_loader" and r["device"] == "cpu" and r["commit"] and r["date"]
+        assert float(r["workers_for_1870"]) == pytest.approx(1870 * ms / 1e3, rel=1e-3)
+        assert float(r["img_per_s_per_worker"]) == pytest.approx(1e3 / ms, rel=1e-3)
+    with pytest.raises(ValueError, match="unknown input path"):
+        input_cost.main(["--jpeg-dir", str(tmp_path / "jpegs"), "--paths", "dali"])
+    with pytest.raises(FileNotFoundError, match="no such directory"):
+        input_cost.main(["--jpeg-dir", str(tmp_path / "nope")])

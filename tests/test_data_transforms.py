@@ -15,6 +15,7 @@ from mae.data import (
     IMAGENET_DEFAULT_MEAN,
     IMAGENET_DEFAULT_STD,
     PRETRAIN_AUGMENTATIONS,
+    NormalizeBatch,
     eval_transform,
     finetune_transform,
     linprobe_transform,
@@ -194,3 +195,21 @@ def test_eval_transform_crop_pct_follows_official_rule_above_224():
     ops = eval_transform(224).transforms
     assert ops[0].size == 256
     assert eval_transform(448, crop_pct=0.875).transforms[0].size == 512  # an explicit ratio still wins
+
+
+@pytest.mark.parametrize("aug", sorted(PRETRAIN_AUGMENTATIONS))
+def test_uint8_crops_normalised_per_batch_are_bitwise_the_float_pipeline(aug):
+    """pretrain_transform(normalize=False) + NormalizeBatch == per-image ToTensor + Normalize, bit for bit."""
+    ref, u8 = [], []
+    for i in range(5):
+        img = noise_image(60 + 7 * i, 45 + 3 * i, seed=i)
+        torch.manual_seed(100 + i)
+        ref.append(pretrain_transform(aug, 24)(img))
+        torch.manual_seed(100 + i)
+        u8.append(pretrain_transform(aug, 24, normalize=False)(img))
+    batch = torch.stack(u8)
+    assert batch.dtype == torch.uint8 and batch.shape == (5, 3, 24, 24)
+    labels = torch.arange(5)
+    imgs, out_labels = NormalizeBatch()((batch, labels))
+    assert imgs.dtype == torch.float32 and torch.equal(imgs, torch.stack(ref)) and out_labels is labels
+    assert NormalizeBatch()([imgs, labels])[0] is imgs  # float batches pass through

@@ -102,6 +102,42 @@ def test_decoded_batch_is_within_two_levels_of_the_pil_pipeline(folder):
     assert diff.mean() < 0.5 * LEVEL and diff.max() < 3 * LEVEL
 
 
+def test_worker_decode_gives_the_device_decode_batch_bitwise(folder):
+    """decode_on="worker": the workers decode + crop, the device resizes; on a CPU device both paths
+    run the same decoder and resize on the same crop, so the batches are identical."""
+    spec = CropSpec(img_size=40)
+    samples = _samples(folder)
+    seeds = list(range(3, 3 + len(samples)))
+    by_device = collate_encoded(_draw(EncodedImageDataset(samples, spec, source="x"), seeds))
+    worker_items = _draw(EncodedImageDataset(samples, spec, source="x", decode_on="worker"), seeds)
+    by_worker = collate_encoded(worker_items)
+    assert all(by_worker.decoded) and not any(by_device.decoded) and not any(by_worker.is_jpeg)
+    for (s, _), box in zip(worker_items, by_device.boxes.tolist()):  # the worker sends only the crop
+        assert tuple(s.image.data.shape) == (3, box[2], box[3]) and s.box == (0, 0, box[2], box[3])
+    assert torch.equal(by_worker.flips, by_device.flips)
+    a, la = BatchDecoder(spec, "cpu")(by_device)
+    b, lb = BatchDecoder(spec, "cpu")(by_worker)
+    assert torch.equal(a, b) and torch.equal(la, lb)
+    pinned = by_worker.pin_memory() if torch.cuda.is_available() else by_worker
+    assert len(pinned) == len(by_worker)
+    with pytest.raises(ValueError, match="decode_on"):
+        EncodedImageDataset(samples, spec, source="x", decode_on="gpu")
+
+
+def test_worker_decode_skips_an_unreadable_body(tmp_path, folder):
+    """A file with a good header but a broken body: the worker's decode fails, the dataset skips it."""
+    samples = _samples(folder)
+    bad = tmp_path / "bad.jpg"
+    raw = open(samples[0][0], "rb").read()
+    bad.write_bytes(raw[: len(raw) // 3])
+    ds = EncodedImageDataset([(str(bad), 0)] + samples, CropSpec(img_size=16), source="x", decode_on="worker")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        sample, label = ds[0]
+    assert sample.image.path == samples[0][0] and label == samples[0][1]
+    assert ds.bad_files == [str(bad)] and any(issubclass(w.category, UnreadableImageWarning) for w in caught)
+
+
 def test_png_and_cmyk_files_fall_back_to_cpu_decoders(tmp_path, folder):
     src = Image.open(next(iter(folder.rglob("*.jpg")))).convert("RGB")
     png, cmyk = tmp_path / "a.png", tmp_path / "b.jpg"

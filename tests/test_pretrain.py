@@ -151,19 +151,43 @@ def test_two_process_gloo_ddp_run(tmp_path):
     assert [r["epoch"] for r in records] == [0, 1]
 
 
-def test_gpu_decode_path_trains_on_a_jpeg_folder(tmp_path):
-    """--gpu_decode: workers read bytes, the device decodes (CPU fallback here); same loop, same checkpoints."""
+@pytest.mark.parametrize("input_path", ["gpu_decode", "worker_decode"])
+def test_jpeg_input_paths_train_on_a_jpeg_folder(tmp_path, input_path):
+    """--input_path gpu_decode (workers read bytes, the device decodes; CPU fallback here) and
+    worker_decode (workers decode + crop, the device resizes): same loop, same checkpoints."""
     from PIL import Image
     root = tmp_path / "jpegs"
     for c in ("a", "b"):
         (root / c).mkdir(parents=True)
         for i in range(8):
             Image.new("RGB", (48, 40), (i * 30, 90, 160)).save(root / c / f"{i}.jpg")
-    cfg = smoke_cfg(tmp_path, data=str(root), gpu_decode=True, batch_size=8, epochs=2)
+    cfg = smoke_cfg(tmp_path, data=str(root), input_path=input_path, batch_size=8, epochs=2)
     result = pretrain.run(cfg)
     assert result["finished"] and len(losses(cfg.output_dir)) == 4
-    with pytest.raises(DataError, match="gpu_decode needs an image folder"):
-        pretrain.run(smoke_cfg(tmp_path, data="synthetic:32", gpu_decode=True))
+    with pytest.raises(DataError, match=f"input_path {input_path} needs an image folder"):
+        pretrain.run(smoke_cfg(tmp_path, data="synthetic:32", input_path=input_path))
+
+
+def test_unknown_input_path_is_a_clear_error(tmp_path):
+    with pytest.raises(ValueError, match="--input_path must be one of pil, gpu_decode, worker_decode"):
+        pretrain.run(smoke_cfg(tmp_path, input_path="dali"))
+
+
+def test_uint8_batches_give_the_float_pipelines_losses(tmp_path, monkeypatch):
+    """The PIL path sends uint8 crops and normalises per batch (NormalizeBatch): the per-iteration
+    losses are bitwise those of per-image ToTensor + Normalize in the workers."""
+    from mae.data import NormalizeBatch, transforms
+    cfg = smoke_cfg(tmp_path / "u8", batch_size=8, epochs=1)
+    pretrain.run(cfg)
+    ref = losses(cfg.output_dir)
+
+    real = transforms.pretrain_transform
+    monkeypatch.setattr("mae.data.pretrain_transform", lambda *a, normalize=True, **k: real(*a, **k))
+    monkeypatch.setattr(NormalizeBatch, "images", lambda self, x: pytest.fail("float batches expected")
+                        if x.dtype == torch.uint8 else x)
+    cfg_f = smoke_cfg(tmp_path / "f32", batch_size=8, epochs=1)
+    pretrain.run(cfg_f)
+    assert losses(cfg_f.output_dir) == ref and len(ref) > 0
 
 
 def test_deferred_loss_check_never_lets_a_nan_reach_a_checkpoint(tmp_path, monkeypatch):

@@ -1,13 +1,13 @@
 """JPEG files -> pre-training batches, decoded and augmented on the GPU (MAE Sec. 4 augmentation).
 
 The paper's pre-training augmentation is RandomResizedCrop(scale 0.2-1, bicubic) + horizontal flip
-(Table 1e, ``crop_rand``). A PIL loader spends most of its CPU time decoding full JPEGs; here the
-work is split so that the CPU does only what is cheap:
+(Table 1e, ``crop_rand``). A PIL loader spends most of its CPU time decoding full JPEGs and resizing;
+here the work is split so that the CPU does only what is cheap:
 
 1. DataLoader workers read each file's bytes and its header size, and draw the crop box and the flip
    with torchvision's own ``RandomResizedCrop.get_params`` and ``torch.rand(1) < 0.5``, in the same
    order as :func:`mae.data.pretrain_transform` - under the same seed (``SeededDataset``) the boxes and
-   flips are the ones the PIL pipeline would use. Unreadable headers are skipped like every other
+   flips are the ones the PIL pipeline would use. Unreadable files are skipped like every other
    dataset of the harness (:class:`~mae.data.robust.RobustImageDataset`).
 2. :class:`BatchDecoder` decodes the batch (``torchvision.io.decode_jpeg(..., device='cuda')``, batched,
    nvJPEG's hardware decoder where the GPU has one; non-JPEG or odd files fall back to the CPU), crops,
@@ -16,21 +16,23 @@ work is split so that the CPU does only what is cheap:
 3. :class:`PrefetchLoader` runs (2) in a background thread on its own CUDA stream, ``depth`` batches
    ahead of the training step.
 
+``decode_on="worker"`` moves the decode (libjpeg-turbo) and the crop into the workers instead: they
+send the uint8 crop, and the device only resizes, flips and normalises - the choice when the GPU's
+JPEG decoder, not the CPU, is the slower of the two (the CPU does about half the work of a PIL
+pipeline per image: no resize, no float conversion).
+
 Batches are ``(imgs, labels)``: float32 (N, 3, S, S) normalised with the ImageNet mean/std, like the
 PIL pipeline's. :func:`trainer_hooks` gives the dataset, ``collate_fn`` and ``batch_transform`` that
 plug this path into :class:`mae.engine.loop.Trainer`.
 """
 from __future__ import annotations
 
+import dataclasses
 import io
 import os
-import queue
-import threading
 import warnings
-from collections.abc import Callable, Iterable, Iterator, Sequence
-from contextlib import nullcontext
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 import torch
@@ -42,8 +44,10 @@ from torchvision.io import ImageReadMode, decode_image, decode_jpeg
 from mae.data.errors import DataError
 from mae.data.robust import RobustImageDataset, UnreadableImageWarning
 from mae.data.transforms import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD, PRETRAIN_AUGMENTATIONS
+from mae.engine.prefetch import PrefetchLoader  # noqa: F401 - (3) of the module doc; re-exported
 
 JPEG_MAGIC = b"\xff\xd8\xff"
+DECODE_ON = ("device", "worker")
 
 
 @dataclass(frozen=True)
@@ -78,16 +82,18 @@ class CropSpec:
 # ------------------------------------------------------------------------------- worker side
 @dataclass
 class EncodedImage:
-    """A file's undecoded bytes (uint8 tensor) and the image size read from its header."""
+    """A file's undecoded bytes (uint8 tensor) and the image size read from its header; or, with
+    ``decoded=True``, already decoded pixels (3, height, width) uint8."""
 
     data: torch.Tensor
     height: int
     width: int
     path: str
+    decoded: bool = False
 
     @property
     def is_jpeg(self) -> bool:
-        return bytes(self.data[:3].tolist()) == JPEG_MAGIC
+        return not self.decoded and bytes(self.data[:3].tolist()) == JPEG_MAGIC
 
 
 def load_encoded(path: str) -> EncodedImage:
@@ -125,23 +131,56 @@ class CropSampler:
         return EncodedSample(image, tuple(int(v) for v in box), flip)
 
 
-class EncodedImageDataset(RobustImageDataset):
-    """(path, label) samples returned as :class:`EncodedSample` (unreadable headers are skipped)."""
+class WorkerCropSampler(CropSampler):
+    """:class:`CropSampler` for a decoded image: draws the same box and flip, then cuts the crop out
+    (a compact uint8 copy, cheap to send from the worker); the sample's box is then the whole crop."""
 
-    def __init__(self, samples: Sequence[tuple[str, int]], spec: CropSpec, *, source: str):
-        super().__init__(samples, CropSampler(spec), source=source)
+    def __call__(self, image: EncodedImage) -> EncodedSample:
+        sample = super().__call__(image)
+        top, left, h, w = sample.box
+        crop = image.data[:, top:top + h, left:left + w].clone()
+        return EncodedSample(EncodedImage(crop, h, w, image.path, decoded=True), (0, 0, h, w), sample.flip)
+
+
+def _check_decode_on(decode_on: str) -> str:
+    if decode_on not in DECODE_ON:
+        raise ValueError(f"decode_on must be one of {DECODE_ON}, got {decode_on!r}")
+    return decode_on
+
+
+class EncodedImageDataset(RobustImageDataset):
+    """(path, label) samples returned as :class:`EncodedSample` (unreadable files are skipped).
+
+    ``decode_on="device"``: the sample holds the file's bytes (only the header is parsed here);
+    ``"worker"``: the file is decoded here (libjpeg-turbo, PIL for other formats) and the sample holds
+    the uint8 crop.
+    """
+
+    def __init__(self, samples: Sequence[tuple[str, int]], spec: CropSpec, *, source: str,
+                 decode_on: str = "device"):
+        self.decode_on = _check_decode_on(decode_on)
+        sampler = WorkerCropSampler(spec) if decode_on == "worker" else CropSampler(spec)
+        super().__init__(samples, sampler, source=source)
         self.spec = spec
 
     def load(self, path: str) -> EncodedImage:  # type: ignore[override]
-        return load_encoded(path)
+        image = load_encoded(path)
+        if self.decode_on == "device":
+            return image
+        pixels = _decode_cpu(image.data)
+        if tuple(pixels.shape[-2:]) != (image.height, image.width):
+            raise ValueError(f"{path}: decoded size {tuple(pixels.shape[-2:])} differs from its header size "
+                             f"{(image.height, image.width)}")
+        return EncodedImage(pixels, image.height, image.width, path, decoded=True)
 
 
-def encoded_image_folder(root: str | os.PathLike[str], spec: CropSpec) -> EncodedImageDataset:
+def encoded_image_folder(root: str | os.PathLike[str], spec: CropSpec,
+                         decode_on: str = "device") -> EncodedImageDataset:
     """The class folders of ``root`` (ImageNet layout, as :class:`~mae.data.SafeImageFolder` finds them)."""
     from mae.data.folder import SafeImageFolder
 
     folder = SafeImageFolder(root)
-    return EncodedImageDataset(folder.samples, spec, source=os.fspath(root))
+    return EncodedImageDataset(folder.samples, spec, source=os.fspath(root), decode_on=decode_on)
 
 
 @dataclass
@@ -156,9 +195,15 @@ class EncodedBatch:
     flips: torch.Tensor  # (N,) bool
     labels: torch.Tensor  # (N,) int64
     paths: list[str]
+    decoded: list[bool] = dataclasses.field(default_factory=list)  # data[i] holds pixels, not file bytes
 
     def __len__(self) -> int:
         return len(self.data)
+
+    def pin_memory(self) -> EncodedBatch:
+        """Called by a DataLoader with ``pin_memory=True``: page-locks decoded pixels for async copies."""
+        data = [d.pin_memory() if dec else d for d, dec in zip(self.data, self.decoded or [False] * len(self))]
+        return dataclasses.replace(self, data=data)
 
 
 def collate_encoded(items: Sequence[tuple[EncodedSample, int]]) -> EncodedBatch:
@@ -174,6 +219,7 @@ def collate_encoded(items: Sequence[tuple[EncodedSample, int]]) -> EncodedBatch:
         flips=torch.tensor([s.flip for s in samples], dtype=torch.bool),
         labels=torch.tensor([int(y) for _, y in items], dtype=torch.int64),
         paths=[s.image.path for s in samples],
+        decoded=[s.image.decoded for s in samples],
     )
 
 
@@ -208,6 +254,9 @@ class BatchDecoder:
     def decode(self, batch: EncodedBatch) -> list[torch.Tensor | None]:
         """Decoded (3, H, W) uint8 images on ``self.device``; None where no decoder could read the file."""
         out: list[torch.Tensor | None] = [None] * len(batch)
+        for i, dec in enumerate(batch.decoded):
+            if dec:  # decoded (and cropped) by a worker
+                out[i] = batch.data[i].to(self.device, non_blocking=True)
         on_gpu = self.device.type == "cuda"
         jpeg_idx = [i for i, j in enumerate(batch.is_jpeg) if j] if on_gpu else []
         if jpeg_idx:
@@ -258,107 +307,11 @@ class BatchDecoder:
         return x, batch.labels.to(self.device, non_blocking=True)
 
 
-# ------------------------------------------------------------------------------- prefetching
-class _End:
-    pass
-
-
-class _Failed:
-    def __init__(self, exc: BaseException):
-        self.exc = exc
-
-
-def _tensors(obj: Any) -> Iterator[torch.Tensor]:
-    if isinstance(obj, torch.Tensor):
-        yield obj
-    elif isinstance(obj, (list, tuple)):
-        for o in obj:
-            yield from _tensors(o)
-
-
-class PrefetchLoader:
-    """Yields ``transform(batch)`` for each batch of ``loader``, prepared ``depth`` batches ahead.
-
-    With ``background=True`` a thread runs ``transform`` (on its own CUDA stream when ``device`` is
-    CUDA); the consumer's stream waits on an event per batch, and the tensors are recorded on it so the
-    caching allocator never hands their memory out early. Errors in the thread re-raise in the consumer.
-    """
-
-    def __init__(self, loader: Iterable, transform: Callable[[Any], Any], device: torch.device | str,
-                 depth: int = 2, background: bool = True):
-        if depth < 1:
-            raise ValueError(f"prefetch depth must be >= 1, got {depth}")
-        self.loader, self.transform = loader, transform
-        self.device = torch.device(device)
-        self.depth, self.background = depth, background
-
-    def __len__(self) -> int:
-        return len(self.loader)  # type: ignore[arg-type]
-
-    def __iter__(self) -> Iterator[Any]:
-        if not self.background:
-            for batch in self.loader:
-                yield self.transform(batch)
-            return
-        cuda = self.device.type == "cuda"
-        q: queue.Queue = queue.Queue(maxsize=self.depth)
-        stop = threading.Event()
-
-        def put(item: Any) -> bool:
-            while not stop.is_set():
-                try:
-                    q.put(item, timeout=0.1)
-                    return True
-                except queue.Full:
-                    continue
-            return False
-
-        def work() -> None:
-            try:
-                stream = torch.cuda.Stream(self.device) if cuda else None
-                with (torch.cuda.device(self.device) if cuda else nullcontext()), \
-                        (torch.cuda.stream(stream) if cuda else nullcontext()):
-                    for batch in self.loader:
-                        out = self.transform(batch)
-                        event = None
-                        if cuda:
-                            event = torch.cuda.Event()
-                            event.record(stream)
-                        if not put((out, event)):
-                            return
-                put(_End())
-            except BaseException as exc:  # noqa: BLE001 - handed to the consumer
-                put(_Failed(exc))
-
-        thread = threading.Thread(target=work, name="mae-prefetch", daemon=True)
-        thread.start()
-        try:
-            while True:
-                item = q.get()
-                if isinstance(item, _End):
-                    return
-                if isinstance(item, _Failed):
-                    raise item.exc
-                out, event = item
-                if event is not None:
-                    current = torch.cuda.current_stream(self.device)
-                    current.wait_event(event)
-                    for t in _tensors(out):
-                        t.record_stream(current)
-                yield out
-        finally:
-            stop.set()
-            while thread.is_alive():
-                try:
-                    q.get(timeout=0.05)
-                except queue.Empty:
-                    pass
-            thread.join()
-
-
 def trainer_hooks(root: str | os.PathLike[str], img_size: int, device: torch.device | str,
-                  augmentation: str = "crop_rand") -> tuple[EncodedImageDataset, Callable, BatchDecoder]:
+                  augmentation: str = "crop_rand", decode_on: str = "device",
+                  ) -> tuple[EncodedImageDataset, Callable, BatchDecoder]:
     """``(train_set, collate_fn, batch_transform)`` for ``Trainer(..., collate_fn=..., batch_transform=...)``:
-    workers read bytes and draw crops, the main process decodes on ``device``; the step gets (imgs, labels)."""
+    workers read bytes (``decode_on="worker"``: decode and crop too) and draw crops, the main process
+    finishes the batch on ``device``; the step gets (imgs, labels)."""
     spec = CropSpec.from_augmentation(augmentation, img_size)
-    return encoded_image_folder(root, spec), collate_encoded, BatchDecoder(spec, device)
+    return encoded_image_folder(root, spec, decode_on), collate_encoded, BatchDecoder(spec, device)

@@ -207,7 +207,7 @@ class Trainer:
                  eval_fn: EvalFn | None = None, best_metric: str | None = None, best_mode: str = "max",
                  batch_transform: Callable[[Any], Any] | None = None,
                  epoch_end_fn: Callable[["Trainer", int], None] | None = None,
-                 collate_fn: Callable | None = None):
+                 collate_fn: Callable | None = None, prefetch_batch_transform: bool = False):
         self.cfg = cfg
         self.device = resolve_device(cfg.device)
         self.dist: DistInfo = init_distributed(self.device.type)
@@ -220,6 +220,8 @@ class Trainer:
         self.step_fn, self.eval_fn, self.epoch_end_fn = step_fn, eval_fn, epoch_end_fn
         self.best_metric, self.best_mode = best_metric, best_mode
         self.batch_transform = batch_transform
+        # on CUDA, a thread-safe batch_transform (no global RNG draws) runs a batch ahead on a side stream
+        self.prefetch = prefetch_batch_transform and batch_transform is not None
         self.amp_dtype = resolve_amp(cfg.amp, self.device)
 
         self.model_without_ddp = model.to(self.device)
@@ -320,6 +322,17 @@ class Trainer:
             return nullcontext()
         return torch.autocast(device_type=self.device.type, dtype=self.amp_dtype)
 
+    def _prepare(self, batch: Any) -> Any:
+        batch = move_to(batch, self.device)
+        return batch if self.batch_transform is None else self.batch_transform(batch)
+
+    def _batches(self) -> Any:
+        """The epoch's batches on the device; prepared a batch ahead in a thread where that is safe (CUDA)."""
+        if self.prefetch and self.device.type == "cuda":
+            from mae.engine.prefetch import PrefetchLoader
+            return PrefetchLoader(self.loader, self._prepare, self.device, depth=2)
+        return (self._prepare(b) for b in self.loader)
+
     def fit(self) -> dict[str, Any]:
         cfg = self.cfg
         if self.is_main:
@@ -358,11 +371,8 @@ class Trainer:
         monitor = LossMonitor(self.device, self.defer_loss_check, self._non_finite)
         t0 = time.time()
         opt.zero_grad(set_to_none=True)
-        for batch in self.loader:
+        for batch in self._batches():
             it = self.iter_in_epoch
-            batch = move_to(batch, self.device)
-            if self.batch_transform is not None:
-                batch = self.batch_transform(batch)
             stepping = (it + 1) % cfg.accum_iter == 0
             if it % cfg.accum_iter == 0:
                 lr = lr_at(self.epoch + it / self.iters_per_epoch, self.base_lr, cfg.min_lr, cfg.warmup_epochs, cfg.epochs)

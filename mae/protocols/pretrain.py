@@ -38,8 +38,11 @@ class Config(TrainConfig):
     augmentation: str = opt("crop_rand", "none | crop_fixed | crop_rand | crop_rand_jitter (Table 1e)")
     decay_tokens: bool = opt(False, "weight decay on cls/mask tokens too, as the official release's param groups do "
                                     "(the paper's text and REFERENCE: no decay on tokens)")
-    gpu_decode: bool = opt(False, "image folders: workers only read JPEG bytes and draw crops; decoding, crop and flip "
-                                  "run batched on the device (nvJPEG on a GPU); crop_rand augmentation only")
+    input_path: str = opt("pil", "pil: workers decode and augment with PIL and send uint8 crops, normalised on the "
+                                 "device (the official pipeline's result); gpu_decode: workers read JPEG bytes and "
+                                 "draw crops, the device decodes (nvJPEG), crops, resizes, flips; worker_decode: "
+                                 "workers decode and crop, the device resizes and flips. The two last: image "
+                                 "folders and crop_rand only (bench/README.md compares the three)")
     init: str | None = opt(None, "start from the weights of this checkpoint (not a resume)")
     vis_every: int = opt(1, "save a reconstruction figure every N epochs (0 = never)")
     vis_images: int = opt(4, "images in the reconstruction figure")
@@ -114,8 +117,11 @@ def fit_pca_target(model: MaskedAutoencoderViT, dataset: torch.utils.data.Datase
     model.target.mean.copy_(mean)
 
 
+INPUT_PATHS = ("pil", "gpu_decode", "worker_decode")
+
+
 def gpu_input_hooks(cfg: Config) -> tuple[Any, Any, Any]:
-    """(dataset of encoded JPEGs, collate_fn, batch decoder) for ``--gpu_decode`` (issue: input pipeline)."""
+    """(dataset of encoded JPEGs, collate_fn, batch decoder) for ``--input_path gpu_decode|worker_decode``."""
     import os
     from pathlib import Path
 
@@ -125,27 +131,31 @@ def gpu_input_hooks(cfg: Config) -> tuple[Any, Any, Any]:
 
     root = Path(cfg.data or "")
     if not cfg.data or not root.is_dir():
-        raise DataError(f"--gpu_decode needs an image folder as --data, got {cfg.data!r}")
+        raise DataError(f"--input_path {cfg.input_path} needs an image folder as --data, got {cfg.data!r}")
     if (root / "train").is_dir():
         root = root / "train"
     device = resolve_device(cfg.device)
     if device.type == "cuda" and device.index is None:
         device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
-    return trainer_hooks(root, cfg.img_size, device, cfg.augmentation)
+    return trainer_hooks(root, cfg.img_size, device, cfg.augmentation,
+                         decode_on="device" if cfg.input_path == "gpu_decode" else "worker")
 
 
 def run(cfg: Config) -> dict[str, Any]:
     """Pre-train; returns the Trainer's result (history, final epoch record)."""
-    from mae.data import build_dataset, eval_transform, pretrain_transform
+    from mae.data import NormalizeBatch, build_dataset, eval_transform, pretrain_transform
     from mae.viz import reconstruct, save_figure
 
+    if cfg.input_path not in INPUT_PATHS:
+        raise ValueError(f"--input_path must be one of {', '.join(INPUT_PATHS)}, got {cfg.input_path!r}")
     seed_everything(cfg.seed)
-    collate_fn = batch_transform = None
-    if cfg.gpu_decode:
+    collate_fn = None
+    if cfg.input_path != "pil":
         train_set, collate_fn, batch_transform = gpu_input_hooks(cfg)
-    else:
-        train_set = build_dataset(cfg.data, split="train", transform=pretrain_transform(cfg.augmentation, cfg.img_size),
-                                  img_size=cfg.img_size, seed=cfg.seed)
+    else:  # uint8 crops from the workers, ToTensor + Normalize on the device (bitwise the same values)
+        train_set = build_dataset(cfg.data, split="train", img_size=cfg.img_size, seed=cfg.seed,
+                                  transform=pretrain_transform(cfg.augmentation, cfg.img_size, normalize=False))
+        batch_transform = NormalizeBatch()
     model = build_model(cfg)
     vis_set = build_dataset(cfg.data, split="train", transform=eval_transform(cfg.img_size),
                             img_size=cfg.img_size, seed=cfg.seed)
@@ -169,5 +179,5 @@ def run(cfg: Config) -> dict[str, Any]:
 
     groups = param_groups_weight_decay(model, cfg.weight_decay, skip_model_tokens=not cfg.decay_tokens)
     trainer = Trainer(cfg, model, train_set, step_fn=step, epoch_end_fn=visualize, param_groups=groups,
-                      collate_fn=collate_fn, batch_transform=batch_transform)
+                      collate_fn=collate_fn, batch_transform=batch_transform, prefetch_batch_transform=True)
     return trainer.fit()
