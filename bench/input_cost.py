@@ -21,6 +21,7 @@ import argparse
 import csv
 import io
 import math
+import os
 import platform
 import shlex
 import statistics
@@ -150,7 +151,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if not args.jpeg_generate:
             raise ValueError("give --jpeg-dir DIR or --jpeg-generate N")
         from bench.jpeg_folder import make_jpeg_folder
-        root = str(make_jpeg_folder(args.jpeg_cache, args.jpeg_generate, workers=2))
+        root = str(make_jpeg_folder(args.jpeg_cache, args.jpeg_generate, workers=os.cpu_count() or 1))
     if not Path(root).is_dir():
         raise FileNotFoundError(f"--jpeg-dir {root}: no such directory")
     rows = measure(root, paths, img_size=args.img_size, images=args.images, repeats=args.repeats,
