@@ -237,3 +237,13 @@ def test_every_script_at_smoke_scale(tmp_path, capsys):
     (res / "fig7_schedule_smoke.csv").unlink()
     assert fig7.main(["--collect", *dirs(tmp_path)]) == 0
     assert (res / "fig7_schedule_smoke.csv").is_file() and "running" not in capsys.readouterr().out
+
+
+def test_table2_gpu_batches_are_per_encoder_and_shared_by_its_rows():
+    """On a GPU each encoder's rows share one batch (speedups compare within an encoder): 128 for ViT-L, 64 for ViT-H."""
+    from reproduce.scales import get_scale
+    cells = table2.build_cells(get_scale("mini"))
+    batch = {c.key["setting"]: c.stages[0].config.batch_size for c in cells}
+    assert {batch[s] for s in batch if s.startswith("vit_large")} == {128}
+    assert {batch[s] for s in batch if s.startswith("vit_huge")} == {64}
+    assert {c.stages[0].config.batch_size for c in table2.build_cells(get_scale("smoke"))} == {8}
