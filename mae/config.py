@@ -37,6 +37,8 @@ class TrainConfig:
     epochs: int = opt(1, "epochs to train")
     batch_size: int = opt(64, "batch size per process (effective = batch_size * accum_iter * world size)")
     accum_iter: int = opt(1, "gradient accumulation steps")
+    recipe_batch: int | None = opt(None, "the recipe's effective batch (paper presets: the paper's); a run at another "
+                                         "effective batch warns, since lr = blr * effective batch / 256 moves with it")
     blr: float = opt(1e-3, "base learning rate: lr = blr * effective batch / 256")
     lr: float | None = opt(None, "absolute learning rate (overrides --blr)")
     min_lr: float = opt(0.0, "lower bound of the cosine schedule")

@@ -61,8 +61,17 @@ def grid_noise(n: int, grid: tuple[int, int], device: torch.device | str = "cpu"
     return removed + torch.rand(n, gh * gw, device=device)
 
 
+#: BEiT's pre-training draws blocks of at least 16 patches on its 14 x 14 grid (``--min_mask_patches_per_block``).
+BEIT_MIN_BLOCK_PATCHES, BEIT_GRID_PATCHES = 16, 14 * 14
+
+
+def block_min_patches(num_patches: int) -> int:
+    """Smallest block: BEiT's 16 patches of 196, scaled with the grid's area (ViT-H/14: 21; 8 x 8: 5)."""
+    return max(1, round(BEIT_MIN_BLOCK_PATCHES * num_patches / BEIT_GRID_PATCHES))
+
+
 def _block_mask_one(gh: int, gw: int, num_mask: int, gen: torch.Generator,
-                    min_patches: int = 4, min_aspect: float = 0.3, max_attempts: int = 10) -> torch.Tensor:
+                    min_patches: int = 16, min_aspect: float = 0.3, max_attempts: int = 10) -> torch.Tensor:
     """BEiT-style block-wise mask for one image: add random rectangles until ``num_mask`` are covered."""
     mask = torch.zeros(gh, gw, dtype=torch.bool)
     log_aspect = (math.log(min_aspect), math.log(1 / min_aspect))
@@ -107,7 +116,8 @@ def block_noise(n: int, grid: tuple[int, int], mask_ratio: float, device: torch.
     num_mask = gh * gw - num_keep(gh * gw, mask_ratio)
     seed = int(torch.randint(0, 2**62, ()).item())
     gen = torch.Generator().manual_seed(seed)
-    blocks = torch.stack([_block_mask_one(gh, gw, num_mask, gen) for _ in range(n)]).float()
+    min_patches = block_min_patches(gh * gw)
+    blocks = torch.stack([_block_mask_one(gh, gw, num_mask, gen, min_patches) for _ in range(n)]).float()
     return blocks.to(device) + torch.rand(n, gh * gw, device=device)
 
 

@@ -62,3 +62,9 @@ def test_bad_arguments():
         sample_noise("checker", 1, (4, 4), 0.75)
     with pytest.raises(ValueError, match="mask_ratio"):
         num_keep(16, 1.0)
+
+
+def test_block_size_floor_is_beits_scaled_with_the_grid():
+    """BEiT's pre-training: blocks of >= 16 patches on 14 x 14; the same fraction of other grids."""
+    from mae.masking import block_min_patches
+    assert [block_min_patches(n) for n in (196, 256, 64, 16, 4)] == [16, 21, 5, 1, 1]

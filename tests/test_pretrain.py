@@ -234,3 +234,18 @@ def test_weight_decay_groups_tokens_per_reference_or_official():
     assert "cls_token" not in ref and "mask_token" not in ref and "blocks.0.attn.qkv.weight" in ref
     assert official - ref == {"cls_token", "mask_token"}
     assert not any(n.endswith(".bias") or "norm" in n or "pos_embed" in n for n in official)
+
+
+def test_effective_batch_is_printed_and_a_recipe_mismatch_warns(tmp_path, capsys):
+    """lr = blr * eff / 256: a paper preset on fewer GPUs silently trains another recipe unless told."""
+    cfg = smoke_cfg(tmp_path, data="synthetic:32", batch_size=8, accum_iter=2, epochs=1, recipe_batch=64)
+    with pytest.warns(loop.RecipeBatchWarning, match=r"effective batch 16 differs from the recipe's 64.*--accum_iter 8"):
+        pretrain.run(cfg)
+    assert "effective batch 16 = 8 x accum 2 x 1 process(es); lr" in capsys.readouterr().out
+    import warnings
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", loop.RecipeBatchWarning)
+        pretrain.run(smoke_cfg(tmp_path / "ok", data="synthetic:32", batch_size=8, accum_iter=2, epochs=1,
+                               recipe_batch=16))
+    for name in ("paper_vit_base", "paper_vit_large", "paper_vit_huge"):
+        assert pretrain.PRESETS[name].recipe_batch == 4096

@@ -14,6 +14,7 @@ import math
 import os
 import signal
 import time
+import warnings
 from collections.abc import Callable
 from contextlib import nullcontext
 from pathlib import Path
@@ -42,6 +43,10 @@ class NonFiniteLossError(FloatingPointError):
 
 class DeviceUnavailableError(RuntimeError):
     """The requested device does not exist on this machine."""
+
+
+class RecipeBatchWarning(UserWarning):
+    """The run's effective batch is not its recipe's (e.g. a paper preset on fewer GPUs without --accum_iter)."""
 
 
 class _Stop(Exception):
@@ -249,6 +254,17 @@ class Trainer:
 
         self.eff_batch = cfg.batch_size * cfg.accum_iter * self.dist.world_size
         self.base_lr = cfg.lr if cfg.lr is not None else scaled_lr(cfg.blr, self.eff_batch)
+        if self.is_main:
+            print(f"[train] effective batch {self.eff_batch} = {cfg.batch_size} x accum {cfg.accum_iter} x "
+                  f"{self.dist.world_size} process(es); lr {self.base_lr:.4g}"
+                  + ("" if cfg.lr is not None else f" (blr {cfg.blr:g} x {self.eff_batch} / 256)"))
+            if cfg.recipe_batch and self.eff_batch != cfg.recipe_batch:
+                per_step = cfg.batch_size * self.dist.world_size
+                hint = (f"--accum_iter {cfg.recipe_batch // per_step}" if cfg.recipe_batch % per_step == 0
+                        else "--batch_size / --accum_iter")
+                warnings.warn(f"effective batch {self.eff_batch} differs from the recipe's {cfg.recipe_batch}: the lr "
+                              f"scales with it and the results will not be the recipe's; use {hint} to match",
+                              RecipeBatchWarning, stacklevel=2)
         groups = param_groups if param_groups is not None else param_groups_weight_decay(self.model_without_ddp, cfg.weight_decay)
         fused = speed.adamw_fused_arg(self.fast_path)  # [fast path hook] None = fused on GPU, False = off
         make_opt = optimizer_factory or (lambda g, lr: adamw(g, lr, cfg.betas, fused=fused))

@@ -87,7 +87,7 @@ class Config(TrainConfig):
         return self.mixup > 0 or self.cutmix > 0
 
 
-_PAPER = Config(num_workers=10, data="/path/to/imagenet", img_size=224)  # --data is required
+_PAPER = Config(recipe_batch=1024, num_workers=10, data="/path/to/imagenet", img_size=224)  # --data is required
 PRESETS: dict[str, Config] = {
     # after `mae pretrain` (preset demo): minutes on a CPU
     # (lighter regularisation than the paper's: mixup/cutmix/erasing slow a minutes-long run down to chance;

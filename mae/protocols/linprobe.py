@@ -65,7 +65,7 @@ class Config(TrainConfig):
             raise ValueError(f"nb_classes must be >= 1, got {self.nb_classes}")
 
 
-_PAPER = Config(num_workers=10, data="/path/to/imagenet", img_size=224)  # --data is required
+_PAPER = Config(recipe_batch=16384, num_workers=10, data="/path/to/imagenet", img_size=224)  # --data is required
 PRESETS: dict[str, Config] = {
     # LARS moves each weight by lr * 0.001 of its norm per step: the paper's lr is 6.4 (blr 0.1 at batch
     # 16384) over ~7k steps; the small presets take the same lr.

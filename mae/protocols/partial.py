@@ -62,7 +62,7 @@ def freeze_for_partial(model: ViTClassifier, tune_blocks: float) -> list[str]:
     return names
 
 
-_PAPER = Config(num_workers=10, data="/path/to/imagenet", img_size=224)  # --data is required
+_PAPER = Config(recipe_batch=1024, num_workers=10, data="/path/to/imagenet", img_size=224)  # --data is required
 PRESETS: dict[str, Config] = {
     "demo": Config(model="vit_micro_patch4_32", img_size=32, data="embedded", finetune="outputs/demo/checkpoint-last.pth",
                    tune_blocks=1, epochs=3, warmup_epochs=1, batch_size=64, blr=1e-3, drop_path=0.1, num_workers=2,

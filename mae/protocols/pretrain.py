@@ -64,7 +64,7 @@ class Config(TrainConfig):
 
 
 # ImageNet-1K is required: the placeholder path fails with a clear error until --data is given.
-_PAPER = Config(batch_size=64, accum_iter=1, weight_decay=0.05, num_workers=10, data="/path/to/imagenet", img_size=224)
+_PAPER = Config(recipe_batch=4096, batch_size=64, accum_iter=1, weight_decay=0.05, num_workers=10, data="/path/to/imagenet", img_size=224)
 PRESETS: dict[str, Config] = {
     # README main job: a few minutes on a CPU, embedded data, checkpoint + reconstruction figure
     "demo": Config(model="mae_vit_micro_patch4_32", img_size=32, data="embedded", epochs=6, batch_size=64,
@@ -82,8 +82,10 @@ PRESETS: dict[str, Config] = {
     "paper_vit_base": replace(_PAPER, model="mae_vit_base_patch16", output_dir="outputs/pretrain_vit_base"),
     "paper_vit_large": replace(_PAPER, model="mae_vit_large_patch16", output_dir="outputs/pretrain_vit_large"),
     "paper_vit_huge": replace(_PAPER, model="mae_vit_huge_patch14", output_dir="outputs/pretrain_vit_huge"),
-    "paper_vit_large_1600ep": replace(_PAPER, model="mae_vit_large_patch16", epochs=1600, target="norm_pixel",
-                                      output_dir="outputs/pretrain_vit_large_1600ep"),
+    # Table 3 / the released checkpoints: 1600 epochs with the per-patch normalised pixel target
+    **{f"paper_vit_{size}_1600ep": replace(_PAPER, model=f"mae_vit_{size}_patch{patch}", epochs=1600,
+                                           target="norm_pixel", output_dir=f"outputs/pretrain_vit_{size}_1600ep")
+       for size, patch in (("base", 16), ("large", 16), ("huge", 14))},
 }
 DEFAULT_PRESET = "demo"
 
