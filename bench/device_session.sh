@@ -23,7 +23,7 @@ jpegs="outputs/bench_jpeg"
 cmds=()
 case "$part" in
   1|plan)
-    cmds+=("$py -m pytest -q -m gpu -p no:cacheprovider tests/test_speed.py tests/test_gpu_input.py tests/test_pretrain.py")
+    cmds+=("$py -m pytest -q -m gpu -p no:cacheprovider tests/test_speed.py tests/test_gpu_input.py tests/test_pretrain.py tests/test_data_transforms.py")
     cmds+=("$bench --models vit_l --variants baseline,fast,fast-compile,fast-fused_adamw,fast-host_sync --out results/bench_h100_vit_l.csv")
     ;;&
   2|plan)

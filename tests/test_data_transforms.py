@@ -213,3 +213,14 @@ def test_uint8_crops_normalised_per_batch_are_bitwise_the_float_pipeline(aug):
     imgs, out_labels = NormalizeBatch()((batch, labels))
     assert imgs.dtype == torch.float32 and torch.equal(imgs, torch.stack(ref)) and out_labels is labels
     assert NormalizeBatch()([imgs, labels])[0] is imgs  # float batches pass through
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_normalize_batch_on_the_gpu_is_bitwise_the_cpu_pipeline():
+    """All 256 byte values in each channel: CUDA's NormalizeBatch == per-image ToTensor + Normalize on the CPU."""
+    levels = torch.arange(256, dtype=torch.uint8).view(1, 1, 16, 16).expand(2, 3, 16, 16).contiguous()
+    ref = torch.stack([T.Normalize(IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD)(T.ToTensor()(
+        Image.fromarray(img.permute(1, 2, 0).numpy()))) for img in levels])
+    out = NormalizeBatch()(levels.cuda()).cpu()
+    assert torch.equal(out, ref)

@@ -165,19 +165,22 @@ class NormalizeBatch:
     def __init__(self, mean: tuple[float, float, float] = IMAGENET_DEFAULT_MEAN,
                  std: tuple[float, float, float] = IMAGENET_DEFAULT_STD):
         self.mean, self.std = tuple(mean), tuple(std)
-        self._consts: dict[torch.device, tuple[torch.Tensor, torch.Tensor]] = {}
+        self._consts: dict[torch.device, tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = {}
 
-    def _on(self, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    def _on(self, device: torch.device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         if device not in self._consts:
-            self._consts[device] = (torch.tensor(self.mean, dtype=torch.float32, device=device).view(1, -1, 1, 1),
-                                    torch.tensor(self.std, dtype=torch.float32, device=device).view(1, -1, 1, 1))
+            f32 = dict(dtype=torch.float32, device=device)
+            # 255 as a tensor on the device: CUDA turns division by a Python/CPU scalar into a multiplication
+            # by its reciprocal (off by one ulp for about half the byte values); tensor / tensor divides exactly
+            self._consts[device] = (torch.tensor(255.0, **f32), torch.tensor(self.mean, **f32).view(1, -1, 1, 1),
+                                    torch.tensor(self.std, **f32).view(1, -1, 1, 1))
         return self._consts[device]
 
     def images(self, x: torch.Tensor) -> torch.Tensor:
         if x.dtype != torch.uint8:
             return x
-        mean, std = self._on(x.device)
-        return x.to(torch.float32).div_(255).sub_(mean).div_(std)
+        c255, mean, std = self._on(x.device)
+        return x.to(torch.float32).div_(c255).sub_(mean).div_(std)
 
     def __call__(self, batch: Any) -> Any:
         if isinstance(batch, torch.Tensor):

@@ -260,6 +260,10 @@ class BatchDecoder:
         on_gpu = self.device.type == "cuda"
         jpeg_idx = [i for i, j in enumerate(batch.is_jpeg) if j] if on_gpu else []
         if jpeg_idx:
+            # torchvision allocates the outputs on this stream but decodes on a pool stream of its own that
+            # does not wait for it: finish this stream's work first, so no block still being read (the
+            # last batch's crops) is handed to nvJPEG to overwrite
+            torch.cuda.current_stream(self.device).synchronize()
             try:
                 imgs = decode_jpeg([batch.data[i] for i in jpeg_idx], mode=ImageReadMode.RGB, device=self.device)
                 for i, img in zip(jpeg_idx, imgs):

@@ -226,7 +226,9 @@ class Trainer:
         self.best_metric, self.best_mode = best_metric, best_mode
         self.batch_transform = batch_transform
         # on CUDA, a thread-safe batch_transform (no global RNG draws) runs a batch ahead on a side stream
+        # (with num_workers > 0, see _batches)
         self.prefetch = prefetch_batch_transform and batch_transform is not None
+        self._prefetcher: Any = None
         self.amp_dtype = resolve_amp(cfg.amp, self.device)
 
         self.model_without_ddp = model.to(self.device)
@@ -344,9 +346,13 @@ class Trainer:
 
     def _batches(self) -> Any:
         """The epoch's batches on the device; prepared a batch ahead in a thread where that is safe (CUDA)."""
-        if self.prefetch and self.device.type == "cuda":
-            from mae.engine.prefetch import PrefetchLoader
-            return PrefetchLoader(self.loader, self._prepare, self.device, depth=2)
+        # only with loader workers: the dataset (SeededDataset reseeds torch's global RNG per sample) must
+        # never run in the thread while the step draws masks from the same generator
+        if self.prefetch and self.device.type == "cuda" and self.cfg.num_workers > 0:
+            if self._prefetcher is None:  # one for the run: its side stream is reused every epoch
+                from mae.engine.prefetch import PrefetchLoader
+                self._prefetcher = PrefetchLoader(self.loader, self._prepare, self.device, depth=2)
+            return self._prefetcher
         return (self._prepare(b) for b in self.loader)
 
     def fit(self) -> dict[str, Any]:

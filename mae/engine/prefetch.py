@@ -47,6 +47,7 @@ class PrefetchLoader:
         self.loader, self.transform = loader, transform
         self.device = torch.device(device)
         self.depth, self.background = depth, background
+        self._stream: torch.cuda.Stream | None = None  # one side stream for every pass (its cached blocks are reused)
 
     def __len__(self) -> int:
         return len(self.loader)  # type: ignore[arg-type]
@@ -57,6 +58,9 @@ class PrefetchLoader:
                 yield self.transform(batch)
             return
         cuda = self.device.type == "cuda"
+        if cuda and self._stream is None:
+            self._stream = torch.cuda.Stream(self.device)
+        stream = self._stream
         q: queue.Queue = queue.Queue(maxsize=self.depth)
         stop = threading.Event()
 
@@ -71,7 +75,6 @@ class PrefetchLoader:
 
         def work() -> None:
             try:
-                stream = torch.cuda.Stream(self.device) if cuda else None
                 with (torch.cuda.device(self.device) if cuda else nullcontext()), \
                         (torch.cuda.stream(stream) if cuda else nullcontext()):
                     for batch in self.loader:
