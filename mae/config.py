@@ -75,7 +75,15 @@ def to_dict(cfg: Any) -> dict[str, Any]:
 
 
 def from_dict(cls: type[T], data: dict[str, Any], strict: bool = True) -> T:
-    """Config of ``cls`` from a dict; unknown keys raise (``strict``) or are dropped."""
+    """Config of ``cls`` from a dict; unknown keys raise (``strict``) or are dropped.
+
+    A class may map retired field names to their replacement (``RENAMED_FIELDS``: old name -> function of
+    the old value giving new fields), so config files of older runs keep loading.
+    """
+    for old, convert in getattr(cls, "RENAMED_FIELDS", {}).items():
+        if old in data:
+            data = dict(data)
+            data.update(convert(data.pop(old)))
     names = {f.name: f for f in dataclasses.fields(cls)}
     unknown = sorted(set(data) - set(names))
     if unknown and strict:

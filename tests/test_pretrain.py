@@ -262,3 +262,13 @@ def test_gpu_prefetch_gives_the_synchronous_losses(tmp_path):
     a, b = losses(tmp_path / "sync" / "run"), losses(tmp_path / "prefetch" / "run")
     assert len(a) == len(b) > 0
     assert all(x[0] == y[0] and float(x[1]) == pytest.approx(float(y[1]), rel=1e-5) for x, y in zip(a, b))
+
+
+def test_config_files_of_older_runs_with_gpu_decode_still_load(tmp_path):
+    from mae.config import load_config_file
+    old = tmp_path / "config.yaml"
+    old.write_text("epochs: 3\ngpu_decode: true\n")
+    cfg = load_config_file(pretrain.Config, old)
+    assert cfg.input_path == "gpu_decode" and cfg.epochs == 3
+    old.write_text("gpu_decode: false\n")
+    assert load_config_file(pretrain.Config, old).input_path == "pil"

@@ -7,7 +7,8 @@ effective batch 4096, 40 warm-up epochs, cosine decay, RandomResizedCrop(0.2-1) 
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
-from typing import Any
+from collections.abc import Callable
+from typing import Any, ClassVar
 
 import torch
 
@@ -51,6 +52,10 @@ class Config(TrainConfig):
     betas: tuple[float, float] = opt((0.9, 0.95), "AdamW betas")
     warmup_epochs: float = opt(40.0, "linear warm-up epochs")
     epochs: int = opt(800, "pre-training epochs")
+
+    # config files of older runs: --gpu_decode became --input_path gpu_decode
+    RENAMED_FIELDS: ClassVar[dict[str, Callable[[Any], dict[str, Any]]]] = {
+        "gpu_decode": lambda on: {"input_path": "gpu_decode"} if on else {}}
 
     def model_overrides(self) -> dict[str, Any]:
         target = "norm_pixel" if self.norm_pix_loss and self.target == "pixel" else self.target
