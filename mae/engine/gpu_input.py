@@ -43,7 +43,7 @@ from torchvision.io import ImageReadMode, decode_image, decode_jpeg
 
 from mae.data.errors import DataError
 from mae.data.robust import RobustImageDataset, UnreadableImageWarning
-from mae.data.transforms import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD, PRETRAIN_AUGMENTATIONS
+from mae.data.transforms import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD, PRETRAIN_AUGMENTATIONS, NormalizeBatch
 from mae.engine.prefetch import PrefetchLoader  # noqa: F401 - (3) of the module doc; re-exported
 
 JPEG_MAGIC = b"\xff\xd8\xff"
@@ -245,10 +245,7 @@ class BatchDecoder:
     def __init__(self, spec: CropSpec, device: torch.device | str = "cpu"):
         self.spec = spec
         self.device = torch.device(device)
-        self.mean = torch.tensor(spec.mean, device=self.device).view(1, 3, 1, 1) * 255.0
-        self.std = torch.tensor(spec.std, device=self.device).view(1, 3, 1, 1) * 255.0
-        if self.device.type == "cuda":  # read later from PrefetchLoader's stream: finish the copies first
-            torch.cuda.current_stream(self.device).synchronize()
+        self.normalize = NormalizeBatch(spec.mean, spec.std)
         self.num_replaced = 0
 
     def decode(self, batch: EncodedBatch) -> list[torch.Tensor | None]:
@@ -304,11 +301,11 @@ class BatchDecoder:
                                 f"header size {batch.sizes[j]}")
             crop = img[:, top:top + h, left:left + w].unsqueeze(0).float()
             crops.append(F.interpolate(crop, size=(s, s), mode="bicubic", align_corners=False, antialias=True))
-        x = torch.cat(crops).clamp_(0, 255).round_()  # PIL writes 8-bit pixels
+        x = torch.cat(crops).clamp_(0, 255).round_().to(torch.uint8)  # PIL writes 8-bit pixels
         flips = batch.flips.to(self.device, non_blocking=True).view(-1, 1, 1, 1)
         x = torch.where(flips, x.flip(-1), x)
-        x = x.sub_(self.mean).div_(self.std)  # == Normalize(mean, std)(ToTensor()) on the 8-bit crop
-        return x, batch.labels.to(self.device, non_blocking=True)
+        # the 8-bit crop through the very float ops of ToTensor + Normalize (the PIL pipeline's last step)
+        return self.normalize.images(x), batch.labels.to(self.device, non_blocking=True)
 
 
 def trainer_hooks(root: str | os.PathLike[str], img_size: int, device: torch.device | str,
