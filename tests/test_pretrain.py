@@ -272,3 +272,18 @@ def test_config_files_of_older_runs_with_gpu_decode_still_load(tmp_path):
     assert cfg.input_path == "gpu_decode" and cfg.epochs == 3
     old.write_text("gpu_decode: false\n")
     assert load_config_file(pretrain.Config, old).input_path == "pil"
+
+
+def test_prefetch_thread_keeps_losses_and_mid_epoch_resume(tmp_path, monkeypatch):
+    """The training loop's prefetch branch (CUDA-only in use) run on the CPU: a background thread prepares
+    each batch; per-iteration losses, also across a mid-epoch stop + resume, are those of the plain loop."""
+    kw = dict(data="synthetic:48", batch_size=8, epochs=2, num_workers=1, log_every=1)
+    pretrain.run(smoke_cfg(tmp_path / "plain", **kw))
+    ref = losses(tmp_path / "plain" / "run")
+    monkeypatch.setattr(loop.Trainer, "prefetches", property(lambda self: self.prefetch))
+    pretrain.run(smoke_cfg(tmp_path / "thread", **kw))
+    assert losses(tmp_path / "thread" / "run") == ref
+    cut = smoke_cfg(tmp_path / "resumed", max_iters=8, **kw)  # 6 iterations per epoch: stops in epoch 2
+    assert not pretrain.run(cut)["finished"]
+    assert pretrain.run(dataclasses.replace(cut, max_iters=None, resume="auto"))["finished"]
+    assert losses(cut.output_dir) == ref

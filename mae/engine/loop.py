@@ -344,11 +344,16 @@ class Trainer:
         batch = move_to(batch, self.device)
         return batch if self.batch_transform is None else self.batch_transform(batch)
 
+    @property
+    def prefetches(self) -> bool:
+        """Whether batches are prepared a batch ahead in a thread: on CUDA, for a thread-safe batch_transform,
+        and only with loader workers (in-process, SeededDataset would reseed torch's global RNG in the thread
+        while the step draws masks from it)."""
+        return self.prefetch and self.device.type == "cuda" and self.cfg.num_workers > 0
+
     def _batches(self) -> Any:
         """The epoch's batches on the device; prepared a batch ahead in a thread where that is safe (CUDA)."""
-        # only with loader workers: the dataset (SeededDataset reseeds torch's global RNG per sample) must
-        # never run in the thread while the step draws masks from the same generator
-        if self.prefetch and self.device.type == "cuda" and self.cfg.num_workers > 0:
+        if self.prefetches:
             if self._prefetcher is None:  # one for the run: its side stream is reused every epoch
                 from mae.engine.prefetch import PrefetchLoader
                 self._prefetcher = PrefetchLoader(self.loader, self._prepare, self.device, depth=2)
