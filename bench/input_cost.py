@@ -18,9 +18,6 @@ on an H100 (1,870 img/s) and twice that (3,740, the issue's goal).
 from __future__ import annotations
 
 import argparse
-import csv
-import io
-import math
 import os
 import platform
 import shlex
@@ -108,18 +105,9 @@ def measure(root: str, paths: Sequence[str], *, img_size: int = 224, images: int
     return rows
 
 
-def _fmt(v: Any) -> Any:
-    return ("" if math.isnan(v) else f"{v:.4g}") if isinstance(v, float) else v
-
-
 def write_csv(rows: list[dict[str, Any]], path: str | Path) -> Path:
-    from reproduce.report import atomic_write_text
-    buf = io.StringIO()
-    w = csv.DictWriter(buf, fieldnames=list(COLUMNS), extrasaction="ignore", lineterminator="\n")
-    w.writeheader()
-    for r in rows:
-        w.writerow({k: _fmt(r.get(k, "")) for k in COLUMNS})
-    return atomic_write_text(path, buf.getvalue())
+    from reproduce.report import atomic_write_csv
+    return atomic_write_csv(rows, path, COLUMNS, float_digits=4)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -18,10 +18,8 @@ variant that cannot run here (CUDA graphs on a CPU, out of memory) gets a ``stat
 from __future__ import annotations
 
 import argparse
-import csv
 import dataclasses
 import gc
-import io
 import math
 import os
 import shlex
@@ -449,21 +447,10 @@ COLUMNS = ("scale", "device", "model", "batch_size", "dtype", "input", "variant"
            "issue_official_img_per_s", "commit", "date", "torch", "cuda", "python", "command")
 
 
-def _fmt(v: Any) -> Any:
-    if isinstance(v, float):
-        return "" if math.isnan(v) else f"{v:.6g}"
-    return v
-
-
 def write_csv(rows: list[dict[str, Any]], path: str | Path) -> Path:
     """Write the rows (atomically) with the columns of :data:`COLUMNS`."""
-    from reproduce.report import atomic_write_text
-    buf = io.StringIO()
-    w = csv.DictWriter(buf, fieldnames=list(COLUMNS), extrasaction="ignore", lineterminator="\n")
-    w.writeheader()
-    for r in rows:
-        w.writerow({k: _fmt(r.get(k, "")) for k in COLUMNS})
-    return atomic_write_text(path, buf.getvalue())
+    from reproduce.report import atomic_write_csv
+    return atomic_write_csv(rows, path, COLUMNS, float_digits=6)
 
 
 def format_table(rows: list[dict[str, Any]]) -> str:

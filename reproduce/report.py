@@ -14,7 +14,9 @@ paper's best, and do the settings rank the same way (Spearman)?
 """
 from __future__ import annotations
 
+import csv
 import datetime as _dt
+import io
 import json
 import math
 import os
@@ -313,6 +315,21 @@ def atomic_write_text(path: str | Path, text: str) -> Path:
         Path(tmp).unlink(missing_ok=True)
         raise
     return path
+
+
+def atomic_write_csv(rows: list[dict[str, Any]], path: str | Path, columns: tuple[str, ...],
+                     float_digits: int = 6) -> Path:
+    """Write dict rows as CSV with exactly ``columns`` (missing -> empty, NaN -> empty, floats to
+    ``float_digits`` significant digits), atomically (:func:`atomic_write_text`)."""
+    def fmt(v: Any) -> Any:
+        return ("" if math.isnan(v) else f"{v:.{float_digits}g}") if isinstance(v, float) else v
+
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=list(columns), extrasaction="ignore", lineterminator="\n")
+    w.writeheader()
+    for r in rows:
+        w.writerow({k: fmt(r.get(k, "")) for k in columns})
+    return atomic_write_text(path, buf.getvalue())
 
 
 def meta_path(path: str | Path) -> Path:

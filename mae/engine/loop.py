@@ -225,8 +225,7 @@ class Trainer:
         self.step_fn, self.eval_fn, self.epoch_end_fn = step_fn, eval_fn, epoch_end_fn
         self.best_metric, self.best_mode = best_metric, best_mode
         self.batch_transform = batch_transform
-        # on CUDA, a thread-safe batch_transform (no global RNG draws) runs a batch ahead on a side stream
-        # (with num_workers > 0, see _batches)
+        # a thread-safe batch_transform (no global RNG draws) may run a batch ahead: see `prefetches`
         self.prefetch = prefetch_batch_transform and batch_transform is not None
         self._prefetcher: Any = None
         self.amp_dtype = resolve_amp(cfg.amp, self.device)

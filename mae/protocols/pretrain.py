@@ -6,8 +6,8 @@ effective batch 4096, 40 warm-up epochs, cosine decay, RandomResizedCrop(0.2-1) 
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
 from collections.abc import Callable
+from dataclasses import dataclass, replace
 from typing import Any, ClassVar
 
 import torch
