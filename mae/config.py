@@ -16,7 +16,7 @@ from typing import Any, TypeVar
 import yaml
 
 T = TypeVar("T")
-SCALES = ("smoke", "mini", "paper")
+SCALES = ("smoke", "cpu", "mini", "paper")
 
 
 def opt(default: Any, help: str, **kw: Any) -> Any:

@@ -20,7 +20,7 @@ if __package__ in (None, ""):  # run as a script: make `reproduce` and `mae` imp
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from reproduce.grid import Cell, GridResult, Report, TableJob, cell_rows, script_main, standard_columns  # noqa: E402
-from reproduce.scales import Scale, pretrain_eval_cell  # noqa: E402
+from reproduce.scales import ABLATIONS_ROOT, Scale, pretrain_eval_cell, with_shared_baseline  # noqa: E402
 
 TABLE = "fig7_schedule"
 
@@ -41,7 +41,8 @@ def rows(grid: GridResult) -> list[dict[str, Any]]:
 
 
 def build_jobs(args: Any, scale: Scale) -> list[TableJob]:
-    return [TableJob(TABLE, build_cells(scale), [Report(TABLE, rows, "Figure 7: training schedules")], scale.notes)]
+    return [TableJob(TABLE, with_shared_baseline(scale, build_cells(scale)),
+                     [Report(TABLE, rows, "Figure 7: training schedules")], scale.notes, root_name=ABLATIONS_ROOT)]
 
 
 def main(argv: list[str] | None = None) -> int:

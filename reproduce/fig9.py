@@ -22,10 +22,10 @@ if __package__ in (None, ""):  # run as a script: make `reproduce` and `mae` imp
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from reproduce.grid import Cell, GridResult, Ref, Report, Stage, TableJob, acc, script_main, train_seconds  # noqa: E402
-from reproduce.scales import Scale  # noqa: E402
+from reproduce.scales import ABLATIONS_ROOT, BASELINE_CELL, Scale  # noqa: E402
 
 TABLE = "fig9_partial_ft"
-PRETRAIN_CELL = "pretrain"
+PRETRAIN_CELL = BASELINE_CELL  # the baseline's pre-training, shared with Table 1 and Fig. 7
 
 
 def build_cells(scale: Scale) -> list[Cell]:
@@ -62,7 +62,8 @@ def rows(grid: GridResult) -> list[dict[str, Any]]:
 def build_jobs(args: Any, scale: Scale) -> list[TableJob]:
     notes = scale.notes + ("0 blocks is the linear probe (BatchNorm + linear head, LARS) as in the paper; "
                            "the others use the fine-tuning recipe",)
-    return [TableJob(TABLE, build_cells(scale), [Report(TABLE, rows, "Figure 9: partial fine-tuning")], notes)]
+    return [TableJob(TABLE, build_cells(scale), [Report(TABLE, rows, "Figure 9: partial fine-tuning")], notes,
+                     root_name=ABLATIONS_ROOT)]
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -22,6 +22,7 @@ only reads finished runs. Scripts are thin: which cells, which reference table (
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import gc
 import importlib
@@ -342,9 +343,35 @@ def _is_main_process() -> bool:
     return int(os.environ.get("RANK", 0)) == 0
 
 
+@contextlib.contextmanager
+def stage_lock(run_dir: Path, echo: Callable[[str], None] = print) -> Any:
+    """Hold ``<run_dir>/.lock`` (flock): two grid processes that share a cell run it once; the second
+    waits, then finds it finished. The lock goes with the process that holds it (a killed run frees it)."""
+    if not _is_main_process():  # ranks of one multi-process stage: rank 0 holds it for them
+        yield
+        return
+    import fcntl
+    run_dir.mkdir(parents=True, exist_ok=True)
+    with open(run_dir / ".lock", "a+") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            echo(f"[grid]   {run_dir} is running in another process; waiting for it")
+            fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
 def execute_stage(root: Path, cell: Cell, stage: Stage, launcher: str = "local", nproc_per_node: int = 1
                   ) -> StageResult:
     """Run one stage unless finished: skip (done), resume (checkpoint) or start; returns its result."""
+    with stage_lock(stage_dir(root, cell.name, stage.name)):
+        return _execute_stage(root, cell, stage, launcher, nproc_per_node)
+
+
+def _execute_stage(root: Path, cell: Cell, stage: Stage, launcher: str, nproc_per_node: int) -> StageResult:
     run_dir = stage_dir(root, cell.name, stage.name)
     status = stage_status(run_dir)
     if status == "done":
@@ -412,18 +439,22 @@ def describe_plan(cells: Sequence[Cell], root: Path, launcher: str = "local", np
 def run_grid(cells: Sequence[Cell], *, table: str, scale: str, work_dir: str | Path = DEFAULT_WORK_DIR,
              launcher: str = "local", nproc_per_node: int = 1, slurm: SlurmOptions | None = None,
              only: dict[str, str] | Sequence[str] | None = None, dry_run: bool = False, collect: bool = False,
-             keep_going: bool = True, echo: Callable[[str], None] = print) -> GridResult:
-    """Run (or plan, or collect) the cells of one table at one scale; see the module docstring."""
+             keep_going: bool = True, echo: Callable[[str], None] = print, root_name: str | None = None) -> GridResult:
+    """Run (or plan, or collect) the cells of one table at one scale; see the module docstring.
+
+    ``root_name`` (default ``table``) names the run-directory tree: tables that share it share the
+    cells of the same name (Table 1's parts and Fig. 7 share one baseline cell and its seeds).
+    """
     if launcher not in LAUNCHERS:
         raise GridError(f"unknown launcher {launcher!r}; choose one of {', '.join(LAUNCHERS)}")
     if scale not in SCALES:
         raise GridError(f"unknown scale {scale!r}; choose one of {', '.join(SCALES)}")
     check_grid(cells)
     cells = select_cells(cells, only)
-    root = grid_root(work_dir, table, scale).resolve()
+    root = grid_root(work_dir, root_name or table, scale).resolve()
     result = GridResult(table, scale, root, list(cells))
     if dry_run:
-        echo(describe_plan(cells, root, launcher, nproc_per_node))
+        echo(f"{table}_{scale}: " + describe_plan(cells, root, launcher, nproc_per_node))
         for c in cells:
             for s in c.stages:
                 d = stage_dir(root, c.name, s.name)
@@ -757,11 +788,43 @@ def standard_columns(cell: Cell, grid: GridResult) -> dict[str, Any]:
         out["lin"] = acc(g("linprobe"))
         out["lin_best"] = acc(g("linprobe"), "best")
         out["lin_time_s"] = train_seconds(g("linprobe"))
+    if "linprobe_init" in names:  # the baseline's controls (reproduce.scales.baseline_controls)
+        out["lin_init"] = acc(g("linprobe_init"))
+        out["lin_margin"] = out.get("lin", float("nan")) - out["lin_init"]
+    if "finetune_scratch" in names:
+        out["ft_scratch"] = acc(g("finetune_scratch"))
+        out["ft_margin"] = out.get("ft", float("nan")) - out["ft_scratch"]
     if "pretrain" in names:
         pre = g("pretrain")
         out["pretrain_loss"] = acc(pre, "final", "train_loss")
         out["pretrain_time_s"] = train_seconds(pre)
     return out
+
+
+SEED_STD_COLUMNS = ("lin_init", "lin_margin", "ft_scratch", "ft_margin")
+
+
+def aggregate_seeds(rows: Any, key: str, metrics: Sequence[str] = ()) -> Any:
+    """One row per ``key`` value: the seeds of a setting (a ``seed`` column) become the mean of every
+    numeric column, with ``<column>_std`` (sample std, ddof 1) of the ``metrics`` and the baseline's
+    controls, and ``n_seeds``; unchanged when no setting has more than one row."""
+    import pandas as pd
+
+    if rows.empty or key not in rows.columns or not rows[key].duplicated().any():
+        return rows
+    numeric = [c for c in rows.columns if c != key and c != "seed" and pd.api.types.is_numeric_dtype(rows[c])]
+    out = []
+    for _, g in rows.groupby(key, sort=False):
+        r = g.iloc[0].to_dict()
+        for c in numeric:
+            r[c] = float(g[c].mean())
+            if c in metrics or c in SEED_STD_COLUMNS:
+                r[f"{c}_std"] = float(g[c].std(ddof=1)) if g[c].notna().sum() > 1 else float("nan")
+        if "seed" in g.columns:
+            r["seed"] = ",".join(str(int(x)) for x in g["seed"].dropna())
+        r["n_seeds"] = len(g)
+        out.append(r)
+    return pd.DataFrame(out)
 
 
 def write_table(table: str, rows: list[dict[str, Any]], args: argparse.Namespace, title: str | None = None,
@@ -779,7 +842,7 @@ def write_table(table: str, rows: list[dict[str, Any]], args: argparse.Namespace
     if getattr(args, "dry_run", False):
         return None
     spec = get_spec(table)
-    ours = pd.DataFrame(rows)
+    ours = aggregate_seeds(pd.DataFrame(rows), spec.key, spec.metrics)
     if ours.empty:
         raise GridError(f"{table}: no rows to write")
     if not any(m in ours.columns and ours[m].notna().any() for m in spec.metrics):
@@ -819,6 +882,7 @@ class TableJob:
     cells: list[Cell]
     reports: list[Report]
     notes: tuple[str, ...] = ()
+    root_name: str | None = None  # run-directory tree shared with other jobs (default: name)
 
 
 def run_jobs(jobs: Sequence[TableJob], args: argparse.Namespace, echo: Callable[[str], None] = print) -> int:
@@ -843,12 +907,13 @@ def run_jobs(jobs: Sequence[TableJob], args: argparse.Namespace, echo: Callable[
         apply_overrides(job.cells, overrides)
         g = run_grid(job.cells, table=job.name, scale=args.scale, work_dir=args.work_dir, launcher=args.launcher,
                      nproc_per_node=args.nproc_per_node, slurm=slurm_options(args), only=only,
-                     dry_run=args.dry_run, collect=args.collect, keep_going=not args.fail_fast, echo=echo)
+                     dry_run=args.dry_run, collect=args.collect, keep_going=not args.fail_fast, echo=echo,
+                     root_name=job.root_name)
         failed = failed or bool(g.failed)
         if args.dry_run or (args.launcher == "slurm" and args.slurm_no_wait and not args.collect):
             continue
         full = run_grid(job.cells, table=job.name, scale=args.scale, work_dir=args.work_dir, collect=True,
-                        echo=lambda _line: None)
+                        echo=lambda _line: None, root_name=job.root_name)
         for rep in job.reports:
             write_table(rep.table, rep.rows(full), args, title=rep.title, echo=echo)
         for note in job.notes:

@@ -25,7 +25,8 @@ if __package__ in (None, ""):  # run as a script: make `reproduce` and `mae` imp
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from reproduce.grid import Cell, GridResult, Report, TableJob, cell_rows, script_main, standard_columns  # noqa: E402
-from reproduce.scales import Scale, pretrain_eval_cell, tokenizer_cell, tokenizer_ref  # noqa: E402
+from reproduce.scales import (ABLATIONS_ROOT, Scale, pretrain_eval_cell, tokenizer_cell, tokenizer_ref,  # noqa: E402
+                              with_shared_baseline)
 
 # Table 1e's keys (the paper's rows) -> the pre-training augmentation names of mae.data
 AUGMENTATIONS = {"none": "none", "crop_fixed": "crop_fixed", "crop_rand": "crop_rand",
@@ -152,16 +153,15 @@ def mask_token_rows(grid: GridResult) -> list[dict[str, Any]]:
 
 
 def loss_scope_rows(grid: GridResult) -> list[dict[str, Any]]:
-    """Sec. 3: ft (and lin) with the loss on all patches minus the masked-only baseline (pixel target)."""
-    by_key = {}
-    for r in cell_rows(grid, standard_columns):
-        if "loss_on" in r:
-            by_key["all"] = r
-        elif r.get("target") == "pixel":
-            by_key["masked"] = r
-    if "all" not in by_key:
+    """Sec. 3: ft (and lin) with the loss on all patches minus the masked-only baseline (pixel target;
+    the mean over its seeds)."""
+    import numpy as np
+    rows = cell_rows(grid, standard_columns)
+    a = next((r for r in rows if "loss_on" in r), None)
+    if a is None:
         return []
-    a, m = by_key["all"], by_key.get("masked", {})
+    masked = [r for r in rows if r.get("target") == "pixel"]
+    m = {k: float(np.mean([r[k] for r in masked])) for k in ("ft", "lin")} if masked else {}
     nan = float("nan")
     return [{"loss_on": "all", "ft_delta": a["ft"] - m.get("ft", nan), "lin_delta": a["lin"] - m.get("lin", nan),
              "ft_all": a["ft"], "ft_masked": m.get("ft", nan), "lin_all": a["lin"], "lin_masked": m.get("lin", nan)}]
@@ -181,7 +181,8 @@ def reports(part: str) -> list[Report]:
 
 def build_jobs(args: Any, scale: Scale) -> list[TableJob]:
     parts = list(PARTS) if not args.part or "all" in args.part else list(dict.fromkeys(args.part))
-    return [TableJob(PARTS[p].table, PARTS[p].cells(scale), reports(p), scale.notes) for p in parts]
+    return [TableJob(PARTS[p].table, with_shared_baseline(scale, PARTS[p].cells(scale)), reports(p), scale.notes,
+                     root_name=ABLATIONS_ROOT) for p in parts]
 
 
 def _part_args(parser: Any) -> None:

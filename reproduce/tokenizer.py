@@ -58,6 +58,10 @@ PRESETS: dict[str, Config] = {
     "smoke": Config(img_size=32, patch_size=8, vocab_size=32, code_dim=8, hidden_dim=16, res_blocks=1,
                     data="synthetic:64", epochs=1, batch_size=16, num_workers=0, eval_images=16, log_every=1,
                     output_dir="outputs/tokenizer_smoke", tensorboard=False, progress=False),
+    # the cpu scale (16 px digits, 4 px patches): about a minute on 2 CPU cores
+    "cpu": Config(img_size=16, patch_size=4, vocab_size=128, code_dim=16, hidden_dim=32, res_blocks=1,
+                  data="digits", epochs=10, batch_size=128, num_workers=0, eval_images=256, log_every=1000,
+                  output_dir="outputs/tokenizer_cpu", tensorboard=False, progress=False),
     # matches mae_vit_tiny_patch4_32 (32 px, 4 px patches): a few minutes on one GPU
     "mini": Config(img_size=32, patch_size=4, vocab_size=512, code_dim=32, hidden_dim=64, res_blocks=2,
                    data="synthetic:20000", epochs=10, batch_size=256, num_workers=8, log_every=50,

@@ -39,7 +39,7 @@ def test_help(name, capsys):
     out = capsys.readouterr().out
     for flag in ("--scale", "--data", "--out", "--only", "--dry-run", "--launcher", "--collect", "--set"):
         assert flag in out
-    assert "{smoke,mini,paper}" in out and "{local,torchrun,slurm}" in out
+    assert "{smoke,cpu,mini,paper}" in out and "{local,torchrun,slurm}" in out
 
 
 def test_unknown_part_and_bad_only_are_clear_errors(tmp_path, capsys):
@@ -50,7 +50,7 @@ def test_unknown_part_and_bad_only_are_clear_errors(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "unknown key 'depth'" in err and "decoder_depth" in err
     assert table1.main(["--part", "decoder_depth", "--only", "decoder_depth=3", "--dry-run", *dirs(tmp_path)]) == 2
-    assert "values: 1, 2, 4, 8, 12" in capsys.readouterr().err
+    assert "values: 8, 1, 2, 4, 12" in capsys.readouterr().err  # the baseline cell runs first
     assert table1.main(["--only", "nonsense=1", "--dry-run", *dirs(tmp_path)]) == 2
     assert "no selected table has the key(s) ['nonsense']" in capsys.readouterr().err
     assert fig7.main(["--set", "pretrain.no_such_field=1", "--dry-run", *dirs(tmp_path)]) == 2
@@ -83,7 +83,7 @@ def test_only_with_every_part_runs_the_parts_that_have_the_key(tmp_path, capsys)
     assert table1.main(["--only", "mask_ratio=0.75", "--dry-run", *dirs(tmp_path)]) == 0
     out = capsys.readouterr().out
     assert "fig5_masking_ratio_smoke" in out and "table1a" not in out
-    assert "plan: 1 cell(s)" in out and "mask_ratio_0.75" in out
+    assert "plan: 1 cell(s)" in out and "baseline  (mask_ratio=0.75)" in out
 
 
 @pytest.mark.parametrize("scale", ["mini", "paper"])
@@ -247,3 +247,26 @@ def test_table2_gpu_batches_are_per_encoder_and_shared_by_its_rows():
     assert {batch[s] for s in batch if s.startswith("vit_large")} == {128}
     assert {batch[s] for s in batch if s.startswith("vit_huge")} == {64}
     assert {c.stages[0].config.batch_size for c in table2.build_cells(get_scale("smoke"))} == {8}
+
+
+def test_cpu_scale_plans_with_a_shared_seeded_baseline(tmp_path, capsys):
+    """--scale cpu: the baseline is one cell of the shared tree, run once per seed with its controls."""
+    assert table1.main(["--part", "masking_ratio", "--part", "decoder_depth", "--scale", "cpu", "--dry-run",
+                        *dirs(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "fig5_masking_ratio_cpu: plan: 12 cell(s)" in out and "table1a_decoder_depth_cpu: plan: 7 cell(s)" in out
+    assert out.count("ablations_cpu/baseline/pretrain\n") == 2  # the same run directory for both tables
+    assert "baseline_seed1" in out and "baseline_seed2" in out
+    assert "linprobe_init" in out and "finetune_scratch" in out
+    assert not (tmp_path / "work").exists()
+
+
+def test_aggregate_seeds_mean_std_and_count():
+    import pandas as pd
+
+    from reproduce.grid import aggregate_seeds
+    rows = pd.DataFrame([{"k": 1, "ft": 80.0, "seed": 0}, {"k": 1, "ft": 82.0, "seed": 1},
+                         {"k": 1, "ft": 84.0, "seed": 2}, {"k": 2, "ft": 70.0}])
+    out = aggregate_seeds(rows, "k", ["ft"]).set_index("k")
+    assert out.at[1, "ft"] == 82.0 and out.at[1, "ft_std"] == pytest.approx(2.0) and out.at[1, "n_seeds"] == 3
+    assert out.at[1, "seed"] == "0,1,2" and out.at[2, "n_seeds"] == 1 and math.isnan(out.at[2, "ft_std"])
