@@ -237,6 +237,20 @@ def _scale_of(df: pd.DataFrame) -> str | None:
     return scales[0] if scales else None
 
 
+def _seed_outcome(both: pd.DataFrame, key: str, m: str, higher: bool, seed_std: float,
+                  res: dict[str, Any]) -> tuple[list[Any], str]:
+    """Settings within 2 seed std of our best (ties) and match / tie / mismatch of our best vs the paper's:
+    match when our best is a paper-best setting, tie when a paper-best setting is within 2 std of ours."""
+    vals = both[f"{m}_ours"]
+    best = vals.max() if higher else vals.min()
+    margin = 2 * seed_std if math.isfinite(seed_std) else 0.0
+    close = (vals >= best - margin) if higher else (vals <= best + margin)
+    ties = both[key][close].tolist()
+    if res["best_match"]:
+        return ties, "match"
+    return ties, "tie" if set(ties) & set(res["best_paper"]) else "mismatch"
+
+
 def verdict(df: pd.DataFrame, table: str) -> dict[str, dict[str, Any]]:
     """Per metric: our best setting vs the paper's, Spearman rho over settings both have, n, scale.
 
@@ -262,6 +276,10 @@ def verdict(df: pd.DataFrame, table: str) -> dict[str, dict[str, Any]]:
                                "spearman": float("nan"), "n_approx": 0, "note": ""}
         if "paper_approx" in both.columns:
             res["n_approx"] = int((both["paper_approx"] == 1).sum())
+        std_col = f"{m}_std_ours"
+        seed_std = float(df[std_col].max()) if std_col in df.columns and df[std_col].notna().any() else float("nan")
+        res["seed_std"] = seed_std  # the spread of the seeded setting(s): the noise every setting is judged by
+        res["ties_ours"], res["outcome"] = [], None
         if n == 0:
             notes.append("no setting has both our and the paper's number")
         else:
@@ -271,6 +289,7 @@ def verdict(df: pd.DataFrame, table: str) -> dict[str, dict[str, Any]]:
                 notes.append("all our values tie: no best setting, best-setting check undefined")
             elif n >= 2:
                 res["best_match"] = bool(set(res["best_ours"]) & set(res["best_paper"]))
+                res["ties_ours"], res["outcome"] = _seed_outcome(both, key, m, higher, seed_std, res)
             else:
                 notes.append("one common setting: best-setting check undefined")
         if n < 3:
@@ -377,12 +396,16 @@ def format_table(df: pd.DataFrame, verdicts: dict[str, Any], title: str | None =
     lines.append(df[shown].to_string(index=False, na_rep="-",
                                      float_format=lambda v: f"{v:.2f}"))
     for m, v in verdicts.items():
-        match = {True: "match", False: "MISMATCH", None: "n/a"}[v.get("best_match")]
+        match = v.get("outcome") or {True: "match", False: "mismatch", None: "n/a"}[v.get("best_match")]
+        match = match.upper() if match == "mismatch" else match
         rho = v.get("spearman")
         rho_s = "n/a" if rho is None or (isinstance(rho, float) and math.isnan(rho)) else f"{rho:+.2f}"
         line = (f"verdict {m}: best ours={_fmt_keys(v.get('best_ours', []))} "
                 f"paper={_fmt_keys(v.get('best_paper', []))} -> {match}; "
                 f"Spearman={rho_s} (n={v.get('n', 0)}, scale={v.get('scale')})")
+        std = v.get("seed_std")
+        if isinstance(std, float) and math.isfinite(std):
+            line += f"; seed std {std:.2f}, ties within 2 std: {_fmt_keys(v.get('ties_ours', []))}"
         if v.get("note"):
             line += f"  [{v['note']}]"
         lines.append(line)

@@ -272,3 +272,22 @@ def test_verdict_all_tied_ours_is_not_a_match():
     df = compare("table1a_decoder_depth", ours, "smoke", {"commit": "x", "device": "cpu", "date": "d", "command": "c"})
     v = verdict(df, "table1a_decoder_depth")
     assert v["lin"]["best_match"] is None and "tie" in v["lin"]["note"]
+
+
+def test_verdict_with_seed_std_reports_ties_and_outcome():
+    import pandas as pd
+
+    from reproduce.report import verdict
+    # the paper's best ft: decoder depth 2, 4, 8 (84.9); ours: 12 best, 8 within 2 seed std -> tie
+    ref = pd.read_csv(Path(__file__).resolve().parents[1] / "reproduce/reference/table1a_decoder_depth.csv")
+    df = pd.DataFrame({"decoder_depth": ref["decoder_depth"], "ft_ours": [70.0, 75.0, 80.0, 89.0, 90.0],
+                       "ft_paper": ref["ft"], "ft_std_ours": [None, None, None, 1.0, None], "scale": "cpu"})
+    v = verdict(df, "table1a_decoder_depth")["ft"]
+    assert 12 not in v["best_paper"] and 8 in v["best_paper"]
+    assert v["seed_std"] == 1.0 and v["ties_ours"] == [8, 12] and v["outcome"] == "tie"
+    assert v["best_match"] is False
+    df.loc[df["decoder_depth"] == 8, "ft_ours"] = 85.0  # 5 points below the best: outside 2 std
+    v = verdict(df, "table1a_decoder_depth")["ft"]
+    assert v["ties_ours"] == [12] and v["outcome"] == "mismatch"
+    df.loc[df["decoder_depth"] == 8, "ft_ours"] = 95.0
+    assert verdict(df, "table1a_decoder_depth")["ft"]["outcome"] == "match"
