@@ -1,8 +1,10 @@
-"""Per-scale recipes of the reproduction scripts: ``smoke``, ``mini`` and ``paper``.
+"""Per-scale recipes of the reproduction scripts: ``smoke``, ``cpu``, ``mini`` and ``paper``.
 
 - ``smoke``: ``mae_vit_smoke`` (2 blocks x 32 wide, 8 px patches on 32 px images) on 64 generated
   images, one epoch per stage: every stage takes about a second on a CPU. It checks the plumbing
   (tests, CI); its accuracies are near chance and say nothing about the paper.
+- ``cpu``: the measured scale, 2 CPU cores, about 3 minutes per cell (see :func:`_cpu` for the
+  recipe and the measurements that chose it); the baseline runs with 3 seeds.
 - ``mini``: ``mae_vit_tiny_patch4_32`` (ViT-Tiny width, 12 blocks, 4 px patches on 32 px images, 64
   patches) on ``synthetic:20000`` (mae.data.SyntheticShapes: 10 labelled procedural classes,
   5 shapes x {solid, striped} with random colour, size, position, rotation and background, rendered
