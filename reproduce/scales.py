@@ -24,6 +24,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+from mae.config import SCALES
 from mae.protocols import finetune, linprobe, partial, pretrain
 from reproduce import tokenizer as tokenizer_stage
 from reproduce.grid import Cell, GridError, Ref, Stage, resolve_data
@@ -252,8 +253,8 @@ def _paper(data: str | None) -> Scale:
 
 def get_scale(name: str, data: str | None = None, check_data: bool = True) -> Scale:
     """The recipes of scale ``name`` with ``--data`` applied to every stage (required at ``paper``)."""
-    if name not in ("smoke", "cpu", "mini", "paper"):
-        raise GridError(f"unknown scale {name!r}; choose smoke, cpu, mini or paper")
+    if name not in SCALES:
+        raise GridError(f"unknown scale {name!r}; choose one of {', '.join(SCALES)}")
     data = resolve_data(name, data, check=check_data)
     if name == "paper":
         return _paper(data)
