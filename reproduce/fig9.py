@@ -5,10 +5,11 @@
     python reproduce/fig9.py --scale paper --data /path/to/imagenet
 
 One pre-training (the Table 1 baseline of the scale, a helper cell shared by every row), then per row:
-0 blocks = the linear probe (as in the paper), 0.5 = only the MLP sub-block of the last block, k
-blocks = the last k blocks + final norm + head (mae/protocols/partial.py), all blocks = end-to-end
-fine-tuning. The key column keeps the paper's block counts (of ViT-L's 24); at smaller scales the
-same fraction of the encoder's blocks is tuned (``tuned_blocks_used_ours``).
+0 blocks = the linear probe (as in the paper), 0.5 = only the MLP sub-block of the last block, k blocks =
+the last k blocks + final norm + head (mae/protocols/partial.py), all blocks = end-to-end fine-tuning.
+Rows 0 and "all" read the baseline's own probe and fine-tune (run once, for Table 1 and here). The key
+column keeps the paper's block counts (of ViT-L's 24); at smaller scales the same fraction of the
+encoder's blocks is tuned (``tuned_blocks_used_ours``).
 Results: <out>/fig9_partial_ft_<scale>.csv.
 """
 from __future__ import annotations
@@ -29,21 +30,27 @@ PRETRAIN_CELL = BASELINE_CELL  # the baseline's pre-training, shared with Table 
 
 
 def build_cells(scale: Scale) -> list[Cell]:
+    """The baseline cell (pre-training, linear probe, fine-tuning: the same runs as Table 1's baseline),
+    then one cell per row; rows 0 and "all blocks" read the baseline's probe / fine-tune, not a rerun."""
     from reproduce.reference import load_reference
     paper_keys = [float(k) for k in load_reference(TABLE)["tuned_blocks"].tolist()]
     full = max(paper_keys)
-    cells = [Cell(PRETRAIN_CELL, {}, [Stage("pretrain", "pretrain", scale.pretrain)], report=False)]
+    src = {"finetune": Ref("pretrain")}
+    cells = [Cell(PRETRAIN_CELL, {}, [Stage("pretrain", "pretrain", scale.pretrain),
+                                      Stage("linprobe", "linprobe", scale.linprobe, inputs=src),
+                                      Stage("finetune", "finetune", scale.finetune, inputs=src)], report=False)]
     src = {"finetune": Ref("pretrain", cell=PRETRAIN_CELL)}
     for k in paper_keys:
         ours = scale.partial_blocks[k]
-        if k == 0:
-            stage = Stage("linprobe", "linprobe", scale.linprobe, inputs=src)
-        elif k == full:
-            stage = Stage("finetune", "finetune", scale.finetune, inputs=src)
-        else:
-            stage = Stage("partial", "partial", replace(scale.partial, tune_blocks=float(ours)), inputs=src)
         key = int(k) if k == int(k) else k
-        cells.append(Cell(f"tuned_blocks_{key}", {"tuned_blocks": key}, [stage],
+        name = f"tuned_blocks_{key}"
+        if k in (0, full):
+            protocol = "linprobe" if k == 0 else "finetune"
+            cells.append(Cell(name, {"tuned_blocks": key}, [], reads=Ref(protocol, cell=PRETRAIN_CELL),
+                              info={"tuned_blocks_used": ours, "protocol_used": protocol}))
+            continue
+        stage = Stage("partial", "partial", replace(scale.partial, tune_blocks=float(ours)), inputs=src)
+        cells.append(Cell(name, {"tuned_blocks": key}, [stage],
                           info={"tuned_blocks_used": ours, "protocol_used": stage.protocol}))
     return cells
 
@@ -53,8 +60,7 @@ def rows(grid: GridResult) -> list[dict[str, Any]]:
     for c in grid.cells:
         if not c.report:
             continue
-        s = c.stages[0]
-        r = grid.get(c.name, s.name)
+        r = grid.reported(c)
         out.append({**c.key, **c.info, "ft": acc(r), "ft_best": acc(r, "best"), "time_s": train_seconds(r)})
     return out
 

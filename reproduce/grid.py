@@ -98,11 +98,15 @@ class Cell:
     stages: list[Stage]
     info: dict[str, Any] = field(default_factory=dict)  # e.g. the setting actually used at this scale
     report: bool = True  # False for shared helper cells (a tokenizer, a shared pre-training)
+    reads: Ref | None = None  # a cell with no stages of its own reports this stage of another cell
+
 
     def __post_init__(self) -> None:
         if not self.name or "/" in self.name or self.name.startswith("."):
             raise ValueError(f"bad cell name {self.name!r} (a folder name without '/')")
         names = [s.name for s in self.stages]
+        if self.reads is not None and (self.stages or not self.reads.cell):
+            raise ValueError(f"cell {self.name!r}: a cell that reads another cell's stage has no stages itself")
         if len(set(names)) != len(names):
             raise ValueError(f"cell {self.name!r}: duplicate stage names {names}")
 
@@ -151,6 +155,12 @@ class GridResult:
 
     def get(self, cell: str, stage: str) -> StageResult | None:
         return self.stages.get((cell, stage))
+
+    def reported(self, cell: Cell, stage: str | None = None) -> StageResult | None:
+        """The result a cell reports: its own ``stage`` (default: its first) or the stage it reads."""
+        if cell.reads is not None:
+            return self.get(cell.reads.cell or cell.name, cell.reads.stage)
+        return self.get(cell.name, stage or cell.stages[0].name)
 
 
 @dataclass
@@ -256,6 +266,10 @@ def select_cells(cells: Sequence[Cell], only: dict[str, str] | Sequence[str] | N
     needed: dict[str, Cell] = {}
 
     def add(c: Cell) -> None:
+        if c.reads is not None:
+            if c.reads.cell not in by_name:
+                raise GridError(f"cell {c.name!r} reads unknown cell {c.reads.cell!r}")
+            add(by_name[c.reads.cell])
         for s in c.stages:
             for ref in s.inputs.values():
                 if ref.cell and ref.cell != c.name:
@@ -278,6 +292,14 @@ def check_grid(cells: Sequence[Cell]) -> None:
     order = {c.name: i for i, c in enumerate(cells)}
     by_name = {c.name: c for c in cells}
     for c in cells:
+        if c.reads is not None:
+            owner = by_name.get(c.reads.cell or "")
+            if owner is None or order[owner.name] > order[c.name]:
+                raise GridError(f"{c.name}: reads cell {c.reads.cell!r}, which is unknown or comes later")
+            try:
+                owner.stage(c.reads.stage)
+            except KeyError as e:
+                raise GridError(f"{c.name}: {e.args[0]}") from None
         for i, s in enumerate(c.stages):
             for fname, ref in s.inputs.items():
                 owner = by_name.get(ref.cell or c.name)
@@ -420,6 +442,8 @@ def describe_plan(cells: Sequence[Cell], root: Path, launcher: str = "local", np
     lines = [f"plan: {len(cells)} cell(s) under {root} (launcher {launcher})"]
     for i, c in enumerate(cells, 1):
         lines.append(f"[{i}/{len(cells)}] {c.name}  ({_fmt_key(c)})" + ("" if c.report else "  [helper]"))
+        if c.reads is not None:
+            lines.append(f"    reads {c.reads.cell}/{c.reads.stage} (no run of its own)")
         for s in c.stages:
             run_dir = stage_dir(root, c.name, s.name)
             status = stage_status(run_dir)
@@ -475,6 +499,8 @@ def run_grid(cells: Sequence[Cell], *, table: str, scale: str, work_dir: str | P
     t_grid = time.time()
     failed_cells: set[str] = set()
     for c in cells:
+        if not c.stages:
+            continue  # a cell that reads another cell's stage
         for s in c.stages:
             stale = stale_inputs(root, c, s)
             if stale:

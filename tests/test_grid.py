@@ -175,6 +175,27 @@ def test_only_selects_cells_and_their_helper_cells(tmp_path):
     assert set(g.stages) == {("shared", "pretrain"), ("k4", "ft")}
 
 
+def test_a_reading_cell_reports_another_cells_stage_without_running_it(tmp_path):
+    helper = Cell("shared", {}, [Stage("pretrain", "stub_protocol", StubConfig()),
+                                 Stage("ft", "stub_protocol", StubConfig(value=7),
+                                       inputs={"finetune": Ref("pretrain")})], report=False)
+    alias = Cell("k0", {"k": 0}, [], reads=Ref("ft", cell="shared"))
+    own = Cell("k1", {"k": 1}, [Stage("ft", "stub_protocol", StubConfig(value=1),
+                                      inputs={"finetune": Ref("pretrain", cell="shared")})])
+    cells = [helper, alias, own]
+    assert [c.name for c in grid.select_cells(cells, ["k=0"])] == ["shared", "k0"]
+    g = run_grid(cells, table="t", scale="smoke", work_dir=tmp_path, only=["k=0"], echo=quiet)
+    assert [Path(c.output_dir).name for c in CALLS] == ["pretrain", "ft"]  # the helper's stages only
+    assert not (tmp_path / "t_smoke" / "k0").exists()
+    assert g.reported(alias) is g.get("shared", "ft") and g.reported(alias).finished
+    with pytest.raises(ValueError, match="no stages itself"):
+        Cell("bad", {}, [Stage("ft", "stub_protocol", StubConfig())], reads=Ref("ft", cell="shared"))
+    with pytest.raises(GridError, match="unknown or comes later"):
+        grid.check_grid([alias, helper])
+    with pytest.raises(GridError, match="has no stage 'nope'"):
+        grid.check_grid([helper, Cell("k2", {"k": 2}, [], reads=Ref("nope", cell="shared"))])
+
+
 def test_check_grid_rejects_bad_references():
     a = two_stage_cell("a")
     with pytest.raises(GridError, match="duplicate cell names"):

@@ -151,6 +151,18 @@ def test_table1_cells_change_one_switch_each():
             assert len(changed) <= 2, (c.name, changed)  # mask_sampling sets strategy + ratio, pca its k
 
 
+def test_fig9_reads_the_baselines_probe_and_finetune_instead_of_rerunning_them():
+    scale = get_scale("cpu")
+    cells = {c.name: c for c in fig9.build_cells(scale)}
+    base = cells[fig9.PRETRAIN_CELL]
+    assert [s.name for s in base.stages] == ["pretrain", "linprobe", "finetune"]
+    assert base.stage("linprobe").config == scale.linprobe and base.stage("finetune").config == scale.finetune
+    assert cells["tuned_blocks_0"].stages == [] and cells["tuned_blocks_0"].reads.stage == "linprobe"
+    assert cells["tuned_blocks_24"].stages == [] and cells["tuned_blocks_24"].reads.stage == "finetune"
+    assert all(s.protocol == "partial" for n, c in cells.items() if n not in ("baseline", "tuned_blocks_0",
+                                                                             "tuned_blocks_24") for s in c.stages)
+
+
 # ------------------------------------------------------------------------------ smoke run
 def check_results(path: Path, table: str, expect: set[str]) -> pd.DataFrame:
     """Schema of a results CSV: key first, label, ours/paper/diff per metric, provenance; meta verdicts."""
