@@ -1,5 +1,10 @@
-"""Optimiser pieces shared by every protocol (MAE Appendix A.1-A.3): parameter groups without weight
-decay on biases/norms/tokens, the lr scaling rule, and the per-iteration warm-up + cosine schedule."""
+"""Optimiser pieces shared by every protocol (MAE Appendix A.1-A.3): weight-decay parameter groups, the
+lr scaling rule, and the per-iteration warm-up + cosine schedule.
+
+Weight-decay groups: the official release's pre-training uses timm's ``add_weight_decay`` with no skip
+list (only 1-d parameters and biases are exempt; cls_token and mask_token are decayed):
+``param_groups_weight_decay(model, wd, skip_model_tokens=False)``. The default also exempts the model's
+``no_weight_decay()`` tokens (the small presets' rule)."""
 from __future__ import annotations
 
 import math
@@ -16,9 +21,10 @@ def scaled_lr(blr: float, effective_batch: int) -> float:
 
 def param_groups_weight_decay(model: nn.Module, weight_decay: float, skip: Iterable[str] = (),
                               skip_model_tokens: bool = True) -> list[dict]:
-    """Two groups: decayed weights, and 1-d params / biases / named tokens without weight decay.
+    """Two groups, in timm's order: 1-d params / biases / ``skip`` names without weight decay, then the rest.
 
-    ``skip_model_tokens`` adds the model's ``no_weight_decay()`` names (cls/mask tokens) to ``skip``.
+    ``skip_model_tokens`` adds the model's ``no_weight_decay()`` names (cls/mask tokens) to ``skip``;
+    ``False`` with an empty ``skip`` is timm's ``add_weight_decay`` as the official pre-training calls it.
     Frozen parameters (``requires_grad=False``) are left out.
     """
     skip = set(skip)

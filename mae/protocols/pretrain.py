@@ -37,8 +37,9 @@ class Config(TrainConfig):
     pca_fit_images: int = opt(512, "PCA target: images used to fit the components")
     tokenizer: str | None = opt(None, "token target: path to a tokenizer checkpoint (reproduce/tokenizer stage)")
     augmentation: str = opt("crop_rand", "none | crop_fixed | crop_rand | crop_rand_jitter (Table 1e)")
-    decay_tokens: bool = opt(False, "weight decay on cls/mask tokens too, as the official release's param groups do "
-                                    "(the paper's text and REFERENCE: no decay on tokens)")
+    decay_tokens: bool = opt(False, "weight decay on cls/mask tokens too: the official release's param groups (timm "
+                                    "add_weight_decay, no skip list: only 1-d params and biases exempt), the "
+                                    "paper presets' rule; false = tokens exempt as well (the small presets)")
     input_path: str = opt("pil", "pil: workers decode and augment with PIL and send uint8 crops, normalised on the "
                                  "device (the official pipeline's result); gpu_decode: workers read JPEG bytes and "
                                  "draw crops, the device decodes (nvJPEG), crops, resizes, flips; worker_decode: "
@@ -69,7 +70,9 @@ class Config(TrainConfig):
 
 
 # ImageNet-1K is required: the placeholder path fails with a clear error until --data is given.
-_PAPER = Config(recipe_batch=4096, batch_size=64, accum_iter=1, weight_decay=0.05, num_workers=10, data="/path/to/imagenet", img_size=224)
+# decay_tokens: the release's main_pretrain.py decays cls_token and mask_token (REFERENCE.md, pre-training).
+_PAPER = Config(recipe_batch=4096, batch_size=64, accum_iter=1, weight_decay=0.05, num_workers=10, data="/path/to/imagenet",
+                img_size=224, decay_tokens=True)
 PRESETS: dict[str, Config] = {
     # README main job: a few minutes on a CPU, embedded data, checkpoint + reconstruction figure
     "demo": Config(model="mae_vit_micro_patch4_32", img_size=32, data="embedded", epochs=6, batch_size=64,
