@@ -4,7 +4,9 @@
   (`pretrain_transform("crop_rand", ...)`), plus the three ablation rows of Table 1e.
 - Fine-tuning (appendix A.2): RandAugment (9, 0.5) + random erasing 0.25, built with
   timm's `create_transform` exactly as the official release does (`finetune_transform`).
-- Linear probing (appendix A.3): RandomResizedCrop + flip (`linprobe_transform`).
+- Linear probing (appendix A.3): RandomResizedCrop + flip (`linprobe_transform`); the release's
+  crop is its own `util/crop.RandomResizedCrop` (`ReleaseRandomResizedCrop`: one draw of area and
+  aspect, clamped to the image), torchvision's (10 tries, centre fallback) is kept as an option.
 - Evaluation: resize the shorter side to img_size / 0.875 (256 for 224), center crop
   (`eval_transform`); above 224 px the official code uses crop ratio 1.0 (resize to img_size).
 
@@ -16,12 +18,14 @@ draw from Python's `random`; `SeededDataset` seeds and restores that one too.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any, Callable
 
 import torch
 from PIL import Image
 from torchvision import transforms as T
+from torchvision.transforms import functional as TF
 
 __all__ = [
     "IMAGENET_DEFAULT_MEAN",
@@ -41,6 +45,8 @@ __all__ = [
     "eval_crop_pct",
     "finetune_transform",
     "linprobe_transform",
+    "LINPROBE_CROPS",
+    "ReleaseRandomResizedCrop",
 ]
 
 ImageTransform = Callable[[Image.Image], torch.Tensor]
@@ -53,6 +59,10 @@ EVAL_CROP_PCT: float = 0.875
 PRETRAIN_CROP_SCALE: tuple[float, float] = (0.2, 1.0)
 #: RandomResizedCrop area range of the linear probe (torchvision's default, as in the release).
 LINPROBE_CROP_SCALE: tuple[float, float] = (0.08, 1.0)
+#: Aspect-ratio range of every RandomResizedCrop here (torchvision's default, as in the release).
+CROP_RATIO: tuple[float, float] = (3.0 / 4.0, 4.0 / 3.0)
+#: Training crops of the linear probe: the release's util/crop.py, or torchvision's RandomResizedCrop.
+LINPROBE_CROPS: tuple[str, ...] = ("release", "torchvision")
 #: Brightness, contrast, saturation of the "crop + color jit" row of Table 1e.
 COLOR_JITTER: tuple[float, float, float] = (0.4, 0.4, 0.4)
 #: Fine-tuning recipe (appendix A.2, Table 9): RandAugment (9, 0.5), random erasing 0.25.
@@ -268,16 +278,62 @@ def _clamp_posterize_bits(transform: Any) -> None:
                 op.level_fn = lambda level, hparams, _f=level_fn: (max(1, _f(level, hparams)[0]),)
 
 
-def linprobe_transform(img_size: int, is_train: bool) -> ImageTransform:
-    """Linear-probe transform (appendix A.3): RandomResizedCrop (bicubic) + flip for
-    training, `eval_transform` otherwise."""
+class ReleaseRandomResizedCrop(torch.nn.Module):
+    """The official release's ``util/crop.RandomResizedCrop`` (BYOL's TF crop), the linear probe's crop.
+
+    One draw: area ``s * W * H`` with ``s ~ U(scale)``, aspect ``r = exp(U(log ratio))``;
+    ``w = round(sqrt(area * r))``, ``h = round(sqrt(area / r))``, each clamped to the image; then a
+    uniform position. No 10-try loop and no centre-crop fallback as in torchvision, so large draws
+    are cut at the border: on a 500x375 image the mean crop covers ~0.52 of it (torchvision ~0.43).
+    Random numbers come from torch's global RNG, in the order area, aspect, top, left.
+    """
+
+    def __init__(self, size: int, scale: tuple[float, float] = LINPROBE_CROP_SCALE,
+                 ratio: tuple[float, float] = CROP_RATIO,
+                 interpolation: T.InterpolationMode = _BICUBIC):
+        super().__init__()
+        if not (0.0 < scale[0] <= scale[1] and 0.0 < ratio[0] <= ratio[1]):
+            raise ValueError(f"need 0 < scale[0] <= scale[1] and 0 < ratio[0] <= ratio[1], got {scale}, {ratio}")
+        self.size = (_check_size(size),) * 2
+        self.scale, self.ratio, self.interpolation = tuple(scale), tuple(ratio), interpolation
+
+    @staticmethod
+    def get_params(width: int, height: int, scale: tuple[float, float],
+                   ratio: tuple[float, float]) -> tuple[int, int, int, int]:
+        """(top, left, h, w) of one crop of a ``width`` x ``height`` image."""
+        area = width * height * torch.empty(1).uniform_(scale[0], scale[1]).item()
+        log_r = torch.empty(1).uniform_(math.log(ratio[0]), math.log(ratio[1])).item()
+        aspect = math.exp(log_r)
+        w = min(int(round(math.sqrt(area * aspect))), width)
+        h = min(int(round(math.sqrt(area / aspect))), height)
+        top = int(torch.randint(0, height - h + 1, size=(1,)).item())
+        left = int(torch.randint(0, width - w + 1, size=(1,)).item())
+        return top, left, h, w
+
+    def forward(self, img: Any) -> Any:
+        _, height, width = TF.get_dimensions(img)
+        top, left, h, w = self.get_params(width, height, self.scale, self.ratio)
+        return TF.resized_crop(img, top, left, h, w, list(self.size), self.interpolation, antialias=True)
+
+    def __repr__(self) -> str:
+        return (f"{type(self).__name__}(size={self.size}, scale={self.scale}, ratio={self.ratio}, "
+                f"interpolation={self.interpolation.value})")
+
+
+def linprobe_transform(img_size: int, is_train: bool, crop: str = "torchvision") -> ImageTransform:
+    """Linear-probe transform (appendix A.3): a random resized crop (bicubic, scale 0.08-1) + flip for
+    training, `eval_transform` otherwise.
+
+    ``crop="release"`` is the official release's crop (`ReleaseRandomResizedCrop`, the paper presets');
+    ``"torchvision"`` is torchvision's RandomResizedCrop (the small presets, which were measured with it).
+    """
     _check_size(img_size)
+    if crop not in LINPROBE_CROPS:
+        raise ValueError(f"unknown linear-probe crop {crop!r}; valid: {', '.join(LINPROBE_CROPS)}")
     if not is_train:
         return eval_transform(img_size)
-    return T.Compose(
-        [
-            T.RandomResizedCrop(img_size, scale=LINPROBE_CROP_SCALE, interpolation=_BICUBIC),
-            T.RandomHorizontalFlip(),
-        ]
-        + _to_normalized_tensor()
-    )
+    if crop == "release":
+        rrc: Callable = ReleaseRandomResizedCrop(img_size, scale=LINPROBE_CROP_SCALE, interpolation=_BICUBIC)
+    else:
+        rrc = T.RandomResizedCrop(img_size, scale=LINPROBE_CROP_SCALE, interpolation=_BICUBIC)
+    return T.Compose([rrc, T.RandomHorizontalFlip()] + _to_normalized_tensor())

@@ -1,7 +1,8 @@
 """Linear probing of the frozen pre-trained encoder (MAE Sec. 4, Appendix A.3; Table 1 "lin").
 
 Recipe (REFERENCE.md): LARS, momentum 0.9, base lr 0.1, weight decay 0, effective batch 16384
-(512 x 32 processes), 10 warm-up epochs, 90 epochs, RandomResizedCrop + flip, the cls token after
+(512 x 32 processes), 10 warm-up epochs, 90 epochs, RandomResizedCrop + flip (the release's own crop,
+``--crop release``: one draw of area and aspect clamped to the image), the cls token after
 the encoder's final norm, and a BatchNorm1d without affine (eps 1e-6) before the linear head.
 Only the head trains: every encoder parameter has ``requires_grad=False`` and the encoder stays in
 eval mode, so nothing in it drifts (the BatchNorm of the head does use batch statistics).
@@ -44,6 +45,9 @@ class Config(TrainConfig):
     global_pool: bool = opt(False, "probe the average of the patch tokens instead of the cls token (paper: cls token)")
     head_init_std: float = opt(0.01, "std of the head's trunc-normal init (official: 0.01)")
     augment: bool = opt(True, "train with RandomResizedCrop + flip (paper); false = the eval transform (deterministic)")
+    crop: str = opt("release", "training crop with --augment: release (the official util/crop.RandomResizedCrop: one "
+                               "draw of area and aspect, clamped to the image) | torchvision (10 tries, centre "
+                               "fallback; the small presets)")
     cache_features: bool = opt(False, "fast path: run the frozen encoder once and train the head on stored "
                                       "features (no augmentation; see mae/protocols/features.py)")
     momentum: float = opt(0.9, "LARS momentum")
@@ -63,21 +67,26 @@ class Config(TrainConfig):
                              f"{self.trust_coefficient}")
         if self.nb_classes is not None and self.nb_classes < 1:
             raise ValueError(f"nb_classes must be >= 1, got {self.nb_classes}")
+        from mae.data.transforms import LINPROBE_CROPS
+        if self.crop not in LINPROBE_CROPS:
+            raise ValueError(f"crop must be one of {', '.join(LINPROBE_CROPS)}, got {self.crop!r}")
 
 
 _PAPER = Config(recipe_batch=16384, num_workers=10, data="/path/to/imagenet", img_size=224)  # --data is required
 PRESETS: dict[str, Config] = {
     # LARS moves each weight by lr * 0.001 of its norm per step: the paper's lr is 6.4 (blr 0.1 at batch
     # 16384) over ~7k steps; the small presets take the same lr.
+    # (the small presets keep torchvision's crop, with which they were measured)
     # after `mae pretrain` (preset demo): a minute on a CPU thanks to the feature cache
     "demo": Config(model="vit_micro_patch4_32", img_size=32, data="embedded", finetune="outputs/demo/checkpoint-last.pth",
                    cache_features=True, augment=False, epochs=30, warmup_epochs=3, batch_size=256, blr=6.4,
-                   num_workers=2, output_dir="outputs/linprobe_demo", log_every=20),
+                   num_workers=2, output_dir="outputs/linprobe_demo", log_every=20, crop="torchvision"),
     "smoke": Config(model="vit_smoke", img_size=32, data="synthetic:64", epochs=1, warmup_epochs=0, batch_size=16,
-                    num_workers=0, output_dir="outputs/linprobe_smoke", log_every=1, tensorboard=False, progress=False),
+                    num_workers=0, output_dir="outputs/linprobe_smoke", log_every=1, tensorboard=False, progress=False,
+                    crop="torchvision"),
     "mini": Config(model="vit_tiny_patch4_32", img_size=32, data="synthetic:50000", finetune="outputs/mini/checkpoint-last.pth",
                    epochs=90, warmup_epochs=10, batch_size=1024, blr=1.6, num_workers=8,
-                   output_dir="outputs/linprobe_mini", log_every=50),
+                   output_dir="outputs/linprobe_mini", log_every=50, crop="torchvision"),
     "paper_vit_base": replace(_PAPER, model="vit_base_patch16", output_dir="outputs/linprobe_vit_base"),
     "paper_vit_large": replace(_PAPER, model="vit_large_patch16", output_dir="outputs/linprobe_vit_large"),
     "paper_vit_huge": replace(_PAPER, model="vit_huge_patch14", output_dir="outputs/linprobe_vit_huge"),
@@ -114,7 +123,7 @@ def run(cfg: Config) -> dict[str, Any]:
         warnings.warn("--cache_features trains on one stored center-crop view per image: augmentation is off in this "
                       "path (pass --augment false to say so; see mae/protocols/features.py)", stacklevel=2)
     augment = cfg.augment and not cfg.cache_features
-    train_tf = linprobe_transform(cfg.img_size, True) if augment else eval_transform(cfg.img_size)
+    train_tf = linprobe_transform(cfg.img_size, True, crop=cfg.crop) if augment else eval_transform(cfg.img_size)
     train_set, val_set, nb = classification_data(cfg, train_tf, nb_classes=cfg.nb_classes)
     model = build_model(cfg, nb)
     common = dict(step_fn=_step, optimizer_factory=lars_factory(cfg.momentum, cfg.trust_coefficient),
