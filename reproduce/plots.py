@@ -98,10 +98,34 @@ def _ours_series(res: OursResult | None, key: str, metric: str) -> pd.Series:
     return pd.to_numeric(s, errors="coerce").dropna()
 
 
+# the baseline's controls drawn beside our metric: the same probe on the untrained encoder, the same
+# fine-tuning recipe from scratch (grid.standard_columns)
+CONTROLS = {"lin": ("lin_init", "probe, untrained encoder"), "ft": ("ft_scratch", "fine-tune from scratch")}
+
+
+def _ours_std(res: OursResult | None, key: str, metric: str, index: pd.Index) -> np.ndarray:
+    """The seed std of ``metric`` per setting of ``index`` (0 where a setting has one seed)."""
+    std = _ours_series(res, key, f"{metric}_std")
+    return std.reindex(index).fillna(0.0).to_numpy(dtype=float)
+
+
+def _control(res: OursResult | None, key: str, metric: str) -> tuple[float, str] | None:
+    if metric not in CONTROLS:
+        return None
+    col, label = CONTROLS[metric]
+    values = _ours_series(res, key, col)
+    return (float(values.iloc[0]), label) if len(values) else None
+
+
 # -------------------------------------------------------------------------------------- drawing
-def _twin_ours(ax: plt.Axes, x: np.ndarray, y: np.ndarray, label: str, metric: str) -> plt.Axes:
+def _twin_ours(ax: plt.Axes, x: np.ndarray, y: np.ndarray, label: str, metric: str,
+               yerr: np.ndarray | None = None) -> plt.Axes:
     ax2 = ax.twinx()
     ax2.plot(x, y, "-^", color=OURS_COLOR, label=label)
+    if yerr is not None and np.any(yerr > 0):
+        has = yerr > 0
+        ax2.errorbar(x[has], y[has], yerr=yerr[has], fmt="none", ecolor=OURS_COLOR, capsize=3, lw=1,
+                     label="ours: +- 1 seed std")
     ax2.set_ylabel(f"ours: {metric}", color=OURS_COLOR)
     ax2.tick_params(axis="y", colors=OURS_COLOR)
     _zoom(ax2, y)
@@ -197,16 +221,24 @@ def draw_curves(fig: plt.Figure, spec: TableSpec, ref: pd.DataFrame, res: OursRe
         if len(ours):
             xo = pd.to_numeric(pd.Series(ours.index), errors="coerce").to_numpy(dtype=float)
             order = np.argsort(xo)
-            twin.append(_twin_ours(ax, xo[order], ours.to_numpy()[order], f"ours ({res.scale})", m))
+            err = _ours_std(res, key, m, ours.index)[order]
+            ax2 = _twin_ours(ax, xo[order], ours.to_numpy()[order], f"ours ({res.scale})", m, err)
+            control = _control(res, key, m)
+            if control is not None:  # below our curve: widen the axis to show the margin
+                ax2.axhline(control[0], ls="--", lw=0.8, color=OURS_COLOR, alpha=0.7,
+                            label=f"ours: {control[1]} ({control[0]:.1f})")
+                _zoom(ax2, np.concatenate([ours.to_numpy(), [control[0]]]))
+            twin.append(ax2)
         _legend(ax, *twin)
 
 
 def _bars(ax: plt.Axes, labels: list[str], values: np.ndarray, color: str, baseline: np.ndarray,
-          title: str) -> None:
+          title: str, yerr: np.ndarray | None = None) -> None:
     x = np.arange(len(labels))
     ok = np.isfinite(values)
+    err = None if yerr is None or not np.any(yerr[ok] > 0) else yerr[ok]
     bars = ax.bar(x[ok], values[ok], color=color, alpha=0.85, edgecolor=["black" if b else color for b in baseline[ok]],
-                  linewidth=[1.6 if b else 0.5 for b in baseline[ok]])
+                  linewidth=[1.6 if b else 0.5 for b in baseline[ok]], yerr=err, capsize=3 if err is not None else 0)
     ax.bar_label(bars, fmt="%.1f", fontsize=7)
     ax.set_xticks(x, labels, rotation=20, ha="right", fontsize=7)
     ax.set_title(title, fontsize=9)
@@ -232,7 +264,9 @@ def draw_bars(fig: plt.Figure, spec: TableSpec, ref: pd.DataFrame, res: OursResu
         _bars(axes[0, j], labels, paper, PAPER_COLOR, base, f"paper: {m}")
         if has_ours:
             ours = _ours_series(res, key, m).reindex(keys).to_numpy(dtype=float)
-            _bars(axes[1, j], labels, ours, OURS_COLOR, base, f"ours ({res.scale}): {m}")
+            err = _ours_std(res, key, m, pd.Index(keys))
+            _bars(axes[1, j], labels, ours, OURS_COLOR, base, f"ours ({res.scale}): {m}"
+                  + (" (error bar: +- 1 seed std)" if np.any(err > 0) else ""), err)
 
 
 def draw_wallclock(fig: plt.Figure, spec: TableSpec, ref: pd.DataFrame, res: OursResult | None) -> None:
