@@ -12,7 +12,9 @@
   fine-tune 15, linear probe 50 on cached features), so a Table 1 part of 4-5 cells takes
   15-20 minutes and Fig. 5's ten ratios about half an hour.
 - ``paper``: the recipes of REFERENCE.md (the protocols' ``paper_*`` presets: ViT-L/16, 800
-  pre-training epochs, 50 fine-tuning, 90 linear-probe epochs, ...). ImageNet-1K is required
+  pre-training epochs, 50 fine-tuning, 90 linear-probe epochs, ...). Fine-tuning: the paper's Table 9
+  values (``finetune.paper_vit_*``) for Tables 1/2 and Figs. 7/9; Table 3 takes the release's
+  FINETUNE.md values (``finetune.release_vit_*``) for its 1600-epoch norm-pix models. ImageNet-1K is required
   (``--data``); effective batches assume 64 / 32 GPUs, raise ``--set pretrain.accum_iter=...`` on fewer.
 
 Settings that are sizes or lengths in the paper (decoder width, schedule length, tuned blocks) are
@@ -87,15 +89,22 @@ class Scale:
         """The baseline warm-up, capped at 40% of a shorter schedule (the paper: 40 of 100 epochs)."""
         return min(self.pretrain.warmup_epochs, 0.4 * epochs)
 
-    def classifier_configs(self, mae_model: str) -> tuple[finetune.Config, linprobe.Config]:
-        """Fine-tune and linear-probe recipes for another MAE preset (Table 3's ViT-B/L/H)."""
+    def classifier_configs(self, mae_model: str, recipe: str = "paper") -> tuple[finetune.Config, linprobe.Config]:
+        """Fine-tune and linear-probe recipes for another MAE preset (Table 3's ViT-B/L/H).
+
+        ``recipe`` names the paper scale's fine-tuning values (``mae.protocols.finetune.RECIPES``): "paper"
+        (Table 9, the 800-epoch pixel models of Tables 1/2) or "release" (FINETUNE.md, the 1600-epoch
+        norm-pix models of Table 3). Smaller scales have one recipe and ignore it.
+        """
+        if recipe not in finetune.RECIPES:
+            raise GridError(f"unknown fine-tuning recipe {recipe!r}; choose one of {', '.join(finetune.RECIPES)}")
         if self.name == "paper":
             size = {"mae_vit_base_patch16": "vit_base", "mae_vit_large_patch16": "vit_large",
                     "mae_vit_huge_patch14": "vit_huge"}.get(mae_model)
             if size is None:
                 raise GridError(f"no paper recipe for {mae_model}")
             data = self.finetune.data
-            return (replace(finetune.PRESETS[f"paper_{size}"], data=data),
+            return (replace(finetune.PRESETS[f"{recipe}_{size}"], data=data),
                     replace(linprobe.PRESETS[f"paper_{size}"], data=data))
         from mae.models.vit import vit_for_mae
         vit = vit_for_mae(mae_model)

@@ -39,7 +39,7 @@ def test_freeze_marks_exactly_the_requested_parameters():
 
 def test_paper_presets_and_help():
     c = partial.PRESETS["paper_vit_large"]
-    assert (c.model, c.tune_blocks, c.blr, c.layer_decay, c.drop_path, c.epochs) == ("vit_large_patch16", 1, 1e-3, 0.75, 0.2, 50)
+    assert (c.model, c.tune_blocks, c.blr, c.layer_decay, c.drop_path, c.epochs) == ("vit_large_patch16", 1, 1e-3, 0.75, 0.1, 50)
     assert partial.PRESETS["paper_vit_large_half_block"].tune_blocks == 0.5
     assert all(f.metadata.get("help") for f in dataclasses.fields(partial.Config))
 

@@ -1,11 +1,17 @@
 """End-to-end fine-tuning of a pre-trained MAE encoder (MAE Sec. 4, Appendix A.2, Table 3).
 
-The paper's recipe (REFERENCE.md): AdamW (0.9, 0.999), weight decay 0.05, effective batch 1024,
-5 warm-up epochs, cosine decay, layer-wise lr decay, drop path, RandAugment (9, 0.5), label
-smoothing 0.1, mixup 0.8, cutmix 1.0, random erasing 0.25, global average pooling (``fc_norm``).
-ViT-B: blr 5e-4, layer decay 0.65, drop path 0.1, 100 epochs; ViT-L: 1e-3, 0.75, 0.2, 50 epochs;
-ViT-H: 1e-3, 0.75, 0.3, 50 epochs. Without ``--finetune`` the model starts from random weights
-(supervised from scratch, with the same recipe).
+The recipe (REFERENCE.md): AdamW (0.9, 0.999), weight decay 0.05, effective batch 1024, 5 warm-up
+epochs, cosine decay, layer-wise lr decay, drop path, RandAugment (9, 0.5), label smoothing 0.1,
+mixup 0.8, cutmix 1.0, random erasing 0.25, global average pooling (``fc_norm``). Two sets of
+per-size values, two preset families (:data:`RECIPES`):
+
+- ``paper_vit_{base,large,huge}``: the paper's Appendix Table 9, for the 800-epoch pixel (w/o norm)
+  models of Tables 1 and 2: blr 1e-3, layer decay 0.75; drop path 0.1 / 0.1 / 0.2; 100 / 50 / 50 epochs.
+- ``release_vit_{base,large,huge}``: the release's FINETUNE.md, for its 1600-epoch norm-pix
+  checkpoints (Table 3): ViT-B blr 5e-4, layer decay 0.65, drop path 0.1, 100 epochs; ViT-L 1e-3,
+  0.75, 0.2, 50; ViT-H 1e-3, 0.75, 0.3, 50.
+
+Without ``--finetune`` the model starts from random weights (supervised from scratch, same recipe).
 
 This module also holds what every classification protocol shares (datasets, evaluation, the
 evaluate-only path); :mod:`mae.protocols.partial` and :mod:`mae.protocols.linprobe` reuse it.
@@ -35,7 +41,7 @@ MIXUP_MODES = ("batch", "pair", "elem")
 
 @dataclass
 class Config(TrainConfig):
-    """Fine-tuning recipe (defaults: the paper's ViT-B/16 recipe)."""
+    """Fine-tuning recipe (defaults: the release's ViT-B/16 recipe, FINETUNE.md; preset paper_vit_base is Table 9's)."""
 
     model: str = opt("vit_base_patch16", "classifier preset (mae.models.vit.PRESETS); the mae_vit_* name of the encoder works too")
     finetune: str | None = opt(None, "pre-trained checkpoint to start from: an MAE pre-training file (ours or the "
@@ -45,8 +51,8 @@ class Config(TrainConfig):
                                             "the val set, then exit")
     nb_classes: int | None = opt(None, "number of classes (default: the dataset's)")
     global_pool: bool = opt(True, "classify the average of the patch tokens after fc_norm (paper); false = the cls token")
-    drop_path: float = opt(0.1, "stochastic depth rate (ViT-B 0.1, L 0.2, H 0.3)")
-    layer_decay: float = opt(0.65, "layer-wise lr decay (ViT-B 0.65, L/H 0.75); 1 = none")
+    drop_path: float = opt(0.1, "stochastic depth rate (Table 9: ViT-B/L 0.1, H 0.2; FINETUNE.md: B 0.1, L 0.2, H 0.3)")
+    layer_decay: float = opt(0.65, "layer-wise lr decay (Table 9: 0.75; FINETUNE.md: ViT-B 0.65, L/H 0.75); 1 = none")
     head_init_std: float = opt(2e-5, "std of the new head's trunc-normal init (official: 2e-5)")
     smoothing: float = opt(0.1, "label smoothing")
     mixup: float = opt(0.8, "mixup alpha (0 = off)")
@@ -88,6 +94,18 @@ class Config(TrainConfig):
 
 
 _PAPER = Config(recipe_batch=1024, num_workers=10, data="/path/to/imagenet", img_size=224)  # --data is required
+PAPER_MODELS = {"vit_base": "vit_base_patch16", "vit_large": "vit_large_patch16", "vit_huge": "vit_huge_patch14"}
+#: per-size values of the two fine-tuning recipes (REFERENCE.md, fine-tuning); the rest is shared
+RECIPES: dict[str, dict[str, dict[str, Any]]] = {
+    # the paper's Appendix Table 9: the Table 1 / Table 2 models (800 epochs, pixels w/o norm)
+    "paper": {"vit_base": dict(blr=1e-3, layer_decay=0.75, drop_path=0.1, epochs=100),
+              "vit_large": dict(blr=1e-3, layer_decay=0.75, drop_path=0.1, epochs=50),
+              "vit_huge": dict(blr=1e-3, layer_decay=0.75, drop_path=0.2, epochs=50)},
+    # the release's FINETUNE.md: its 1600-epoch norm-pix checkpoints (Table 3, Fig. 8)
+    "release": {"vit_base": dict(blr=5e-4, layer_decay=0.65, drop_path=0.1, epochs=100),
+                "vit_large": dict(blr=1e-3, layer_decay=0.75, drop_path=0.2, epochs=50),
+                "vit_huge": dict(blr=1e-3, layer_decay=0.75, drop_path=0.3, epochs=50)},
+}
 PRESETS: dict[str, Config] = {
     # after `mae pretrain` (preset demo): minutes on a CPU
     # (lighter regularisation than the paper's: mixup/cutmix/erasing slow a minutes-long run down to chance;
@@ -104,13 +122,10 @@ PRESETS: dict[str, Config] = {
     "mini": Config(model="vit_tiny_patch4_32", img_size=32, data="synthetic:50000", finetune="outputs/mini/checkpoint-last.pth",
                    epochs=50, warmup_epochs=5, batch_size=256, blr=1e-3, layer_decay=0.75, drop_path=0.1,
                    num_workers=8, output_dir="outputs/finetune_mini", log_every=50),
-    # the paper's recipes (Appendix A.2)
-    "paper_vit_base": replace(_PAPER, model="vit_base_patch16", blr=5e-4, layer_decay=0.65, drop_path=0.1, epochs=100,
-                              output_dir="outputs/finetune_vit_base"),
-    "paper_vit_large": replace(_PAPER, model="vit_large_patch16", blr=1e-3, layer_decay=0.75, drop_path=0.2, epochs=50,
-                               output_dir="outputs/finetune_vit_large"),
-    "paper_vit_huge": replace(_PAPER, model="vit_huge_patch14", blr=1e-3, layer_decay=0.75, drop_path=0.3, epochs=50,
-                              output_dir="outputs/finetune_vit_huge"),
+    # the paper's (Table 9) and the release's (FINETUNE.md) recipes: paper_vit_base, ..., release_vit_huge
+    **{f"{recipe}_{size}": replace(_PAPER, model=PAPER_MODELS[size], **values, output_dir=f"outputs/finetune_{size}"
+                                   + ("" if recipe == "paper" else f"_{recipe}"))
+       for recipe, per_size in RECIPES.items() for size, values in per_size.items()},
 }
 DEFAULT_PRESET = "demo"
 
