@@ -1,9 +1,14 @@
 """ADE20K semantic segmentation with an MAE encoder: paper Table 5.
 
 UperNet (+ auxiliary FCN head) on the ViT, trained with mmseg 1.2.2 through an mmengine Runner and
-evaluated by mmseg's IoUMetric: mIoU over the 150 classes.
+evaluated by mmseg's IoUMetric: mIoU over the 150 classes. Schedules (``--schedule``): ``paper``
+(default; Appendix A.4: 100 epochs at batch 16 over ADE20K's 20,210 training images = 126,312
+optimizer steps) or ``mmseg160k`` (mmseg's MAE config: 160,000 steps at batch 16). The effective
+batch is 16 on any number of GPUs (downstream/plan.py, gradient accumulation where needed); the
+resolved recipe and the estimated memory per GPU are printed first, and ``--dry-run`` stops there.
 
-    python downstream/ade20k_seg.py --ckpt PATH [--data ADE_ROOT] --scale smoke|paper [--work-dir DIR] [--out CSV]
+    python downstream/ade20k_seg.py --ckpt PATH [--data ADE_ROOT] --scale smoke|paper [--schedule paper|mmseg160k]
+        [--work-dir DIR] [--out CSV] [--world-size N] [--dry-run]
 
 ADE_ROOT is ``ADEChallengeData2016`` (``images/{training,validation}/*.jpg``,
 ``annotations/{training,validation}/*.png``). With ``--scale smoke`` and no ``--data`` a tiny fixture
@@ -49,8 +54,18 @@ def wire_channels(cfg: Any, width: int) -> None:
     cfg.model.auxiliary_head.in_channels = width
 
 
-def table_for(size: str) -> str:
+def table_for(size: str, args: argparse.Namespace) -> str:
     return "table5_ade20k"
+
+
+def set_schedule(cfg: Any, steps: int) -> None:
+    """BEiT's / mmseg's schedule in optimizer steps: linear warmup, then poly (power 1) decay to 0."""
+    r = cfg.recipe
+    warm = min(int(r.warmup_iters), steps)
+    cfg.param_scheduler = [dict(type='LinearLR', start_factor=r.warmup_factor, by_epoch=False, begin=0, end=warm)]
+    if warm < steps:
+        cfg.param_scheduler.append(
+            dict(type='PolyLR', eta_min=0.0, power=1.0, begin=warm, end=steps, by_epoch=False))
 
 
 def ours(metrics: dict[str, float], size: str) -> dict[str, float]:
@@ -61,7 +76,8 @@ def ours(metrics: dict[str, float], size: str) -> dict[str, float]:
 
 
 TASK = Task(name="ade20k_seg", config_stem="ade20k_upernet", prepare_data=prepare_data,
-            configure_data=configure_data, wire_channels=wire_channels, table_for=table_for, ours=ours)
+            configure_data=configure_data, wire_channels=wire_channels, table_for=table_for, ours=ours,
+            set_schedule=set_schedule)
 
 
 def run(argv: list[str] | None = None) -> Any:

@@ -9,10 +9,12 @@ made of timm ``Block``s, ``norm``), so an MAE checkpoint -- ours or the official
   (bicubic, timm's ``resample_abs_pos_embed``) from the pre-training grid to the grid of every
   input, so 1024x1024 COCO or 512x512 ADE20K images work; a patch kernel of another size (ViT-H/14)
   is resampled at load time (timm's ``resample_patch_embed``);
-* a simple feature pyramid turns the stride-p map of the ViT into maps at strides 4 / 8 / 16 / 32
-  (for p = 16: two stride-2 transposed convs with LayerNorm + GELU between them / one / identity /
-  2x2 max-pool, as in the paper's Appendix A.3 and ViTDet), either all from the last block or
-  level k from block ``out_indices[k]``; the final ``norm`` applies to the last block's output;
+* up/down-sampling turns stride-p maps of the ViT into maps at strides 4 / 8 / 16 / 32 (for p = 16:
+  two stride-2 transposed convs with a norm + GELU between them / one / identity / 2x2 max-pool),
+  level k from block ``out_indices[k]`` -- the paper's design (Appendix A.3: the last block of each
+  of 4 equal subsets, then FPN) -- or one map alone (``out_strides=[16]``) for ViTDet's simple
+  pyramid neck (``downstream.simple_pyramid``); the final ``norm`` applies to the last block's output;
+* optional activation checkpointing per block (``act_checkpoint``);
 * stochastic depth (``drop_path_rate``, linear in depth);
 * optional window attention (non-overlapping ``window_size`` windows, zero-padded at the border,
   in every block not listed in ``global_attn_indexes``; ViTDet) and optional relative position
@@ -39,6 +41,7 @@ from downstream import compat  # noqa: F401  (must run before the OpenMMLab impo
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+import torch.utils.checkpoint
 from mmengine.logging import print_log
 from mmengine.model import BaseModule
 from mmengine.optim import DefaultOptimWrapperConstructor
@@ -46,7 +49,8 @@ from mmengine.registry import OPTIM_WRAPPER_CONSTRUCTORS
 from timm.layers import LayerNorm2d, resample_abs_pos_embed, resample_patch_embed
 from timm.models.vision_transformer import Block
 
-from mae.engine.checkpoint import CheckpointError, extract_state_dict, load_checkpoint
+from mae.engine.checkpoint import CheckpointError
+from mae.models.formats import CheckpointFormatError, read_checkpoint
 from mae.models.interop import encoder_shape
 from mae.models.mae import PRESETS, mae_config
 from mae.models.pos_embed import get_2d_sincos_pos_embed
@@ -78,15 +82,16 @@ class ViTArch:
 def encoder_state_dict(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     """The ViT encoder weights of an MAE / ViT checkpoint and the rest of the file.
 
-    Accepts ``{'model': sd}`` (official release, our pre-training), ``{'state_dict': sd}`` or a bare
-    state dict; strips ``module.`` / ``backbone.`` prefixes; drops the decoder, mask token and any
+    Accepts every format of :mod:`mae.models.formats` (official release and our pre-training, timm,
+    Hugging Face ViTMAE, mmpretrain; ``{'model'|'state_dict': sd}`` or bare; ``module.`` / ``backbone.``
+    prefixes stripped); drops the decoder, mask token and any
     classification head. Raises :class:`NotAViTCheckpointError` naming what was found otherwise.
     """
-    obj = load_checkpoint(path)
-    sd = extract_state_dict(obj, source=f"checkpoint {path}")
-    if all(k.startswith("backbone.") for k in sd if not k.startswith(("neck.", "decode_head.", "auxiliary_head.",
-                                                                      "rpn_head.", "roi_head."))):
-        sd = {k[len("backbone."):]: v for k, v in sd.items() if k.startswith("backbone.")}
+    try:  # any format (mae.models.formats); a detector / segmentor's backbone.* comes out unwrapped
+        ckpt = read_checkpoint(path)
+    except CheckpointFormatError as e:
+        raise NotAViTCheckpointError(f"checkpoint {e}") from e
+    sd, obj = ckpt.state_dict, ckpt.meta
     missing = [k for k in _REQUIRED if k not in sd]
     if missing:
         keys = sorted(sd)
@@ -259,10 +264,19 @@ class MAEViTBlock(Block):
         return x + self.drop_path2(self.ls2(self.mlp(self.norm2(x))))
 
 
-def _rescale_op(dim: int, factor: float) -> nn.Module:
-    """Resample a stride-p map by ``factor`` (4, 2, 1, 1/2, 1/4): transposed convs up, max-pool down."""
+PYRAMID_NORMS = ("LN", "BN")
+
+
+def _rescale_op(dim: int, factor: float, norm: str = "LN") -> nn.Module:
+    """Resample a stride-p map by ``factor`` (4, 2, 1, 1/2, 1/4): transposed convs up, max-pool down.
+
+    x4 is two stride-2 transposed convs with ``norm`` (LayerNorm2d as ViTDet, or BatchNorm as Li et
+    al. 2021's benchmark) + GELU between them."""
+    if norm not in PYRAMID_NORMS:
+        raise ValueError(f"pyramid_norm must be one of {PYRAMID_NORMS}, got {norm!r}")
     if factor == 4:
-        return nn.Sequential(nn.ConvTranspose2d(dim, dim, 2, 2), LayerNorm2d(dim, eps=LN_EPS), nn.GELU(),
+        between = LayerNorm2d(dim, eps=LN_EPS) if norm == "LN" else nn.BatchNorm2d(dim)
+        return nn.Sequential(nn.ConvTranspose2d(dim, dim, 2, 2), between, nn.GELU(),
                              nn.ConvTranspose2d(dim, dim, 2, 2))
     if factor == 2:
         return nn.ConvTranspose2d(dim, dim, 2, 2)
@@ -283,12 +297,16 @@ class MAEViT(BaseModule):
             relative position tables. Inputs of other sizes still work (tables are resized).
         patch_size, in_chans, embed_dim, depth, num_heads, mlp_ratio: the encoder (ViT-B/16 default).
         drop_path_rate: stochastic depth of the last block (linear from 0).
-        out_indices: one block index (all four levels from it) or four (level k from block k).
-        out_strides: strides of the outputs; each must be patch_size * {4, 2, 1, 1/2, 1/4}.
+        out_indices: one block index (every level from it) or one per level (level k from block k).
+        out_strides: strides of the 1-4 outputs; each must be patch_size * {4, 2, 1, 1/2, 1/4}
+            (``[16]`` with patch 16: the last map alone, for a neck that builds the pyramid itself).
+        pyramid_norm: norm between the two transposed convs of a x4 level: "LN" or "BN".
         final_norm: apply the encoder's final ``norm`` to the last block's output when it is used.
         use_cls_token: keep the cls token in the sequence (as in pre-training; needs global attention).
         window_size: window attention in all blocks not in ``global_attn_indexes`` (0 = global everywhere).
         use_rel_pos: learned relative position biases in every block.
+        act_checkpoint: activation checkpointing per block in training (recompute in backward; saves
+            most activation memory of ViT-L / H at 1024x1024 for ~1/3 more compute).
         pretrained: an MAE / ViT checkpoint loaded by :meth:`init_weights`.
     """
 
@@ -297,7 +315,8 @@ class MAEViT(BaseModule):
                  mlp_ratio: float = 4.0, drop_path_rate: float = 0.0, out_indices: Sequence[int] = (-1,),
                  out_strides: Sequence[int] = (4, 8, 16, 32), final_norm: bool = True, use_cls_token: bool = True,
                  window_size: int = 0, global_attn_indexes: Sequence[int] = (), use_rel_pos: bool = False,
-                 pretrained: str | None = None, init_cfg: dict | None = None):
+                 pyramid_norm: str = "LN", act_checkpoint: bool = False, pretrained: str | None = None,
+                 init_cfg: dict | None = None):
         super().__init__(init_cfg=init_cfg)
         if pretrain_img_size % patch_size:
             raise ValueError(f"pretrain_img_size {pretrain_img_size} is not a multiple of patch_size {patch_size}")
@@ -305,11 +324,12 @@ class MAEViT(BaseModule):
             raise ValueError(f"embed_dim {embed_dim} is not divisible by num_heads {num_heads}")
         if window_size and use_cls_token:
             raise ValueError("window attention (window_size > 0) cannot keep a cls token: set use_cls_token=False")
+        if not 1 <= len(out_strides) <= 4:
+            raise ValueError(f"out_strides must list 1 to 4 strides, got {list(out_strides)}")
         idx = [i % depth if -depth <= i < depth else None for i in out_indices]
-        if None in idx or len(idx) not in (1, 4):
-            raise ValueError(f"out_indices {list(out_indices)} must be 1 or 4 block indices in [-{depth}, {depth})")
-        if len(out_strides) != 4:
-            raise ValueError(f"out_strides must list 4 strides, got {list(out_strides)}")
+        if None in idx or len(idx) not in (1, len(out_strides)):
+            raise ValueError(f"out_indices {list(out_indices)} must be 1 or {len(out_strides)} (one per level) "
+                             f"block indices in [-{depth}, {depth})")
         bad_global = [i for i in global_attn_indexes if not 0 <= i < depth]
         if bad_global:
             raise ValueError(f"global_attn_indexes {bad_global} are outside the {depth} blocks")
@@ -317,14 +337,15 @@ class MAEViT(BaseModule):
         self.patch_size, self.embed_dim, self.depth, self.num_heads = patch_size, embed_dim, depth, num_heads
         self.pretrain_grid = (pretrain_img_size // patch_size,) * 2
         self.use_cls_token, self.final_norm = use_cls_token, final_norm
-        self.level_blocks = idx * 4 if len(idx) == 1 else idx
+        self.level_blocks = idx * len(out_strides) if len(idx) == 1 else idx
+        self.act_checkpoint = bool(act_checkpoint)
         self.out_strides = tuple(out_strides)
         self.pretrained = pretrained
 
         self.patch_embed = PatchEmbed(patch_size, in_chans, embed_dim)
         self.cls_token = nn.Parameter(torch.zeros(1, 1, embed_dim), requires_grad=use_cls_token)
         self.pos_embed = nn.Parameter(torch.zeros(1, 1 + self.pretrain_grid[0] * self.pretrain_grid[1], embed_dim))
-        dpr = torch.linspace(0, drop_path_rate, depth).tolist()
+        dpr = torch.linspace(0, drop_path_rate, depth, device="cpu").tolist()
         rel_grid = (math.ceil(img_hw[0] / patch_size), math.ceil(img_hw[1] / patch_size)) if use_rel_pos else None
         self.blocks = nn.ModuleList([
             MAEViTBlock(embed_dim, num_heads, mlp_ratio, dpr[i],
@@ -332,7 +353,7 @@ class MAEViT(BaseModule):
                         rel_pos_grid=rel_grid)
             for i in range(depth)])
         self.norm = nn.LayerNorm(embed_dim, eps=LN_EPS)
-        self.pyramid = nn.ModuleList([_rescale_op(embed_dim, patch_size / s) for s in self.out_strides])
+        self.pyramid = nn.ModuleList([_rescale_op(embed_dim, patch_size / s, pyramid_norm) for s in self.out_strides])
         self._init_random()
         # blocks after the last tapped one (and the final norm when unused) never run: freeze them so
         # that DDP does not wait for their gradients
@@ -408,7 +429,7 @@ class MAEViT(BaseModule):
 
     # ------------------------------------------------------------------ forward
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        """(N, 3, H, W) -> 4 maps (N, D, H/s, W/s) for s in ``out_strides`` (sizes rounded up)."""
+        """(N, 3, H, W) -> one map (N, D, H/s, W/s) per s in ``out_strides`` (sizes rounded up)."""
         x = self.patch_embed(x)
         n, d, gh, gw = x.shape
         x = x.flatten(2).transpose(1, 2)
@@ -420,8 +441,12 @@ class MAEViT(BaseModule):
             prefix = 1
         wanted = set(self.level_blocks)
         taps: dict[int, torch.Tensor] = {}
+        recompute = self.act_checkpoint and self.training and torch.is_grad_enabled()
         for i, blk in enumerate(self.blocks[: self.last_block + 1]):
-            x = blk(x, (gh, gw), prefix)
+            if recompute:
+                x = torch.utils.checkpoint.checkpoint(blk, x, (gh, gw), prefix, use_reentrant=False)
+            else:
+                x = blk(x, (gh, gw), prefix)
             if i in wanted:
                 taps[i] = x
         outs = []

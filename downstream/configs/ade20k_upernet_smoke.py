@@ -11,6 +11,8 @@ vit_sizes = dict(
     smoke=dict(embed_dim=32, depth=2, num_heads=2, drop_path_rate=0.0, layer_decay_rate=0.65,
                out_indices=[0, 0, 1, 1]),
 )
+recipe = dict(effective_batch=2, epoch_images=8, schedules=dict(_delete_=True, paper=dict(epochs=1),
+              mmseg160k=dict(iters=4)), warmup_iters=2, warmup_factor=0.1, head_gb=0.0)  # 4 steps either way
 model = dict(
     data_preprocessor=dict(size=crop_size),
     backbone=dict(pretrain_img_size=32, img_size=crop_size, patch_size=8, embed_dim=32, depth=2, num_heads=2,

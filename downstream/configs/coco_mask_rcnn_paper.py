@@ -1,15 +1,20 @@
-# COCO Mask R-CNN + FPN on an MAE ViT encoder: paper Table 4 (Appendix A.3), `paper` scale.
+# COCO Mask R-CNN on an MAE ViT encoder: paper Table 4 (Appendix A.3), `paper` scale.
 #
 # Backbone: the pre-trained ViT-B/16 (other sizes: `vit_sizes` below, chosen by coco_det.py from
-# the checkpoint), made multi-scale by the simple feature pyramid inside `MAEViT` (strides
-# 4/8/16/32 from the last block), window attention (14x14) with 4 global blocks and relative
-# position biases, then FPN and the standard Mask R-CNN heads.
-# Recipe (REFERENCE.md, ViTDet follow-up with the same MAE checkpoints): LSJ at 1024x1024,
-# batch 64, 100 epochs (184,375 iterations), AdamW lr 1e-4 wd 0.1, layer decay 0.7/0.8/0.9
-# for B/L/H, drop path 0.1/0.4/0.5, AMP. Box and mask AP by the COCO evaluator (pycocotools).
+# the checkpoint), window attention (14x14) with 4 global blocks and relative position biases.
+# Pyramid (`pyramids` below, coco_det.py --pyramid; the model dict is the default `paper` one for
+# ViT-B): `paper` = the paper's design -- the intermediate maps of blocks d/4, d/2, 3d/4, d (the ends
+# of 4 equal subsets) up/down-sampled inside `MAEViT` to strides 4/8/16/32, then FPN and the standard
+# heads; `vitdet` = ViTDet's simple pyramid from the last map (LayerNorm, no FPN) with its heads.
+# Recipe (`recipe` below; REFERENCE.md, ViTDet follow-up with the same MAE checkpoints): LSJ at
+# 1024x1024, effective batch 64 on any number of GPUs, 100 epochs (ViT-B / L; 184,375 steps) or
+# 75 (ViT-H), AdamW lr 1e-4 wd 0.1, layer decay 0.7/0.8/0.9 for B/L/H, drop path 0.1/0.4/0.5, AMP;
+# test images resized to fit 1024 and padded to 1024x1024. Box and mask AP by pycocotools.
+# `max_iters`, `param_scheduler` and the loader's batch size below are ViT-B's values on 16 GPUs;
+# coco_det.py rewrites them from `recipe` for the checkpoint's size and the world size.
 # Run: python downstream/coco_det.py --ckpt mae_pretrain_vit_base.pth --data data/coco --scale paper
 default_scope = 'mmdet'
-custom_imports = dict(imports=['downstream.backbone'], allow_failed_imports=False)
+custom_imports = dict(imports=['downstream.backbone', 'downstream.simple_pyramid'], allow_failed_imports=False)
 
 data_root = 'data/coco/'
 image_size = (1024, 1024)
@@ -23,6 +28,37 @@ vit_sizes = dict(
                global_attn_indexes=[5, 11, 17, 23]),
     huge=dict(embed_dim=1280, depth=32, num_heads=16, drop_path_rate=0.5, layer_decay_rate=0.9,
               global_attn_indexes=[7, 15, 23, 31]),  # ViT-H/14: patch kernel resampled to 16
+)
+
+# The two pyramids, applied by coco_det.py over `model` (levels: "subsets" = out_indices at the ends
+# of 4 equal block subsets, "last" = the last block's map alone). Neck input widths follow the ViT.
+LN2d = dict(type='LN2d', eps=1e-6)
+pyramids = dict(
+    paper=dict(  # MAE A.3 / Li et al. 2021: 4 subsets -> strides 4/8/16/32, FPN, standard Mask R-CNN heads
+        levels='subsets',
+        backbone=dict(out_strides=[4, 8, 16, 32], pyramid_norm='BN'),
+        neck=dict(type='FPN', in_channels=[768] * 4, out_channels=256, num_outs=5),
+        rpn_head=dict(num_convs=1),
+        bbox_head=dict(type='Shared2FCBBoxHead'),
+        mask_head=dict(norm_cfg=None)),
+    vitdet=dict(  # ViTDet: simple pyramid from the last map, 2-conv RPN, 4conv1fc box head, LayerNorm
+        levels='last',
+        backbone=dict(out_strides=[16]),
+        neck=dict(type='SimpleFeaturePyramid', in_channels=[768], out_channels=256, scales=[4.0, 2.0, 1.0, 0.5]),
+        rpn_head=dict(num_convs=2),
+        bbox_head=dict(type='Shared4Conv1FCBBoxHead', conv_out_channels=256, norm_cfg=LN2d),
+        mask_head=dict(norm_cfg=LN2d)),
+)
+
+# Batch and schedule, kept on any number of GPUs by downstream/plan.py (coco_det.py --dry-run prints them).
+recipe = dict(
+    effective_batch=64,  # images per optimizer step (ViTDet; REFERENCE.md)
+    epoch_images=118000,  # an epoch as ViTDet counts COCO train2017: 100 epochs = 184,375 steps at 64
+    schedules=dict(paper=dict(epochs=dict(base=100, large=100, huge=75))),
+    warmup_iters=250,
+    warmup_factor=0.001,
+    lr_steps=[8 / 9, 26 / 27],  # x0.1 at 163,889 and 177,546 of 184,375 steps (ViTDet)
+    head_gb=1.0,  # neck + heads activations per 1024x1024 image, rough (downstream/memory.py)
 )
 
 model = dict(
@@ -44,8 +80,10 @@ model = dict(
         depth=12,
         num_heads=12,
         drop_path_rate=0.1,
-        out_indices=[-1],  # all four levels from the last block (paper A.3)
+        out_indices=[2, 5, 8, 11],  # the last block of each of 4 equal subsets (paper A.3; set per size)
         out_strides=[4, 8, 16, 32],
+        pyramid_norm='BN',  # between the two transposed convs of stride 4 (Li et al. 2021)
+        act_checkpoint=False,  # set by coco_det.py (--act-checkpoint auto: on where the batch would not fit)
         use_cls_token=False,
         window_size=14,
         global_attn_indexes=[2, 5, 8, 11],
@@ -111,7 +149,7 @@ model = dict(
         rpn=dict(nms_pre=1000, max_per_img=1000, nms=dict(type='nms', iou_threshold=0.7), min_bbox_size=0),
         rcnn=dict(score_thr=0.05, nms=dict(type='nms', iou_threshold=0.5), max_per_img=100, mask_thr_binary=0.5)))
 
-# ---- data: large-scale jitter (scale 0.1-2.0, crop 1024) + flip; test at 1024 (longer side)
+# ---- data: large-scale jitter (scale 0.1-2.0, crop 1024) + flip; test at 1024 (longer side), padded to 1024^2
 train_pipeline = [
     dict(type='LoadImageFromFile', backend_args=backend_args),
     dict(type='LoadAnnotations', with_bbox=True, with_mask=True),
@@ -122,14 +160,19 @@ train_pipeline = [
     dict(type='RandomFlip', prob=0.5),
     dict(type='PackDetInputs'),
 ]
+# test: fit in the training square, then pad to it (as detectron2 / mmdet ViTDet), so that position
+# tables see the training grid; the pad value is the mean colour (0 after normalisation, as training's
+# BatchFixedSizePad)
+test_pad = dict(type='Pad', size=image_size, pad_val=dict(img=(104, 116, 124)))  # BGR mean
 test_pipeline = [
     dict(type='LoadImageFromFile', backend_args=backend_args),
     dict(type='Resize', scale=image_size, keep_ratio=True),
+    test_pad,
     dict(type='LoadAnnotations', with_bbox=True, with_mask=True),
     dict(type='PackDetInputs', meta_keys=('img_id', 'img_path', 'ori_shape', 'img_shape', 'scale_factor')),
 ]
 train_dataloader = dict(
-    batch_size=4,  # x 16 GPUs = 64
+    batch_size=4,  # per GPU; set by coco_det.py from recipe.effective_batch and the world size
     num_workers=8,
     persistent_workers=True,
     sampler=dict(type='InfiniteSampler', shuffle=True),
@@ -160,7 +203,7 @@ val_evaluator = dict(type='CocoMetric', ann_file=data_root + 'annotations/instan
                      metric=['bbox', 'segm'], format_only=False, backend_args=backend_args)
 test_evaluator = val_evaluator
 
-# ---- schedule: 100 epochs of 118k images at batch 64
+# ---- schedule: 100 epochs of 118k images at batch 64 (ViT-B; rewritten from `recipe`)
 max_iters = 184375
 train_cfg = dict(type='IterBasedTrainLoop', max_iters=max_iters, val_interval=max_iters)
 val_cfg = dict(type='ValLoop')

@@ -10,10 +10,14 @@ vit_sizes = dict(
     smoke=dict(embed_dim=32, depth=2, num_heads=2, drop_path_rate=0.0, layer_decay_rate=0.7,
                global_attn_indexes=[1]),
 )
+recipe = dict(effective_batch=2, epoch_images=8, schedules=dict(paper=dict(epochs=1)), warmup_iters=2,
+              warmup_factor=0.1, lr_steps=[0.75], head_gb=0.0)  # 4 steps, x0.1 at step 3
+pyramids = dict(paper=dict(neck=dict(out_channels=32)),
+                vitdet=dict(neck=dict(out_channels=32), bbox_head=dict(conv_out_channels=32)))
 model = dict(
     data_preprocessor=dict(batch_augments=[dict(type='BatchFixedSizePad', size=image_size, pad_mask=True)]),
     backbone=dict(pretrain_img_size=32, img_size=image_size, patch_size=8, embed_dim=32, depth=2, num_heads=2,
-                  drop_path_rate=0.0, window_size=4, global_attn_indexes=[1]),
+                  drop_path_rate=0.0, window_size=4, global_attn_indexes=[1], out_indices=[0, 0, 1, 1]),
     neck=dict(in_channels=[32, 32, 32, 32], out_channels=32),
     rpn_head=dict(in_channels=32, feat_channels=32),
     roi_head=dict(
@@ -37,6 +41,7 @@ train_pipeline = [
 test_pipeline = [
     dict(type='LoadImageFromFile'),
     dict(type='Resize', scale=image_size, keep_ratio=True),
+    dict(type='Pad', size=image_size, pad_val=dict(img=(104, 116, 124))),  # the training square, as paper scale
     dict(type='LoadAnnotations', with_bbox=True, with_mask=True),
     dict(type='PackDetInputs', meta_keys=('img_id', 'img_path', 'ori_shape', 'img_shape', 'scale_factor')),
 ]
