@@ -10,6 +10,7 @@ back with each patch's own mean and std; PCA predictions through the fitted comp
 or of the official release's ``{'model': sd}`` files (architecture inferred from the tensor shapes), and
 refuses encoder-only, fine-tune and non-ViT files with an error that names what it found.
 ``save_grid`` draws any table of panels (PNG, and PDF on request) with titles and a caption.
+``save_curves`` draws metrics over epochs (the kNN monitor's curve, mae/engine/monitor.py).
 """
 from __future__ import annotations
 
@@ -214,6 +215,33 @@ def save_figure(rec: Reconstruction, path: str | Path, panels: tuple[str, ...] =
     path = Path(path)
     return save_grid(rows, path, col_titles=[TITLES.get(n, n) for n in panels], caption=caption, cell=cell,
                      formats=(path.suffix.lstrip(".") or "png",))[0]
+
+
+def save_curves(curves: dict[str, tuple[Sequence[float], Sequence[float]]], path: str | Path, *,
+                xlabel: str = "epoch", ylabel: str = "", title: str | None = None) -> Path:
+    """Line plot of named curves ``{label: (xs, ys)}`` (e.g. the kNN monitor's top-1 over epochs); PNG or PDF
+    by the suffix of ``path``. Curves without points are skipped."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(4.2, 3.0))
+    for label, (xs, ys) in curves.items():
+        if len(xs):
+            ax.plot(list(xs), list(ys), marker="o", markersize=3, label=label)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    if title:
+        ax.set_title(title, fontsize=8)
+    if ax.lines:
+        ax.legend(fontsize=7)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
 
 
 # ------------------------------------------------------------------------------ checkpoint -> model

@@ -141,8 +141,10 @@ class LossMonitor:
 class RunLogger:
     """Rank-0 logs of a run: per-iteration CSV, per-epoch JSON lines, TensorBoard."""
 
-    def __init__(self, run_dir: Path, enabled: bool, tensorboard: bool):
+    def __init__(self, run_dir: Path, enabled: bool, tensorboard: bool, columns: tuple[str, ...] = ()):
         self.enabled = enabled
+        self.columns = tuple(columns)  # train_log.csv columns filled only at epoch ends (amend_last)
+        self._last: tuple[int, dict[str, Any]] | None = None  # (file offset, row) of the last row written
         self.iter_path = run_dir / "train_log.csv"
         self.epoch_path = run_dir / "log.txt"
         self.tb = None
@@ -173,7 +175,7 @@ class RunLogger:
         new = not self.iter_path.exists()
         if self._fields is None:
             if new:
-                self._fields = list(row)
+                self._fields = list(row) + [c for c in self.columns if c not in row]
             else:
                 with self.iter_path.open() as f:
                     self._fields = next(csv.reader(f), list(row))
@@ -181,11 +183,22 @@ class RunLogger:
             w = csv.DictWriter(f, fieldnames=self._fields, extrasaction="ignore")
             if new:
                 w.writeheader()
+            self._last = (f.tell(), row)
             w.writerow(row)
         if self.tb is not None:
             for k, v in row.items():
                 if k not in ("epoch", "iteration") and isinstance(v, (int, float)):
                     self.tb.add_scalar(f"train/{k}", v, row["iteration"])
+
+    def amend_last(self, values: dict[str, Any]) -> None:
+        """Add ``values`` to the last row written (at an epoch end: the row of the epoch's last iteration)."""
+        if not (self.enabled and values and self._last is not None):
+            return
+        offset, row = self._last
+        with self.iter_path.open("r+", newline="") as f:
+            f.seek(offset)
+            f.truncate()
+            csv.DictWriter(f, fieldnames=self._fields, extrasaction="ignore").writerow({**row, **values})
 
     def log_epoch(self, record: dict[str, Any]) -> None:
         if not self.enabled:
@@ -212,7 +225,8 @@ class Trainer:
                  eval_fn: EvalFn | None = None, best_metric: str | None = None, best_mode: str = "max",
                  batch_transform: Callable[[Any], Any] | None = None,
                  epoch_end_fn: Callable[["Trainer", int], None] | None = None,
-                 collate_fn: Callable | None = None, prefetch_batch_transform: bool = False):
+                 collate_fn: Callable | None = None, prefetch_batch_transform: bool = False,
+                 log_columns: tuple[str, ...] = ()):
         self.cfg = cfg
         self.device = resolve_device(cfg.device)
         self.dist: DistInfo = init_distributed(self.device.type)
@@ -275,7 +289,8 @@ class Trainer:
         self.epoch, self.iter_in_epoch, self.global_step, self.total_iters = 0, 0, 0, 0
         self.best: dict[str, Any] = {}
         self.history: list[dict[str, Any]] = []
-        self.logger = RunLogger(self.run_dir, self.is_main, cfg.tensorboard)
+        # log_columns: eval_fn keys also written to train_log.csv, in each epoch's last row (empty elsewhere)
+        self.logger = RunLogger(self.run_dir, self.is_main, cfg.tensorboard, columns=log_columns)
         self._stop_signal: int | None = None
         # GPU: check the loss for NaN/Inf on the device and sync only at logging points (LossMonitor)
         self.defer_loss_check = self.device.type == "cuda"
@@ -478,6 +493,7 @@ class Trainer:
             with torch.no_grad(), self._autocast():
                 record.update(self.eval_fn(self.model_without_ddp, epoch))
             self._update_best(record)
+        self.logger.amend_last({k: record[k] for k in self.logger.columns if k in record})
         if self.epoch_end_fn is not None:
             self.epoch_end_fn(self, epoch)
         self.history.append(record)

@@ -48,6 +48,16 @@ class Config(TrainConfig):
     init: str | None = opt(None, "start from the weights of this checkpoint (not a resume)")
     vis_every: int = opt(1, "save a reconstruction figure every N epochs (0 = never)")
     vis_images: int = opt(4, "images in the reconstruction figure")
+    # representation monitor (mae.engine.monitor): off unless monitor_every > 0
+    monitor_every: int = opt(0, "measure kNN top-1 of the cls token and of the mean patch token every N epochs "
+                                "(and after the last); 0 = off")
+    monitor_data: str | None = opt(None, "labelled dataset of the monitor: its train split is the kNN bank, its val "
+                                         "split the queries (default: --data)")
+    monitor_bank: int = opt(1000, "monitor: bank images (a fixed random subsample of the train split)")
+    monitor_queries: int = opt(500, "monitor: query images (a fixed random subsample of the val split)")
+    monitor_k: int = opt(20, "monitor: neighbours that vote (DINO's k)")
+    monitor_temperature: float = opt(0.07, "monitor: temperature of the exp(similarity / T) vote weights (DINO's T)")
+    monitor_linear: bool = opt(False, "monitor: also a ridge-regression linear probe on the bank, scored on the queries")
     # paper values for the shared fields
     blr: float = opt(1.5e-4, "base learning rate: lr = blr * effective batch / 256")
     betas: tuple[float, float] = opt((0.9, 0.95), "AdamW betas")
@@ -177,7 +187,25 @@ def run(cfg: Config) -> dict[str, Any]:
         loss, _, _ = m(batch[0], mask_ratio=cfg.mask_ratio)
         return loss, {}
 
+    monitor = None
+    if cfg.monitor_every > 0:  # kNN top-1 of the encoder's features every N epochs (mae/engine/monitor.py)
+        from mae.engine.monitor import build_monitor
+        monitor = build_monitor(cfg.monitor_data or cfg.data, cfg.img_size, cfg.seed, bank_size=cfg.monitor_bank,
+                                query_size=cfg.monitor_queries, k=cfg.monitor_k, temperature=cfg.monitor_temperature,
+                                linear=cfg.monitor_linear, batch_size=max(cfg.batch_size, 256))
+        monitor.load_history(cfg.run_dir / "log.txt")  # a resumed run's earlier measurements, for the curve
+
+    def measure(m: torch.nn.Module, epoch: int) -> dict[str, float]:
+        from mae.engine.monitor import is_due
+        if monitor is None or not trainer.is_main or not is_due(epoch, cfg.monitor_every, cfg.epochs):
+            return {}
+        return monitor.measure(m, trainer.device, trainer.amp_dtype, epoch=epoch)
+
     def visualize(trainer: Trainer, epoch: int) -> None:
+        if trainer.is_main and monitor is not None and epoch in monitor.history:
+            from mae.viz import save_curves
+            save_curves(monitor.curves(), trainer.run_dir / "knn.png", xlabel="epoch", ylabel="top-1 (%)",
+                        title=f"kNN monitor (k={cfg.monitor_k}): {cfg.model}")
         if not trainer.is_main or cfg.vis_every <= 0 or model.config.target == "token":
             return
         if (epoch + 1) % cfg.vis_every and trainer.epoch < cfg.epochs:
@@ -189,5 +217,7 @@ def run(cfg: Config) -> dict[str, Any]:
 
     groups = param_groups_weight_decay(model, cfg.weight_decay, skip_model_tokens=not cfg.decay_tokens)
     trainer = Trainer(cfg, model, train_set, step_fn=step, epoch_end_fn=visualize, param_groups=groups,
-                      collate_fn=collate_fn, batch_transform=batch_transform, prefetch_batch_transform=True)
+                      collate_fn=collate_fn, batch_transform=batch_transform, prefetch_batch_transform=True,
+                      eval_fn=measure if monitor is not None else None,
+                      log_columns=monitor.metrics if monitor is not None else ())
     return trainer.fit()
