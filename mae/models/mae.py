@@ -285,3 +285,42 @@ def create_mae(name: str = "mae_vit_base_patch16", *, tokenizer: nn.Module | Non
 
 def config_dict(model: MaskedAutoencoderViT) -> dict[str, Any]:
     return asdict(model.config)
+
+
+# ------------------------------------------------------------------ the release's model names
+def official_kwargs(norm_pix_loss: bool = False, norm_layer: Any = None, **kwargs: Any) -> dict[str, Any]:
+    """The keyword arguments of the release's ``models_mae.MaskedAutoencoderViT`` as config overrides.
+
+    ``norm_pix_loss=True`` is ``target='norm_pixel'``; ``norm_layer`` must build the release's
+    LayerNorm (eps 1e-6), the only one the official checkpoints were trained with.
+    """
+    if norm_layer is not None:
+        probe = norm_layer(4)
+        if not isinstance(probe, nn.LayerNorm) or probe.eps != LN_EPS:
+            raise ValueError(f"norm_layer must build nn.LayerNorm(eps={LN_EPS}) as in the release, got {probe!r}")
+    if norm_pix_loss:
+        if kwargs.get("target", "norm_pixel") != "norm_pixel":
+            raise ValueError(f"norm_pix_loss=True contradicts target={kwargs['target']!r}")
+        kwargs["target"] = "norm_pixel"
+    return kwargs
+
+
+def mae_vit_base_patch16_dec512d8b(**kwargs: Any) -> MaskedAutoencoderViT:
+    """ViT-B/16 encoder, decoder 512 wide x 8 blocks: the release's ``models_mae.mae_vit_base_patch16``."""
+    return create_mae("mae_vit_base_patch16", **official_kwargs(**kwargs))
+
+
+def mae_vit_large_patch16_dec512d8b(**kwargs: Any) -> MaskedAutoencoderViT:
+    """ViT-L/16 encoder, decoder 512 wide x 8 blocks: the release's ``models_mae.mae_vit_large_patch16``."""
+    return create_mae("mae_vit_large_patch16", **official_kwargs(**kwargs))
+
+
+def mae_vit_huge_patch14_dec512d8b(**kwargs: Any) -> MaskedAutoencoderViT:
+    """ViT-H/14 encoder, decoder 512 wide x 8 blocks: the release's ``models_mae.mae_vit_huge_patch14``."""
+    return create_mae("mae_vit_huge_patch14", **official_kwargs(**kwargs))
+
+
+# the release's short names (its recommended architectures: decoder 512 dim, 8 blocks)
+mae_vit_base_patch16 = mae_vit_base_patch16_dec512d8b
+mae_vit_large_patch16 = mae_vit_large_patch16_dec512d8b
+mae_vit_huge_patch14 = mae_vit_huge_patch14_dec512d8b
