@@ -5,6 +5,13 @@ resumable data order, the per-iteration warm-up + cosine schedule with the lr sc
 (bf16 on GPU, fp32 on CPU), gradient accumulation and clipping, a non-finite-loss guard, logging
 (CSV, JSON lines, TensorBoard, tqdm) and atomic checkpoints that resume bitwise-identically on CPU,
 also from the middle of an epoch. A protocol supplies the model, the dataset and a ``step_fn``.
+
+Pre-emption (SLURM, torchrun): SIGTERM or SIGUSR1 to the process group. Loader workers ignore both
+(:func:`ignore_stop_signals`), so the main process decides: its handler only sets a flag, the loop
+writes ``checkpoint-last.pth`` (atomically) at the next optimizer-step boundary, or keeps the one it
+just wrote when the signal came during an epoch's evaluation, prints one line and exits with status
+:data:`EXIT_PREEMPTED` (75, sysexits' EX_TEMPFAIL: "try again"). ``--resume auto`` continues the run,
+bitwise on CPU. Under DDP the ranks agree on the stop step (an all-reduce every ``log_every`` steps).
 """
 from __future__ import annotations
 
@@ -13,6 +20,7 @@ import json
 import math
 import os
 import signal
+import sys
 import time
 import warnings
 from collections.abc import Callable
@@ -51,6 +59,28 @@ class RecipeBatchWarning(UserWarning):
 
 class _Stop(Exception):
     """Internal: leave the loop after a checkpoint (max_iters reached or a preemption signal)."""
+
+
+#: signals that pre-empt a run (SLURM sends SIGTERM, or SIGUSR1 with --signal=USR1@T; torchrun SIGTERM)
+STOP_SIGNALS: tuple[signal.Signals, ...] = (signal.SIGTERM, signal.SIGUSR1)
+#: exit status of a pre-empted run (checkpoint saved, resume with --resume auto): sysexits' EX_TEMPFAIL
+EXIT_PREEMPTED = 75
+
+
+class Preempted(SystemExit):
+    """A stop signal arrived; ``checkpoint-last.pth`` holds the state. Exits with :data:`EXIT_PREEMPTED`."""
+
+    def __init__(self, signum: int, checkpoint: Path):
+        super().__init__(EXIT_PREEMPTED)
+        self.signum, self.checkpoint = signum, checkpoint
+
+
+def ignore_stop_signals(worker_id: int = 0) -> None:
+    """DataLoader ``worker_init_fn``: workers ignore :data:`STOP_SIGNALS`, so a signal to the process group
+    leaves them running and the main process saves and stops them (torch's workers otherwise die of
+    SIGTERM and the main process fails with "DataLoader worker ... killed by signal")."""
+    for sig in STOP_SIGNALS:
+        signal.signal(sig, signal.SIG_IGN)
 
 
 def resolve_device(name: str) -> torch.device:
@@ -262,7 +292,8 @@ class Trainer:
                                         shuffle=True, seed=cfg.seed, drop_last=True)
         self.loader = DataLoader(self.dataset, batch_size=cfg.batch_size, sampler=self.sampler,
                                  num_workers=cfg.num_workers, pin_memory=self.device.type == "cuda",
-                                 drop_last=True, collate_fn=collate_fn, generator=torch.Generator())
+                                 drop_last=True, collate_fn=collate_fn, generator=torch.Generator(),
+                                 worker_init_fn=ignore_stop_signals)
         self.iters_per_epoch = len(self.sampler) // cfg.batch_size
         if self.iters_per_epoch < cfg.accum_iter:
             raise ValueError(f"{self.iters_per_epoch} iterations per epoch is fewer than accum_iter={cfg.accum_iter}")
@@ -292,6 +323,8 @@ class Trainer:
         # log_columns: eval_fn keys also written to train_log.csv, in each epoch's last row (empty elsewhere)
         self.logger = RunLogger(self.run_dir, self.is_main, cfg.tensorboard, columns=log_columns)
         self._stop_signal: int | None = None
+        self._saved_handlers: dict[int, Any] = {}
+        self._stop_agreed = False  # DDP: every rank knows of the stop signal (see _stop_requested)
         # GPU: check the loss for NaN/Inf on the device and sync only at logging points (LossMonitor)
         self.defer_loss_check = self.device.type == "cuda"
 
@@ -341,13 +374,43 @@ class Trainer:
 
     # ------------------------------------------------------------------ loop
     def _install_signal_handlers(self) -> None:
+        """A stop signal only sets a flag; the loop acts on it at the next step boundary (see module doc)."""
         def handler(signum: int, frame: Any) -> None:
             self._stop_signal = signum
-        for sig in (signal.SIGTERM, signal.SIGUSR1):
+        for sig in STOP_SIGNALS:
             try:
-                signal.signal(sig, handler)
-            except ValueError:  # not in the main thread
+                self._saved_handlers[sig] = signal.signal(sig, handler)
+            except ValueError:  # not in the main thread: signals keep their default action
                 pass
+
+    def _restore_signal_handlers(self) -> None:
+        for sig, old in self._saved_handlers.items():
+            signal.signal(sig, old if old is not None else signal.SIG_DFL)
+        self._saved_handlers.clear()
+
+    def _stop_requested(self) -> bool:
+        """Whether a stop signal arrived (on any rank). Distributed ranks compare flags every ``log_every``
+        optimizer steps, so that they all stop at the same step and no collective is left waiting."""
+        if not self.dist.enabled:
+            return self._stop_signal is not None
+        if self._stop_agreed or self.global_step % max(1, self.cfg.log_every):
+            return self._stop_agreed
+        flag = torch.tensor(int(self._stop_signal or 0), dtype=torch.int64, device=self.device)
+        torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
+        if int(flag.item()):
+            self._stop_signal = self._stop_signal or int(flag.item())  # another rank's signal: stop here too
+            self._stop_agreed = True
+        return self._stop_agreed
+
+    def _preempted(self) -> Preempted:
+        """Say (one line, rank 0) where the state is and how to continue; the exception to raise."""
+        last = self.run_dir / ckpt.LAST
+        name = signal.Signals(self._stop_signal).name
+        if self.is_main:
+            print(f"[train] {name}: saved {last} at epoch {self.epoch}, iteration {self.iter_in_epoch} "
+                  f"(step {self.global_step}); exit {EXIT_PREEMPTED}, continue with --resume auto "
+                  f"--output_dir {self.cfg.output_dir}", file=sys.stderr, flush=True)
+        return Preempted(self._stop_signal, last)
 
     def _autocast(self):
         if self.amp_dtype is None:
@@ -387,11 +450,16 @@ class Trainer:
         try:
             while self.epoch < cfg.epochs:
                 self._train_epoch()
-                self._end_epoch()
+                self._end_epoch()  # writes checkpoint-last.pth
+                if self.epoch < cfg.epochs and self._stop_requested():
+                    raise _Stop  # a signal during the evaluation: the epoch's checkpoint is the state
         except _Stop:
             pass
         finally:
             self.logger.close()
+            self._restore_signal_handlers()
+        if self._stop_signal is not None and self.epoch < cfg.epochs:
+            raise self._preempted()
         result = {"history": self.history, "final": self.history[-1] if self.history else {}, "best": self.best,
                   "finished": self.epoch >= cfg.epochs}
         if self.is_main and result["finished"]:
@@ -450,7 +518,9 @@ class Trainer:
             if bar is not None:
                 bar.update(1)
             if stepping:
-                stop = (cfg.max_iters is not None and self.total_iters >= cfg.max_iters) or self._stop_signal is not None
+                # a signal at an epoch's last step waits for the epoch end (its evaluation and checkpoint)
+                stop = (cfg.max_iters is not None and self.total_iters >= cfg.max_iters) or (
+                    self.iter_in_epoch < self.iters_per_epoch and self._stop_requested())
                 if stop or (cfg.ckpt_every_iters and self.global_step % cfg.ckpt_every_iters == 0
                             and self.iter_in_epoch < self.iters_per_epoch):
                     monitor.check()  # a NaN never reaches a checkpoint
@@ -459,7 +529,7 @@ class Trainer:
                     if bar is not None:
                         bar.close()
                     why = f"signal {self._stop_signal}" if self._stop_signal else f"max_iters={cfg.max_iters}"
-                    if self.is_main:
+                    if self.is_main and self._stop_signal is None:  # (a signal: fit says it, then exits)
                         print(f"[train] stopped after iteration {self.total_iters} ({why}); "
                               f"resume with --resume auto --output_dir {cfg.output_dir}")
                     raise _Stop

@@ -32,7 +32,7 @@ from mae.config import TrainConfig, opt
 from mae.engine.checkpoint import resolve_resume
 from mae.engine.distributed import all_reduce_mean
 from mae.engine.layer_decay import param_groups_layer_decay
-from mae.engine.loop import Trainer, seed_everything
+from mae.engine.loop import Trainer, ignore_stop_signals, seed_everything
 from mae.models.interop import load_classifier, load_pretrained_encoder
 from mae.models.vit import ViTClassifier, create_vit
 
@@ -165,8 +165,9 @@ def evaluate(model: nn.Module, dataset: Dataset, batch_size: int, num_workers: i
     rank = torch.distributed.get_rank() if dist_on else 0
     shard = Subset(dataset, range(rank, len(dataset), world)) if world > 1 else dataset
     device = next(model.parameters()).device
+    # workers ignore SIGTERM / SIGUSR1: a pre-emption during evaluation is the training loop's to handle
     loader = DataLoader(shard, batch_size=batch_size, shuffle=False, num_workers=num_workers,
-                        pin_memory=device.type == "cuda")
+                        pin_memory=device.type == "cuda", worker_init_fn=ignore_stop_signals)
     was_training = model.training
     model.eval()
     n = top1 = top5 = loss_sum = 0.0
