@@ -119,7 +119,7 @@ def resolve_model(ckpt: str, model: str | None) -> str:
     from mae.models.interop import checkpoint_kind, encoder_shape, read_state_dict
     from mae.models.vit import PRESETS, vit_for_mae
 
-    if not os.path.isfile(ckpt):
+    if not os.path.exists(ckpt):  # a file, or a Hugging Face model folder
         raise FileNotFoundError(f"--ckpt {ckpt}: no such file (an MAE pre-training checkpoint, ours or official)")
     sd, label = read_state_dict(ckpt)
     checkpoint_kind(sd, label)  # raises for anything that is not a ViT / MAE

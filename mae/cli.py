@@ -124,18 +124,52 @@ def run_protocol(name: str, argv: list[str]) -> dict[str, Any]:
     return module.run(cfg)
 
 
+def convert_main(argv: list[str]) -> int:
+    """``mae convert SRC DST --to FORMAT``: rewrite a checkpoint in another public layout (mae.models.formats)."""
+    from mae.models import formats
+    parser = argparse.ArgumentParser(
+        prog="mae convert", formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Convert an MAE / ViT checkpoint between the official release's layout and timm, Hugging Face "
+                    "transformers (ViTMAE) and mmpretrain / mmselfsup. SRC's format is detected from its keys.",
+        epilog="what is written:\n"
+               "  official    {'model': state_dict} with the release's names (our config / epoch kept)\n"
+               "  timm        bare VisionTransformer state_dict, encoder only (.safetensors if DST ends so)\n"
+               "  hf          DST.pth/.bin/.safetensors: bare state_dict with ViTMAE names; any other DST: a\n"
+               "              folder with config.json + model.safetensors for ViTMAEForPreTraining.from_pretrained\n"
+               "  mmpretrain  {'meta', 'state_dict'} with backbone.* (MAEViT) and neck.* (MAEPretrainDecoder)")
+    parser.add_argument("src", help="checkpoint file or Hugging Face model folder, in any of the formats")
+    parser.add_argument("dst", help="output file (or folder, for --to hf); written atomically")
+    parser.add_argument("--to", required=True, choices=formats.FORMATS, help="output format")
+    parser.add_argument("--preset", default=None, help="MAE preset giving the head counts a Hugging Face config needs "
+                                                       "(default: from the file, else the preset of the same shape)")
+    parser.add_argument("--num_heads", type=int, default=None, help="encoder attention heads (Hugging Face config)")
+    parser.add_argument("--decoder_num_heads", type=int, default=None, help="decoder attention heads (Hugging Face config)")
+    parser.add_argument("--norm_pix_loss", action=argparse.BooleanOptionalAction, default=None,
+                        help="norm_pix_loss of the Hugging Face config (default: what SRC says, else off)")
+    args = parser.parse_args(argv)
+    code, report = guarded("mae convert", lambda: formats.convert(
+        args.src, args.dst, args.to, preset=args.preset, num_heads=args.num_heads,
+        decoder_num_heads=args.decoder_num_heads, norm_pix_loss=args.norm_pix_loss))
+    if not code:
+        print(report.summary())
+    return code
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     available = [p for p in PROTOCOLS if importlib.util.find_spec(f"mae.protocols.{p}") is not None]
     if not argv or argv[0] in ("-h", "--help"):
-        print("usage: mae {" + ",".join(available) + "} [--preset NAME] [--config FILE] [--FIELD VALUE ...]\n\n"
+        print("usage: mae {" + ",".join([*available, "convert"]) + "} [--preset NAME] [--config FILE] [--FIELD VALUE ...]\n\n"
               "MAE reproduction harness. Run `mae <command> --help` for every flag of a command.\n"
               "  pretrain   MAE pre-training (default preset 'demo': a tiny model on embedded data, CPU, minutes)\n"
               "  finetune   end-to-end fine-tuning of a pre-trained encoder\n"
               "  linprobe   linear probing of the frozen encoder\n"
-              "  partial    partial fine-tuning of the last k blocks (Fig. 9)")
+              "  partial    partial fine-tuning of the last k blocks (Fig. 9)\n"
+              "  convert    rewrite a checkpoint as official / timm / hf / mmpretrain (`mae convert SRC DST --to hf`)")
         return 0
     cmd, rest = argv[0], argv[1:]
+    if cmd == "convert":
+        return convert_main(rest)
     if cmd not in available:
         print(f"mae: unknown command {cmd!r}; choose one of {', '.join(available)}", file=sys.stderr)
         return 2

@@ -346,12 +346,13 @@ def load_mae_checkpoint(path: str | Path, norm_pix: bool | None = None, preset: 
     :class:`~mae.engine.checkpoint.CheckpointError` naming what they hold.
     """
     from mae.config import from_dict
-    from mae.engine.checkpoint import CheckpointError, extract_state_dict, load_checkpoint, load_state_dict_checked
+    from mae.engine.checkpoint import CheckpointError, load_state_dict_checked
+    from mae.models.formats import read_checkpoint
     from mae.models.mae import PRESETS, PRESET_ALIASES, create_mae
 
     path = Path(path)
-    obj = load_checkpoint(path)
-    sd = extract_state_dict(obj, source=str(path))
+    ckpt = read_checkpoint(path)  # any format (mae.models.formats): official, Hugging Face, mmpretrain
+    sd, obj = ckpt.state_dict, ckpt.meta
     cfg = obj.get("config") if isinstance(obj.get("config"), dict) else None
     model_name = cfg.get("model") if cfg else None
     if cfg is not None and isinstance(model_name, str) and PRESET_ALIASES.get(model_name, model_name) in PRESETS:
@@ -374,6 +375,8 @@ def load_mae_checkpoint(path: str | Path, norm_pix: bool | None = None, preset: 
         infer_mae_config(sd, str(path))  # a classifier config: the key checks give the clear error
         raise CheckpointError(f"{path}: its config names model {model_name!r}, not an MAE preset "
                               f"(known: {sorted(PRESETS)})")
+    if norm_pix is None:
+        norm_pix = ckpt.norm_pix  # what the file itself says (the release's args, a Hugging Face config), if anything
     preset_name, over = infer_mae_config(sd, str(path), norm_pix=bool(norm_pix), preset=preset)
     model = create_mae(preset_name, **over)
     load_state_dict_checked(model, sd, strict=True, source=str(path))

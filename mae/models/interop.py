@@ -12,6 +12,10 @@ Formats handled (``kind`` as returned by :func:`checkpoint_kind`):
   plus ``fc_norm.*`` (global pool) or ``norm.*`` (cls token).
 * ``linprobe``: the official linear-probe classifier (``head.0`` BatchNorm + ``head.1`` Linear).
 
+Files of the other public layouts (timm, Hugging Face ViTMAE, mmpretrain) are renamed to the official
+one on reading by :mod:`mae.models.formats`, the single place that maps names, so every entry point
+below takes them too.
+
 Entry points: :func:`load_pretrained_encoder` (start fine-tuning / probing from a pre-trained
 encoder, like the official ``--finetune``), :func:`load_classifier` (evaluate or continue a
 trained classifier), :func:`export_timm` / :func:`create_timm_encoder` and :func:`load_timm_into_mae`.
@@ -28,7 +32,8 @@ import timm
 import torch
 import torch.nn as nn
 
-from mae.engine.checkpoint import CheckpointError, extract_state_dict, load_checkpoint, load_state_dict_checked
+from mae.engine.checkpoint import CheckpointError, load_state_dict_checked
+from mae.models.formats import CheckpointFormatError, read_checkpoint
 from mae.models.mae import MAEConfig, MaskedAutoencoderViT, mae_config
 from mae.models.pos_embed import interpolate_pos_embed
 from mae.models.vit import TIMM_NAMES, ViTClassifier, ViTConfig, init_head, timm_kwargs, vit_config_from_mae
@@ -74,12 +79,15 @@ def _abbrev(keys: list[str], limit: int = 6) -> str:
 
 # ------------------------------------------------------------------------------ reading
 def read_state_dict(source: Source) -> tuple[dict[str, torch.Tensor], str]:
-    """(state_dict, label) from a checkpoint path, a checkpoint dict or a bare state_dict."""
-    if isinstance(source, (str, Path)):
-        return extract_state_dict(load_checkpoint(source), str(source)), str(source)
-    if not isinstance(source, Mapping):
+    """(state_dict with official names, label) from a checkpoint path or folder, a checkpoint dict or a
+    bare state_dict, in any format of :mod:`mae.models.formats` (official, timm, Hugging Face, mmpretrain)."""
+    if not isinstance(source, (str, Path, Mapping)):
         raise InteropError(f"expected a checkpoint path or a state_dict, got {type(source).__name__}")
-    return dict(extract_state_dict(dict(source), "state_dict")), "state_dict"
+    try:
+        ckpt = read_checkpoint(source)
+    except CheckpointFormatError as e:
+        raise InteropError(str(e)) from e
+    return ckpt.state_dict, ckpt.source
 
 
 def checkpoint_kind(sd: Mapping[str, torch.Tensor], label: str = "state_dict") -> str:

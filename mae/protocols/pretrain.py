@@ -13,9 +13,10 @@ from typing import Any, ClassVar
 import torch
 
 from mae.config import TrainConfig, opt
-from mae.engine.checkpoint import extract_state_dict, load_checkpoint, load_state_dict_checked
+from mae.engine.checkpoint import load_state_dict_checked
 from mae.engine.loop import Trainer, seed_everything
 from mae.engine.optim import param_groups_weight_decay
+from mae.models.formats import read_checkpoint
 from mae.models.mae import MaskedAutoencoderViT, create_mae
 
 
@@ -118,7 +119,7 @@ def build_model(cfg: Config) -> MaskedAutoencoderViT:
         tokenizer = load_tokenizer(cfg.tokenizer)
     model = create_mae(cfg.model, tokenizer=tokenizer, **cfg.model_overrides())
     if cfg.init:
-        sd = extract_state_dict(load_checkpoint(cfg.init), source=cfg.init)
+        sd = read_checkpoint(cfg.init).state_dict  # any format: official, timm, Hugging Face, mmpretrain
         load_state_dict_checked(model, sd, strict=True, source=cfg.init)
     return model
 
