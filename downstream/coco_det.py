@@ -99,8 +99,14 @@ def configure_pyramid(cfg: Any, name: str, depth: int, width: int) -> None:
     levels = spec.pop("levels")
     bb = cfg.model.backbone
     bb.update(spec.pop("backbone", {}))
-    bb.out_indices = subset_ends(depth) if levels == "subsets" else [-1]
     cfg.model.neck = spec.pop("neck")
+    if levels == "subsets":
+        bb.out_indices = subset_ends(depth)
+    elif levels == "last":
+        bb.out_indices, bb.out_strides = [-1], [bb.patch_size]
+        cfg.model.neck.in_stride = bb.patch_size
+    else:
+        raise ValueError(f"pyramid {name!r}: levels must be 'subsets' or 'last', got {levels!r}")
     cfg.model.rpn_head.update(spec.pop("rpn_head", {}))
     cfg.model.roi_head.bbox_head.update(spec.pop("bbox_head", {}))
     cfg.model.roi_head.mask_head.update(spec.pop("mask_head", {}))

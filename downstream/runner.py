@@ -376,6 +376,8 @@ def write_comparison(task: Task, metrics: dict[str, float], size: str, args: arg
     ours = pd.DataFrame([{"method": task.row_key(table), **task.ours(metrics, size), "backbone": size,
                           "ckpt": str(args.ckpt), **resolved.row(), "work_dir": str(work_dir)}])
     df = compare(table, ours, scale=args.scale, prov=provenance())
+    for col in ("iters", "world_size", "per_gpu_batch", "accumulation", "effective_batch"):
+        df[f"{col}_ours"] = df[f"{col}_ours"].astype("Int64")  # the outer join with the paper's rows made them float
     verdicts = verdict(df, table)
     write_results(df, verdicts, out)
     print(format_table(df, verdicts, title=f"[{task.name}] {table} -> {out}"))

@@ -2,8 +2,9 @@
 pyramid of ``coco_det.py`` -- the alternative to the paper's own design (Appendix A.3: four block
 subsets + FPN, built inside ``MAEViT``).
 
-From the last stride-16 map alone (no top-down path, no FPN): x4 = transposed conv to D/2, LayerNorm,
-GELU, transposed conv to D/4; x2 = transposed conv to D/2; x1 = identity; x1/2 = 2x2 max-pool. Each
+From the last map alone (stride p = the patch size; no top-down path, no FPN), resampled to each
+output stride: x4 = transposed conv to D/2, LayerNorm, GELU, transposed conv to D/4; x2 = transposed
+conv to D/2; x1 = identity; x1/2 (x1/4) = 2x2 (4x4) max-pool (p = 16: strides 4 / 8 / 16 / 32). Each
 level then gets a 1x1 conv to ``out_channels`` and a 3x3 conv, each followed by LayerNorm (no conv
 biases); a sixth level (stride 64) is a stride-2 subsampling of the stride-32 one (max-pool of
 kernel 1), as detectron2's ``LastLevelMaxPool``.
@@ -39,22 +40,25 @@ def _level(dim: int, scale: float) -> tuple[nn.Module, int]:
         return nn.ConvTranspose2d(dim, dim // 2, 2, 2), dim // 2
     if scale == 1:
         return nn.Identity(), dim
-    if scale == 0.5:
-        return nn.MaxPool2d(2, 2), dim
-    raise ValueError(f"SimpleFeaturePyramid scales must be in (4, 2, 1, 0.5), got {scale}")
+    if scale in (0.5, 0.25):
+        k = int(round(1 / scale))
+        return nn.MaxPool2d(k, k), dim
+    raise ValueError(f"SimpleFeaturePyramid: an output stride must be the input stride x (1/4, 1/2, 1, 2, 4), "
+                     f"got a factor {scale}")
 
 
 class SimpleFeaturePyramid(BaseModule):
-    """One stride-16 map -> ``len(scales) + 1`` maps (strides 4 / 8 / 16 / 32 / 64 by default).
+    """One stride-``in_stride`` map -> ``len(out_strides) + 1`` maps (strides 4 / 8 / 16 / 32 / 64 by default).
 
     Args:
         in_channels: width of the backbone map (a one-element list, as the backbone returns a tuple).
         out_channels: width of every output level (256 for Mask R-CNN).
-        scales: resampling factors of the input map, largest first.
+        in_stride: stride of the input map (the ViT's patch size).
+        out_strides: strides of the outputs before the extra stride-2 level, smallest first.
     """
 
-    def __init__(self, in_channels: int | Sequence[int], out_channels: int = 256,
-                 scales: Sequence[float] = (4.0, 2.0, 1.0, 0.5), init_cfg: dict | None = None):
+    def __init__(self, in_channels: int | Sequence[int], out_channels: int = 256, in_stride: int = 16,
+                 out_strides: Sequence[int] = (4, 8, 16, 32), init_cfg: dict | None = None):
         super().__init__(init_cfg=init_cfg)
         dims = [in_channels] if isinstance(in_channels, int) else list(in_channels)
         if len(dims) != 1:
@@ -64,8 +68,8 @@ class SimpleFeaturePyramid(BaseModule):
             raise ValueError(f"SimpleFeaturePyramid needs a width divisible by 4, got {dim}")
         self.resample = nn.ModuleList()
         self.lateral = nn.ModuleList()
-        for s in scales:
-            op, width = _level(dim, float(s))
+        for s in out_strides:
+            op, width = _level(dim, in_stride / s)
             self.resample.append(op)
             self.lateral.append(nn.Sequential(
                 nn.Conv2d(width, out_channels, 1, bias=False), LayerNorm2d(out_channels, eps=LN_EPS),

@@ -215,9 +215,41 @@ def test_help_runs_as_a_script():
     assert proc.returncode == 0 and "--dataset" in proc.stdout and "places365" in proc.stdout
 
 
-def test_smoke_run_on_a_given_dataset_root_uses_the_full_label_set(smoke_ckpt, tmp_path):
-    root = _real_layout(tmp_path, "places205")  # labels 0..3 of the 205 Places205 classes
+def test_smoke_run_on_a_given_dataset_root_uses_its_label_set(smoke_ckpt, tmp_path, monkeypatch):
+    _four_class_table(monkeypatch, "places205")
+    root = _real_layout(tmp_path, "places205")
     classify.run(_args(smoke_ckpt, tmp_path, "places205", "--data", str(root)))
     ours = pd.read_csv(tmp_path / "out.csv").set_index("model").loc["vit_base"]
-    assert ours["num_classes_ours"] == 205 and ours["data_ours"] == str(root.resolve())
+    assert ours["num_classes_ours"] == classify.FIXTURE_CLASSES and ours["data_ours"] == str(root.resolve())
     assert 0.0 <= ours["places205_ours"] <= 100.0 and ours["places205_paper"] == 63.9
+    assert ours["recipe_source_ours"].startswith("smoke preset")
+
+
+def test_a_list_covering_fewer_classes_than_the_label_set_is_refused(smoke_ckpt, tmp_path, no_training):
+    root = _real_layout(tmp_path, "places205")  # labels 0..3 only: not the 205-class Places205 list
+    with pytest.raises(DataError, match=r"train_places205.csv: its labels cover 4 classes, but Places205 has 205"):
+        classify.run(_args(smoke_ckpt, tmp_path, "places205", "--data", str(root)))
+
+
+def test_per_dataset_recipe_table_states_its_source():
+    assert {ds for ds, _ in classify.TRANSFER_RECIPES} == set(DATASETS)
+    for (ds, model), r in classify.TRANSFER_RECIPES.items():
+        assert r.source.startswith("REFERENCE.md") and "not published" in r.source
+        cfg = classify.recipe("paper", model, ds)
+        assert (cfg.epochs, cfg.blr, cfg.layer_decay, cfg.drop_path, cfg.warmup_epochs) == \
+            (r.epochs, r.blr, r.layer_decay, r.drop_path, r.warmup_epochs)
+        # what the sources give: the release's ImageNet recipe of that size (FINETUNE.md)
+        release = finetune.RECIPES["release"][classify.PAPER_MODELS[model][1]]
+        assert (r.blr, r.layer_decay, r.drop_path, r.epochs) == \
+            (release["blr"], release["layer_decay"], release["drop_path"], release["epochs"])
+    with pytest.raises(ClassifyError, match="no entry for cifar"):
+        classify.recipe("paper", "vit_base_patch16", "cifar")
+
+
+def test_a_changed_table_entry_changes_that_dataset_only(monkeypatch):
+    key = ("places365", "vit_large_patch16")
+    monkeypatch.setitem(classify.TRANSFER_RECIPES, key,
+                        replace(classify.TRANSFER_RECIPES[key], epochs=30, blr=2e-3, source="test"))
+    assert (classify.recipe("paper", "vit_large_patch16", "places365").epochs,
+            classify.recipe("paper", "vit_large_patch16", "places365").blr) == (30, 2e-3)
+    assert classify.recipe("paper", "vit_large_patch16", "inat2017").epochs == 50

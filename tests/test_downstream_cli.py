@@ -61,7 +61,8 @@ def test_coco_smoke_run_writes_box_and_mask_ap(smoke_ckpt, tmp_path):
         ours = float(mae[f"{metric}_ours"])
         assert 0.0 <= ours <= 100.0 and float(mae[f"{metric}_paper"]) == paper
         assert float(mae[f"{metric}_diff"]) == pytest.approx(ours - paper)
-    assert float(mae["iters_ours"]) == 4
+    assert mae["iters_ours"] == "4" and mae["pyramid_ours"] == "paper"  # the row says which pyramid ran
+    assert (mae["world_size_ours"], mae["per_gpu_batch_ours"], mae["accumulation_ours"]) == ("1", "2", "1")
     metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
     assert {"coco/bbox_mAP", "coco/segm_mAP"} <= set(metrics)
     assert float(mae["ap_box_vit_base_ours"]) == pytest.approx(100 * metrics["coco/bbox_mAP"], abs=0.006)
@@ -74,7 +75,7 @@ def test_ade20k_smoke_run_writes_miou(smoke_ckpt, tmp_path):
                       "--cfg-options", "model.auxiliary_head.loss_decode.loss_weight=0.25")
     ours = float(mae["miou_vit_base_ours"])
     assert 0.0 <= ours <= 100.0 and float(mae["miou_vit_base_paper"]) == 48.1  # Table 5, MAE ViT-B
-    assert float(mae["iters_ours"]) == 3
+    assert mae["iters_ours"] == "3" and mae["schedule_ours"] == "paper"
     assert json.loads((tmp_path / "run" / "metrics.json").read_text())["mIoU"] == pytest.approx(ours, abs=0.006)
     assert "loss_weight=0.25" in (tmp_path / "run" / "ade20k_upernet_smoke.py").read_text()  # --cfg-options
 

@@ -38,9 +38,13 @@ def test_paper_config_builds_a_vit_b_model(task):
     if task is coco_det.TASK:  # Table 4 recipe: windows + 4 global blocks, decay 0.7, 184,375 iterations
         assert [b.window_size for b in bb.blocks] == [14, 14, 0, 14, 14, 0, 14, 14, 0, 14, 14, 0]
         assert cfg.optim_wrapper.paramwise_cfg.layer_decay_rate == 0.7 and cfg.train_cfg.max_iters == 184375
-    else:  # Table 5 recipe: global attention, levels from blocks 3/5/7/11, decay 0.65, 160k iterations
+        assert bb.level_blocks == [2, 5, 8, 11]  # the paper's pyramid: the last block of 4 equal subsets
+        assert cfg.recipe.effective_batch == 64 and cfg.recipe.schedules.paper.epochs.huge == 75
+    else:  # Table 5 recipe: global attention, levels from blocks 3/5/7/11, decay 0.65, 100 epochs at batch 16
         assert bb.level_blocks == [3, 5, 7, 11] and all(b.window_size == 0 for b in bb.blocks)
-        assert cfg.optim_wrapper.paramwise_cfg.layer_decay_rate == 0.65 and cfg.train_cfg.max_iters == 160000
+        assert cfg.optim_wrapper.paramwise_cfg.layer_decay_rate == 0.65 and cfg.train_cfg.max_iters == 126312
+        assert cfg.recipe.effective_batch == 16 and list(cfg.recipe.schedules) == ["paper", "mmseg160k"]
+        assert cfg.recipe.schedules.mmseg160k.iters == 160000
 
 
 @pytest.mark.parametrize("task", [coco_det.TASK, ade20k_seg.TASK], ids=["coco", "ade20k"])

@@ -31,7 +31,8 @@ vit_sizes = dict(
 )
 
 # The two pyramids, applied by coco_det.py over `model` (levels: "subsets" = out_indices at the ends
-# of 4 equal block subsets, "last" = the last block's map alone). Neck input widths follow the ViT.
+# of 4 equal block subsets, "last" = the last block's map alone, at the patch stride, for the neck to
+# resample). Neck input widths and strides follow the ViT.
 LN2d = dict(type='LN2d', eps=1e-6)
 pyramids = dict(
     paper=dict(  # MAE A.3 / Li et al. 2021: 4 subsets -> strides 4/8/16/32, FPN, standard Mask R-CNN heads
@@ -43,8 +44,7 @@ pyramids = dict(
         mask_head=dict(norm_cfg=None)),
     vitdet=dict(  # ViTDet: simple pyramid from the last map, 2-conv RPN, 4conv1fc box head, LayerNorm
         levels='last',
-        backbone=dict(out_strides=[16]),
-        neck=dict(type='SimpleFeaturePyramid', in_channels=[768], out_channels=256, scales=[4.0, 2.0, 1.0, 0.5]),
+        neck=dict(type='SimpleFeaturePyramid', in_channels=[768], out_channels=256, out_strides=[4, 8, 16, 32]),
         rpn_head=dict(num_convs=2),
         bbox_head=dict(type='Shared4Conv1FCBBoxHead', conv_out_channels=256, norm_cfg=LN2d),
         mask_head=dict(norm_cfg=LN2d)),
@@ -94,6 +94,7 @@ model = dict(
         type='RPNHead',
         in_channels=256,
         feat_channels=256,
+        num_convs=1,
         anchor_generator=dict(type='AnchorGenerator', scales=[8], ratios=[0.5, 1.0, 2.0],
                               strides=[4, 8, 16, 32, 64]),
         bbox_coder=dict(type='DeltaXYWHBBoxCoder', target_means=[.0, .0, .0, .0], target_stds=[1.0, 1.0, 1.0, 1.0]),
@@ -128,6 +129,7 @@ model = dict(
             in_channels=256,
             conv_out_channels=256,
             num_classes=80,
+            norm_cfg=None,
             loss_mask=dict(type='CrossEntropyLoss', use_mask=True, loss_weight=1.0))),
     train_cfg=dict(
         rpn=dict(
