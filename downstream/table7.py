@@ -18,8 +18,8 @@ table1d_target_<scale>.csv       in1k of the Table 1 model (paper: ViT-L,   the 
                                  the ViT-B column, as table3.py does)
 table3_comparison_<scale>.csv    in1k ViT-B / L / H (row ``mae``,           norm_pixel (the released
 (reproduce/table3.py)            the long schedule)                         models' target)
-table4_coco*_<scale>.csv         coco_box ViT-B / L (row ``mae``)           the checkpoint's (below)
-(downstream/coco_det.py)
+table4_coco*_<scale>.csv         coco_box ViT-B / L (row ``mae``; the       the checkpoint's (below)
+(downstream/coco_det.py)         paper's pyramid, named in sources_ours)
 table5_ade20k*_<scale>.csv       ade_miou ViT-B / L (row ``mae``)           the checkpoint's (below)
 (downstream/ade20k_seg.py)
 ===============================  =========================================  ===============================
@@ -208,7 +208,7 @@ def assemble(results: str | Path, scale: str, targets: dict[str, str] | None = N
                     if v is None or pd.isna(v):
                         continue
                     cell = (target, metric)
-                    where = f"{metric}<-{path.name}" + (f" ({how})" if how else "")
+                    where = f"{metric}<-{path.name}" + (f" ({how})" if how else "") + _pyramid_note(row)
                     if cell in values:
                         if origin_kind[cell] == src.name:
                             raise Table7Error(f"two results for {target} / {metric}: {sources[cell]} and {where}; "
@@ -220,6 +220,12 @@ def assemble(results: str | Path, scale: str, targets: dict[str, str] | None = N
     if unused:
         raise Table7Error(f"--target names files that were not found for scale {scale!r} under {results}: {unused}")
     return Assembly(values, sources, inputs, notes)
+
+
+def _pyramid_note(row: dict[str, Any]) -> str:
+    """COCO rows record the feature pyramid they were trained with (coco_det.py --pyramid)."""
+    pyr = row.get("pyramid_ours")
+    return "" if pyr is None or (isinstance(pyr, float) and pd.isna(pyr)) else f" [pyramid {pyr}]"
 
 
 def _rows_with_targets(src: Source, columns: dict[str, str], df: pd.DataFrame, path: Path, given: str | None,

@@ -135,3 +135,17 @@ def test_activation_checkpointing_changes_memory_not_results(tmp_path):
     for (n, p), (_, q) in zip(plain.named_parameters(), ck.named_parameters()):
         if p.grad is not None:
             torch.testing.assert_close(p.grad, q.grad, msg=n)
+
+
+def test_table7_names_the_pyramid_of_a_coco_cell(tmp_path):
+    import pandas as pd
+
+    from downstream import table7
+    from reproduce.report import compare, provenance, verdict, write_results
+    ck = tmp_path / "ours.pth"
+    torch.save({"model": {"cls_token": torch.zeros(1, 1, 4)}, "config": {"target": "pixel"}}, ck)
+    rows = pd.DataFrame([{"method": "mae", "ap_box_vit_base": 5.5, "ckpt": str(ck), "pyramid": "paper"}])
+    df = compare("table4_coco", rows, scale="smoke", prov=provenance(command="test"))
+    write_results(df, verdict(df, "table4_coco"), tmp_path / "table4_coco_smoke.csv")
+    found = table7.assemble(tmp_path, "smoke")
+    assert "[pyramid paper]" in found.sources[("pixel", "coco_box_vit_base")]
