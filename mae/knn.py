@@ -45,4 +45,5 @@ def knn_top1(bank: torch.Tensor, bank_labels: torch.Tensor, queries: torch.Tenso
     if num_classes is None:
         num_classes = int(max(bank_labels.max(), query_labels.max())) + 1
     pred = knn_predict(bank, bank_labels, queries, num_classes, k, temperature)
-    return 100.0 * float((pred.cpu() == query_labels.long().cpu()).double().mean())
+    correct = int((pred.cpu() == query_labels.long().cpu()).sum())
+    return 100.0 * correct / max(len(query_labels), 1)

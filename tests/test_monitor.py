@@ -118,3 +118,36 @@ def test_unlabelled_monitor_data_fails_before_training(tmp_path):
     with pytest.raises(DataError, match="unlabelled"):
         pretrain.run(smoke_cfg(tmp_path, monitor_every=1, monitor_data="photos:20"))
     assert not (tmp_path / "run" / "train_log.csv").exists()
+
+
+def test_cost_benchmark_runs_at_toy_size(capsys):
+    from bench import monitor_cost
+    rows = monitor_cost.main(["--preset", "smoke", "--sizes", "16:8", "--rounds", "1", "--steps", "1"])
+    assert rows[0]["bank"] == 16 and rows[0]["queries"] == 8 and rows[0]["ratio"] > 0
+    assert "% of the epoch" in capsys.readouterr().out
+
+
+def test_killed_and_resumed_run_logs_what_the_uninterrupted_run_logs(tmp_path, monkeypatch):
+    from mae.engine import loop
+
+    class Crash(RuntimeError):
+        pass
+
+    class CrashingTrainer(loop.Trainer):  # the process 'dies' at overall iteration 13 (mid epoch 1)
+        def __init__(self, *a, step_fn, **k):
+            def step(m, b):
+                if self.total_iters >= 13:
+                    raise Crash("killed")
+                return step_fn(m, b)
+            super().__init__(*a, step_fn=step, **k)
+
+    common = dict(monitor_every=1, ckpt_every_iters=2)
+    ref = smoke_cfg(tmp_path / "ref", **common)
+    pretrain.run(ref)
+    cfg = smoke_cfg(tmp_path / "cut", **common)
+    monkeypatch.setattr(pretrain, "Trainer", CrashingTrainer)
+    with pytest.raises(Crash):
+        pretrain.run(cfg)
+    monkeypatch.setattr(pretrain, "Trainer", loop.Trainer)
+    pretrain.run(dataclasses.replace(cfg, resume="auto"))
+    assert read_rows(cfg.output_dir) == read_rows(ref.output_dir)  # losses and kNN columns alike

@@ -54,7 +54,8 @@ class Config(TrainConfig):
                                 "(and after the last); 0 = off")
     monitor_data: str | None = opt(None, "labelled dataset of the monitor: its train split is the kNN bank, its val "
                                          "split the queries (default: --data)")
-    monitor_bank: int = opt(1000, "monitor: bank images (a fixed random subsample of the train split)")
+    monitor_bank: int = opt(1000, "monitor: bank images (a fixed random subsample of the train split); cost: "
+                                  "bench/README.md")
     monitor_queries: int = opt(500, "monitor: query images (a fixed random subsample of the val split)")
     monitor_k: int = opt(20, "monitor: neighbours that vote (DINO's k)")
     monitor_temperature: float = opt(0.07, "monitor: temperature of the exp(similarity / T) vote weights (DINO's T)")
