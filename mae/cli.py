@@ -161,7 +161,7 @@ def main(argv: list[str] | None = None) -> int:
     if not argv or argv[0] in ("-h", "--help"):
         print("usage: mae {" + ",".join([*available, "convert"]) + "} [--preset NAME] [--config FILE] [--FIELD VALUE ...]\n\n"
               "MAE reproduction harness. Run `mae <command> --help` for every flag of a command.\n"
-              "  pretrain   MAE pre-training (default preset 'demo': a tiny model on embedded data, CPU, minutes)\n"
+              "  pretrain   MAE pre-training (default preset 'demo': a tiny model on scikit-learn's digits, CPU, minutes)\n"
               "  finetune   end-to-end fine-tuning of a pre-trained encoder\n"
               "  linprobe   linear probing of the frozen encoder\n"
               "  partial    partial fine-tuning of the last k blocks (Fig. 9)\n"

@@ -108,12 +108,12 @@ RECIPES: dict[str, dict[str, dict[str, Any]]] = {
 }
 PRESETS: dict[str, Config] = {
     # after `mae pretrain` (preset demo): minutes on a CPU
-    # (lighter regularisation than the paper's: mixup/cutmix/erasing slow a minutes-long run down to chance;
-    #  measured on CPU: 10 epochs at blr 5e-3 without them reach ~29% top-1 on the 10 classes, 3 with them ~14%)
-    "demo": Config(model="vit_micro_patch4_32", img_size=32, data="embedded", finetune="outputs/demo/checkpoint-last.pth",
-                   epochs=5, warmup_epochs=1, batch_size=64, blr=5e-3, layer_decay=0.75, drop_path=0.1,
-                   mixup=0.0, cutmix=0.0, reprob=0.0,
-                   num_workers=2, output_dir="outputs/finetune_demo", log_every=10),
+    # (the cpu scale's recipe: lighter regularisation than the paper's; mixup / cutmix / erasing and RandAugment
+    #  slow a minutes-long run down: on 16 px digits RandAugment m9 cut 86% to 76%, reproduce/scales.py)
+    "demo": Config(model="vit_micro_patch4_32", img_size=16, data="digits", finetune="outputs/demo/checkpoint-last.pth",
+                   epochs=15, warmup_epochs=2, batch_size=64, blr=5e-3, layer_decay=0.75, drop_path=0.1,
+                   mixup=0.0, cutmix=0.0, reprob=0.0, rand_aug=None,
+                   num_workers=0, output_dir="outputs/finetune_demo", log_every=10),
     # seconds on a CPU: tests and smoke grids (random init unless --finetune is given)
     "smoke": Config(model="vit_smoke", img_size=32, data="synthetic:64", epochs=1, warmup_epochs=0, batch_size=16,
                     blr=1e-3, layer_decay=0.75, num_workers=0, output_dir="outputs/finetune_smoke", log_every=1,

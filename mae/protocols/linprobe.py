@@ -78,9 +78,10 @@ PRESETS: dict[str, Config] = {
     # 16384) over ~7k steps; the small presets take the same lr.
     # (the small presets keep torchvision's crop, with which they were measured)
     # after `mae pretrain` (preset demo): a minute on a CPU thanks to the feature cache
-    "demo": Config(model="vit_micro_patch4_32", img_size=32, data="embedded", finetune="outputs/demo/checkpoint-last.pth",
-                   cache_features=True, augment=False, epochs=30, warmup_epochs=3, batch_size=256, blr=6.4,
-                   num_workers=2, output_dir="outputs/linprobe_demo", log_every=20, crop="torchvision"),
+    # (the cpu scale's probe: cls token, 90 epochs on cached features; `--finetune ""` probes the untrained encoder)
+    "demo": Config(model="vit_micro_patch4_32", img_size=16, data="digits", finetune="outputs/demo/checkpoint-last.pth",
+                   cache_features=True, augment=False, epochs=90, warmup_epochs=10, batch_size=256, blr=6.4,
+                   num_workers=0, output_dir="outputs/linprobe_demo", log_every=20, crop="torchvision"),
     "smoke": Config(model="vit_smoke", img_size=32, data="synthetic:64", epochs=1, warmup_epochs=0, batch_size=16,
                     num_workers=0, output_dir="outputs/linprobe_smoke", log_every=1, tensorboard=False, progress=False,
                     crop="torchvision"),

@@ -65,9 +65,9 @@ def freeze_for_partial(model: ViTClassifier, tune_blocks: float) -> list[str]:
 
 _PAPER = Config(recipe_batch=1024, num_workers=10, data="/path/to/imagenet", img_size=224)  # --data is required
 PRESETS: dict[str, Config] = {
-    "demo": Config(model="vit_micro_patch4_32", img_size=32, data="embedded", finetune="outputs/demo/checkpoint-last.pth",
-                   tune_blocks=1, epochs=3, warmup_epochs=1, batch_size=64, blr=1e-3, drop_path=0.1, num_workers=2,
-                   output_dir="outputs/partial_demo", log_every=10),
+    "demo": Config(model="vit_micro_patch4_32", img_size=16, data="digits", finetune="outputs/demo/checkpoint-last.pth",
+                   tune_blocks=1, epochs=15, warmup_epochs=2, batch_size=64, blr=5e-3, drop_path=0.1, num_workers=0,
+                   mixup=0.0, cutmix=0.0, reprob=0.0, rand_aug=None, output_dir="outputs/partial_demo", log_every=10),
     "smoke": Config(model="vit_smoke", img_size=32, data="synthetic:64", tune_blocks=1, epochs=1, warmup_epochs=0,
                     batch_size=16, blr=1e-3, drop_path=0.0, num_workers=0, output_dir="outputs/partial_smoke",
                     log_every=1, tensorboard=False, progress=False),

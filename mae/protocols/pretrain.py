@@ -86,10 +86,12 @@ class Config(TrainConfig):
 _PAPER = Config(recipe_batch=4096, batch_size=64, accum_iter=1, weight_decay=0.05, num_workers=10, data="/path/to/imagenet",
                 img_size=224, decay_tokens=True)
 PRESETS: dict[str, Config] = {
-    # README main job: a few minutes on a CPU, embedded data, checkpoint + reconstruction figure
-    "demo": Config(model="mae_vit_micro_patch4_32", img_size=32, data="embedded", epochs=6, batch_size=64,
-                   blr=1.5e-3, warmup_epochs=1, target="norm_pixel", num_workers=2, vis_every=2,
-                   output_dir="outputs/demo", log_every=5),
+    # README main job: about two minutes on a CPU; the cpu scale's baseline (reproduce/scales.py, measured
+    # there: the probe reads 93.2 +- 1.4% after it vs 72.1 +- 2.4% at initialisation) on scikit-learn's
+    # digits at 16 px, with the kNN monitor every 5 epochs; checkpoint + reconstruction figures
+    "demo": Config(model="mae_vit_micro_patch4_32", img_size=16, data="digits", epochs=40, batch_size=128,
+                   blr=1.5e-3, warmup_epochs=4, target="pixel", decoder_depth=8, decoder_embed_dim=64,
+                   num_workers=0, vis_every=10, monitor_every=5, output_dir="outputs/demo", log_every=5),
     # seconds on a CPU: tests and smoke grids
     "smoke": Config(model="mae_vit_smoke", img_size=32, data="synthetic:64", epochs=1, batch_size=16,
                     blr=1.5e-3, warmup_epochs=0, num_workers=0, vis_every=0, output_dir="outputs/smoke",
