@@ -236,9 +236,12 @@ def _bars(ax: plt.Axes, labels: list[str], values: np.ndarray, color: str, basel
           title: str, yerr: np.ndarray | None = None) -> None:
     x = np.arange(len(labels))
     ok = np.isfinite(values)
-    err = None if yerr is None or not np.any(yerr[ok] > 0) else yerr[ok]
     bars = ax.bar(x[ok], values[ok], color=color, alpha=0.85, edgecolor=["black" if b else color for b in baseline[ok]],
-                  linewidth=[1.6 if b else 0.5 for b in baseline[ok]], yerr=err, capsize=3 if err is not None else 0)
+                  linewidth=[1.6 if b else 0.5 for b in baseline[ok]])
+    if yerr is not None:  # only the settings with several seeds
+        has = ok & (np.nan_to_num(yerr) > 0)
+        if has.any():
+            ax.errorbar(x[has], values[has], yerr=yerr[has], fmt="none", ecolor="black", capsize=3, lw=1)
     ax.bar_label(bars, fmt="%.1f", fontsize=7)
     ax.set_xticks(x, labels, rotation=20, ha="right", fontsize=7)
     ax.set_title(title, fontsize=9)
