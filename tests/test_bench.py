@@ -203,3 +203,9 @@ def test_input_cost_per_worker_on_cpu(tmp_path):
         input_cost.main(["--jpeg-dir", str(tmp_path / "jpegs"), "--paths", "dali"])
     with pytest.raises(FileNotFoundError, match="no such directory"):
         input_cost.main(["--jpeg-dir", str(tmp_path / "nope")])
+
+
+def test_profile_cell_times_every_phase_of_a_smoke_step():
+    from bench import profile_cell
+    ms = profile_cell.main(["--scale", "smoke", "--steps", "2", "--warmup", "1"])
+    assert set(ms) == set(profile_cell.PHASES) and all(v > 0 for v in ms.values())
