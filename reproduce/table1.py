@@ -111,7 +111,19 @@ def mask_sampling_cells(scale: Scale) -> list[Cell]:
 
 
 def masking_ratio_cells(scale: Scale) -> list[Cell]:
-    return [_cell(scale, "mask_ratio", float(r), mask_ratio=float(r)) for r in _paper_keys("fig5_masking_ratio")]
+    """Fig. 5: one cell per ratio. ``patches_kept`` / ``mask_ratio_used`` say what a ratio means on the
+    scale's grid (``int(L * (1 - r))`` patches are kept, as in the release): on the cpu scale's 16
+    patches 0.7 and 0.75 both keep 4, so those two cells are the same run."""
+    from mae.masking import num_keep
+    from mae.models.mae import mae_config
+    n = mae_config(scale.pretrain.model, img_size=scale.pretrain.img_size).num_patches
+    cells = []
+    for r in _paper_keys("fig5_masking_ratio"):
+        kept = num_keep(n, float(r))
+        cells.append(_cell(scale, "mask_ratio", float(r), {"patches_kept": f"{kept}/{n}",
+                                                           "mask_ratio_used": round(1 - kept / n, 4)},
+                           mask_ratio=float(r)))
+    return cells
 
 
 PARTS: dict[str, Part] = {
