@@ -291,3 +291,17 @@ def test_verdict_with_seed_std_reports_ties_and_outcome():
     assert v["ties_ours"] == [12] and v["outcome"] == "mismatch"
     df.loc[df["decoder_depth"] == 8, "ft_ours"] = 95.0
     assert verdict(df, "table1a_decoder_depth")["ft"]["outcome"] == "match"
+
+
+def test_a_stated_paper_best_ranks_every_measured_setting():
+    """Fig. 5 transcribes only 10% and 75%, but the paper states 75% is best: all our ratios are ranked."""
+    ratios = [0.1, 0.2, 0.5, 0.75, 0.8]
+    ours = pd.DataFrame({"mask_ratio": ratios, "ft": [80.0, 81.0, 82.0, 83.0, 85.0],
+                         "lin": [60.0, 61.0, 70.0, 72.0, 71.5], "lin_std": [None, None, None, 0.5, None],
+                         "ft_std": [None, None, None, 0.5, None]})
+    v = verdict(compare("fig5_masking_ratio", ours, "cpu", PROV), "fig5_masking_ratio")
+    assert v["ft"]["best_paper"] == [0.75] and v["ft"]["best_ours"] == [0.8]
+    assert v["ft"]["outcome"] == "mismatch" and v["ft"]["ties_ours"] == [0.8]  # 83 is 2 below 85, > 2 std
+    assert v["lin"]["best_ours"] == [0.75] and v["lin"]["outcome"] == "match"
+    assert v["lin"]["ties_ours"] == [0.75, 0.8]  # 71.5 within 2 x 0.5 of 72
+    assert "stated in its text" in v["lin"]["note"] and v["lin"]["n"] == 2  # Spearman still on common points

@@ -14,6 +14,7 @@ parts, Fig. 5) marks the paper's default setting. See ``README.md`` here for the
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 from pathlib import Path
 
 import pandas as pd
@@ -39,9 +40,12 @@ class TableSpec:
     extra_refs: tuple[str, ...] = ()
     claims: tuple[str, ...] = ()
     x_label: str = ""
+    # the paper's best setting per metric where its text states it but not every value is transcribed
+    # (Fig. 5: "75% is best for both"); the verdict then ranks all our settings, not only the common ones
+    stated_best: dict[str, tuple[Any, ...]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        unknown = set(self.higher_is_better) - set(self.metrics)
+        unknown = (set(self.higher_is_better) | set(self.stated_best)) - set(self.metrics)
         if unknown:
             raise ValueError(f"{self.name}: higher_is_better names unknown metrics {sorted(unknown)}")
         full = {m: self.higher_is_better.get(m, True) for m in self.metrics}
@@ -79,7 +83,7 @@ SPECS: tuple[TableSpec, ...] = (
                       "every masking ratio beats ViT-L from scratch (82.5 ft)",
                       "75% is best for both ft and lin",
                       "lin rises from 54.6 (lowest ratio) to 73.5 at 75%"),
-              x_label="masking ratio"),
+              x_label="masking ratio", stated_best={"ft": (0.75,), "lin": (0.75,)}),
     TableSpec("table2_wallclock", "setting", ("ft", "time_h", "speedup"), "Table 2: wall-clock time",
               {"time_h": False}, x_label="encoder, decoder depth",
               claims=("speedup is relative to the w/ [M] row of the same encoder",
