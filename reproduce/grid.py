@@ -100,7 +100,6 @@ class Cell:
     report: bool = True  # False for shared helper cells (a tokenizer, a shared pre-training)
     reads: Ref | None = None  # a cell with no stages of its own reports this stage of another cell
 
-
     def __post_init__(self) -> None:
         if not self.name or "/" in self.name or self.name.startswith("."):
             raise ValueError(f"bad cell name {self.name!r} (a folder name without '/')")
@@ -159,7 +158,7 @@ class GridResult:
     def reported(self, cell: Cell, stage: str | None = None) -> StageResult | None:
         """The result a cell reports: its own ``stage`` (default: its first) or the stage it reads."""
         if cell.reads is not None:
-            return self.get(cell.reads.cell or cell.name, cell.reads.stage)
+            return self.get(cell.reads.cell, cell.reads.stage)
         return self.get(cell.name, stage or cell.stages[0].name)
 
 
@@ -293,7 +292,7 @@ def check_grid(cells: Sequence[Cell]) -> None:
     by_name = {c.name: c for c in cells}
     for c in cells:
         if c.reads is not None:
-            owner = by_name.get(c.reads.cell or "")
+            owner = by_name.get(c.reads.cell)
             if owner is None or order[owner.name] > order[c.name]:
                 raise GridError(f"{c.name}: reads cell {c.reads.cell!r}, which is unknown or comes later")
             try:
@@ -614,6 +613,8 @@ def _run_slurm(cells: Sequence[Cell], result: GridResult, opts: SlurmOptions,
         params["slurm_account"] = opts.account
     params.update(opts.extra)
     for c in cells:
+        if not c.stages:
+            continue  # a cell that reads another cell's stage
         todo = [s for s in c.stages if stage_status(stage_dir(root, c.name, s.name)) != "done"]
         if not todo:
             echo(f"[grid] {c.name}: finished before, skipped")

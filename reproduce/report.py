@@ -389,6 +389,12 @@ def write_results(df: pd.DataFrame, verdicts: dict[str, Any], path: str | Path,
     return csv_path, json_path
 
 
+def outcome(v: dict[str, Any]) -> str | None:
+    """A verdict's word: its seed-aware ``outcome`` (match / tie / mismatch), else what ``best_match`` says
+    (verdicts without seeds), else None (undecided)."""
+    return v.get("outcome") or {True: "match", False: "mismatch"}.get(v.get("best_match"))
+
+
 def _fmt_keys(keys: list[Any]) -> str:
     return ", ".join(str(k) for k in keys) if keys else "-"
 
@@ -405,7 +411,7 @@ def format_table(df: pd.DataFrame, verdicts: dict[str, Any], title: str | None =
     lines.append(df[shown].to_string(index=False, na_rep="-",
                                      float_format=lambda v: f"{v:.2f}"))
     for m, v in verdicts.items():
-        match = v.get("outcome") or {True: "match", False: "mismatch", None: "n/a"}[v.get("best_match")]
+        match = outcome(v) or "n/a"
         match = match.upper() if match == "mismatch" else match
         rho = v.get("spearman")
         rho_s = "n/a" if rho is None or (isinstance(rho, float) and math.isnan(rho)) else f"{rho:+.2f}"

@@ -25,7 +25,7 @@ if __package__ in (None, ""):  # run as a script: make `reproduce` importable fr
 import pandas as pd  # noqa: E402
 
 from reproduce.reference import get_spec  # noqa: E402
-from reproduce.report import atomic_write_text  # noqa: E402
+from reproduce.report import atomic_write_text, outcome  # noqa: E402
 
 SUMMARY_FILE = "README.md"
 SCALE_ORDER = ("paper", "mini", "cpu", "smoke")
@@ -114,8 +114,7 @@ def collect(results_dir: str | Path) -> list[dict[str, Any]]:
                 "table": table, "label": spec.label, "scale": scale, "metric": metric,
                 "paper_best": _fmt_keys(v.get("best_paper")), "ours_best": _fmt_keys(v.get("best_ours")),
                 "ties": _fmt_keys([k for k in v.get("ties_ours") or [] if k not in (v.get("best_ours") or [])]),
-                "outcome": v.get("outcome") or ("match" if v.get("best_match") else
-                                                "mismatch" if v.get("best_match") is False else "-"),
+                "outcome": outcome(v) or "-",
                 "spearman": _fmt_num(v.get("spearman")), "n": v.get("n", 0),
                 "measured": _measured_rows(df, metric) if len(df) else 0,
                 "rows": len(df), "seeds": _seeds(df) if len(df) else "-",

@@ -133,7 +133,6 @@ _TOP: dict[str, dict[str, tuple[str, ...]]] = {
 # Keys of our MAE that no other format can hold (Table 1c encoder w/ [M], Table 1d PCA / token targets).
 _OURS_ONLY = ("encoder_mask_token", "target.")
 _DECODER = ("decoder_", "mask_token")
-_ENCODER = ("cls_token", "pos_embed", "patch_embed.", "blocks.", "norm.")
 
 
 def _split(key: str) -> tuple[str, str]:
