@@ -38,8 +38,9 @@ fine-tuning field (e.g. ``accum_iter=4``, ``img_size=448`` for the ViT-H448 row,
 Results: ``results/table6_transfer_<dataset>_<row>_<scale>.csv`` (+ ``.meta.json``), written by
 :mod:`reproduce.report` beside ``reproduce/reference/table6_transfer.csv``: our final top-1 (last
 epoch, no selection on val) in the dataset's column of the checkpoint's row (vit_base / vit_large /
-vit_huge / vit_huge_448; a model of another size fills the ViT-B row, and ``classifier_ours`` names it),
-with scale, commit, device, date and command on every row.
+vit_huge / vit_huge_448). A model that is none of the paper's (smoke / mini sizes) gets a row of its
+own, named after it (e.g. ``vit_smoke``) and labelled ``n/a: not the paper's model``: no paper number,
+no difference. Scale, commit, device, date and command are on every row.
 """
 from __future__ import annotations
 
@@ -135,7 +136,7 @@ PAPER_MODELS: dict[str, tuple[str, str]] = {
     "vit_huge_patch14": ("paper_vit_huge", "vit_huge"),
 }
 HIGH_RES_ROW = {("vit_huge", 448): "vit_huge_448"}  # Table 6's ViT-H fine-tuned at 448 px
-SMOKE_ROW = "vit_base"  # models without a Table 6 row (smoke / mini sizes) fill the ViT-B row
+NOT_PAPER = "n/a: not the paper's model"  # the label of a row whose model has no Table 6 row
 # fields classify.py sets itself; --set may not change them
 OWN_FIELDS = ("data", "val_data", "finetune", "nb_classes", "output_dir", "model")
 
@@ -177,8 +178,11 @@ def resolve_model(ckpt: str, model: str | None) -> str:
 
 
 def table6_row(model: str, img_size: int) -> str:
-    """The Table 6 row a run fills: the checkpoint's size (ViT-H at 448 px: vit_huge_448), else vit_base."""
-    row = PAPER_MODELS.get(model, (None, SMOKE_ROW))[1]
+    """The Table 6 row a run fills: the checkpoint's size (ViT-H at 448 px: vit_huge_448); a model that is
+    none of the paper's has a row of its own, its name (never compared with a paper number)."""
+    if model not in PAPER_MODELS:
+        return model
+    row = PAPER_MODELS[model][1]
     return HIGH_RES_ROW.get((row, img_size), row)
 
 
@@ -438,6 +442,7 @@ def run(argv: Sequence[str] | None = None) -> pd.DataFrame | None:
 def write_comparison(spec: TransferSet, row: str, model: str, cfg: Any, result: dict[str, Any], layout: DataLayout,
                      n_train: int, n_val: int, args: argparse.Namespace, out: Path) -> pd.DataFrame:
     """Our final top-1 in the dataset's Table 6 column, beside the paper's (``reproduce.report``)."""
+    from reproduce.reference import load_reference
     from reproduce.report import compare, format_table, provenance, verdict, write_results
 
     final, best = result["final"], result.get("best") or {}
@@ -451,6 +456,8 @@ def write_comparison(spec: TransferSet, row: str, model: str, cfg: Any, result: 
     df = compare(TABLE, ours, scale=args.scale, prov=provenance())
     for col in INT_COLUMNS:  # the outer join with the paper's rows made them float
         df[f"{col}_ours"] = df[f"{col}_ours"].astype("Int64")
+    if row not in set(load_reference(TABLE)["model"]):  # compare() left its paper number and difference empty
+        df.loc[df["model"] == row, "label"] = f"{model} ({NOT_PAPER})"
     verdicts = verdict(df, TABLE)
     write_results(df, verdicts, out)
     print(format_table(df, verdicts, title=f"[classify] {spec.title} ({TABLE}) -> {out}"))

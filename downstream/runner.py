@@ -325,8 +325,9 @@ def main(task: Task, argv: list[str] | None = None, description: str = "") -> pd
     comparison CSV; returns it (rank 0), or the resolved recipe with ``--dry-run``."""
     args = build_parser(description, task).parse_args(argv)
     work_dir = Path(args.work_dir or REPO / "outputs" / "downstream" / f"{task.name}_{args.scale}").resolve()
-    if args.scale == "paper" and not args.data:
-        raise SystemExit(f"{task.name}: --scale paper needs --data (the dataset root)")
+    if args.scale == "paper" and not args.data:  # an input error like the others: one line, exit status 2
+        from downstream.checks import DatasetError
+        raise DatasetError("--scale paper needs --data (the dataset root)")
 
     # every input is checked before a Runner exists
     from downstream.backbone import encoder_state_dict, infer_vit_arch
@@ -369,13 +370,37 @@ def main(task: Task, argv: list[str] | None = None, description: str = "") -> pd
     return write_comparison(task, metrics, size, args, resolved, table, work_dir, out)
 
 
+#: the paper's ViTs (width, depth) per recipe size; any other encoder is not the paper's model
+PAPER_VITS = {"base": (768, 12), "large": (1024, 24), "huge": (1280, 32)}
+NOT_PAPER = "n/a: not the paper's model"
+
+
+def not_paper_model(ckpt: str, size: str, num_heads: int | None = None) -> str | None:
+    """None when ``ckpt`` holds the paper's ViT of ``size``; else the name of the ViT it holds (its preset in
+    mae.models.vit, e.g. ``vit_smoke``), under which its row is written."""
+    from downstream.backbone import infer_vit_arch
+    from mae.models.vit import PRESETS
+
+    arch = infer_vit_arch(ckpt, num_heads=num_heads)
+    if PAPER_VITS.get(size) == (arch.embed_dim, arch.depth):
+        return None
+    shape = (arch.embed_dim, arch.depth, arch.patch_size)
+    hits = [n for n, c in PRESETS.items() if (c.embed_dim, c.depth, c.patch_size) == shape]
+    return hits[0] if hits else f"vit_w{arch.embed_dim}_d{arch.depth}_p{arch.patch_size}"
+
+
 def write_comparison(task: Task, metrics: dict[str, float], size: str, args: argparse.Namespace, resolved: Resolved,
                      table: str, work_dir: Path, out: Path) -> pd.DataFrame:
     """Our numbers beside the paper's (``reproduce.report``): CSV + ``.meta.json`` sidecar, printed too."""
     from reproduce.report import compare, format_table, provenance, verdict, write_results
-    ours = pd.DataFrame([{"method": task.row_key(table), **task.ours(metrics, size), "backbone": size,
+    model = not_paper_model(args.ckpt, size, getattr(args, "num_heads", None))
+    # a model that is not the paper's ViT of that size gets a row of its own, never the paper's MAE row
+    key = task.row_key(table) if model is None else f"{task.row_key(table)}_{model}"
+    ours = pd.DataFrame([{"method": key, **task.ours(metrics, size), "backbone": size,
                           "ckpt": str(args.ckpt), **resolved.row(), "work_dir": str(work_dir)}])
     df = compare(table, ours, scale=args.scale, prov=provenance())
+    if model is not None:  # compare() found no paper row for it: no paper number, no difference
+        df.loc[df["method"] == key, "label"] = f"MAE, {model} ({NOT_PAPER})"
     for col in ("iters", "world_size", "per_gpu_batch", "accumulation", "effective_batch"):
         df[f"{col}_ours"] = df[f"{col}_ours"].astype("Int64")  # the outer join with the paper's rows made them float
     verdicts = verdict(df, table)

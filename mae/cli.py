@@ -14,12 +14,18 @@ import sys
 import types
 import typing
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from mae.config import from_dict, load_config_file, to_dict
+from mae.engine import rundir
 from mae.protocols import PROTOCOLS
 
 _NONE = {"none", "null", ""}
+
+
+class UsageError(ValueError):
+    """A command line that cannot run as given (unknown preset, invalid field value): one line, exit status 2."""
 
 
 def _user_errors() -> tuple[type[BaseException], ...]:
@@ -27,7 +33,8 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     from mae.data import DataError
     from mae.engine.checkpoint import CheckpointError
     from mae.engine.loop import DeviceUnavailableError, NonFiniteLossError
-    return (DataError, CheckpointError, NonFiniteLossError, DeviceUnavailableError, FileNotFoundError)
+    return (DataError, CheckpointError, NonFiniteLossError, DeviceUnavailableError, FileNotFoundError,
+            UsageError, rundir.RunDirError)
 
 
 USER_ERRORS = _user_errors()
@@ -80,7 +87,8 @@ def guarded(prog: str, fn: Callable[..., Any], *args: Any, extra_errors: tuple[t
     except (*USER_ERRORS, *extra_errors) as e:
         if os.environ.get("MAE_DEBUG"):
             raise
-        print(f"{prog}: error: {e}\n(set MAE_DEBUG=1 for the traceback)", file=sys.stderr)
+        hint = "" if isinstance(e, (UsageError, rundir.RunDirError)) else "\n(set MAE_DEBUG=1 for the traceback)"
+        print(f"{prog}: error: {e}{hint}", file=sys.stderr)
         return 2, None
 
 
@@ -88,39 +96,105 @@ def protocol_module(name: str) -> types.ModuleType:
     return importlib.import_module(f"mae.protocols.{name}")
 
 
-def build_config(module: types.ModuleType, argv: list[str], prog: str) -> Any:
-    """Parse ``argv`` for a protocol into its resolved Config."""
+def _is_main_process() -> bool:
+    return int(os.environ.get("RANK", 0)) == 0
+
+
+def parse_command(module: types.ModuleType, argv: list[str], prog: str) -> tuple[Any, bool]:
+    """Parse ``argv`` for a protocol: (resolved Config, ``--overwrite`` given).
+
+    A resume (``--resume auto`` or a checkpoint path) continues the recipe saved in the run's config.yaml
+    (:func:`mae.engine.rundir.saved_config_path`) instead of the preset's; a config file and flags given on
+    the command line override it, and one printed line names the fields they changed.
+    """
     default_preset = getattr(module, "DEFAULT_PRESET", None)
     pre = argparse.ArgumentParser(add_help=False)
-    pre.add_argument("--preset", default=default_preset)
+    pre.add_argument("--preset", default=None)
     known, _ = pre.parse_known_args(argv)
     presets = module.PRESETS
     if known.preset is not None and known.preset not in presets:
-        raise SystemExit(f"{prog}: unknown preset {known.preset!r}; available: {', '.join(presets)}")
-    base = presets[known.preset] if known.preset is not None else module.Config()
+        raise UsageError(f"unknown preset {known.preset!r}; available: {', '.join(presets)}")
+    preset = known.preset if known.preset is not None else default_preset
+    base = presets[preset] if preset is not None else module.Config()
     parser = argparse.ArgumentParser(prog=prog, description=(module.__doc__ or "").strip().splitlines()[0])
     parser.add_argument("--preset", default=default_preset, choices=list(presets),
-                        help=f"named recipe to start from (default: {default_preset})")
+                        help=f"named recipe to start from (default: {default_preset}); a resume takes the run's "
+                             "config.yaml instead")
     parser.add_argument("--config", default=None, help="YAML/JSON file of field: value overriding the preset")
     parser.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="start over in an --output_dir that holds a previous run: its checkpoints, logs, "
+                             "metrics and figures are removed first (without it such a folder is refused)")
     add_config_args(parser, module.Config, base)
     args = vars(parser.parse_args(argv))
     config_path = args.pop("config")
-    if config_path is not None:
-        base = load_config_file(module.Config, config_path, base)
     args.pop("preset")
     show = args.pop("print_config")
-    cfg = from_dict(module.Config, {**to_dict(base), **args})
+    overwrite = args.pop("overwrite")
+    import yaml
+    try:
+        file_data: dict[str, Any] = {}
+        if config_path is not None:
+            base = load_config_file(module.Config, config_path, base)
+            file_data = yaml.safe_load(Path(config_path).read_text()) or {}
+        cfg = from_dict(module.Config, {**to_dict(base), **args})
+        if overwrite and cfg.resume:
+            raise UsageError("--overwrite starts over and --resume continues: give one of them")
+        saved = None if overwrite else rundir.saved_config_path(cfg.resume, cfg.output_dir)
+        if saved is not None:
+            cfg = _resume_recipe(module, saved, {**file_data, **args}, known.preset, prog)
+    except (ValueError, TypeError, yaml.YAMLError) as e:
+        if isinstance(e, (UsageError, rundir.RunDirError)):
+            raise
+        raise UsageError(" ".join(str(e).split())) from e
     if show:
-        import yaml
         print(yaml.safe_dump(to_dict(cfg), sort_keys=False))
         raise SystemExit(0)
+    return cfg, overwrite
+
+
+def _resume_recipe(module: types.ModuleType, saved: Any, explicit: dict[str, Any], preset: str | None,
+                   prog: str) -> Any:
+    """The Config of a resume: the run's saved recipe (``saved`` config.yaml) with ``explicit`` fields on top."""
+    data = rundir.read_saved_config(saved)
+    try:
+        old = from_dict(module.Config, dict(data))
+    except (ValueError, TypeError) as e:
+        raise rundir.RunDirError(f"{saved} is not a {prog} run config ({e})") from e
+    kept = {k: v for k, v in to_dict(old).items() if k not in rundir.RUN_CONTROL}
+    cfg = from_dict(module.Config, {**kept, **explicit})
+    if _is_main_process():
+        changed = rundir.changed_fields(to_dict(old), to_dict(cfg))
+        said = ", ".join(f"{k}={getattr(cfg, k)!r} (was {getattr(old, k)!r})" for k in changed)
+        ignored = f" (--preset {preset} ignored)" if preset is not None else ""
+        print(f"[resume] recipe from {saved}{ignored}; "
+              + (f"overridden on the command line: {said}" if changed else "no field overridden"), flush=True)
     return cfg
+
+
+def build_config(module: types.ModuleType, argv: list[str], prog: str) -> Any:
+    """Parse ``argv`` for a protocol into its resolved Config (see :func:`parse_command`)."""
+    return parse_command(module, argv, prog)[0]
+
+
+def prepare_run_dir(cfg: Any, overwrite: bool) -> None:
+    """Refuse a new run in a folder that holds a previous one; with ``overwrite``, remove that run first."""
+    if overwrite:
+        if _is_main_process():
+            removed = rundir.clear_run(cfg.run_dir)
+            if removed:
+                print(f"[run] --overwrite: removed {len(removed)} file(s) of the previous run in {cfg.run_dir}",
+                      flush=True)
+    elif not cfg.resume:
+        rundir.refuse_previous_run(cfg.run_dir)
 
 
 def run_protocol(name: str, argv: list[str]) -> dict[str, Any]:
     module = protocol_module(name)
-    cfg = build_config(module, argv, prog=f"mae {name}")
+    cfg, overwrite = parse_command(module, argv, prog=f"mae {name}")
+    prepare_run_dir(cfg, overwrite)
+    from mae.engine.threads import apply_thread_policy  # threads before any work (e.g. linprobe's feature cache)
+    apply_thread_policy(getattr(cfg, "threads", None))
     return module.run(cfg)
 
 

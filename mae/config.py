@@ -63,6 +63,11 @@ class TrainConfig:
     fast_path: str = opt("auto", "GPU speed path: auto (torch.compile + fused AdamW on CUDA; nothing on CPU) "
                                  "| on (also on CPU) | off")
     compile_mode: str = opt("default", "torch.compile mode of the fast path: default | max-autotune-no-cudagraphs")
+    # --- CPU thread policy (mae.engine.threads); not part of the recipe ---
+    threads: int | None = opt(None, "CPU threads of torch (default: OMP_NUM_THREADS if set, else all cores, cut to "
+                                    "the container's CPU quota); OpenMP threads spin only briefly before sleeping, so "
+                                    "runs sharing the cores do not collapse. Logged in log.txt and metrics.json "
+                                    "(runtime); not part of the recipe (float sums may differ in the last bits)")
 
     @property
     def run_dir(self) -> Path:

@@ -11,6 +11,8 @@ or of the official release's ``{'model': sd}`` files (architecture inferred from
 refuses encoder-only, fine-tune and non-ViT files with an error that names what it found.
 ``save_grid`` draws any table of panels (PNG, and PDF on request) with titles and a caption.
 ``save_curves`` draws metrics over epochs (the kNN monitor's curve, mae/engine/monitor.py).
+Every figure is written by ``savefig_stable``: the same drawing gives the same bytes (no dates or
+library versions in the file), so redrawing committed figures from unchanged inputs changes nothing.
 """
 from __future__ import annotations
 
@@ -28,6 +30,27 @@ from mae.targets import PCATarget, PixelTarget, normalize_patches
 
 MASK_FILL = 0.5  # grey of removed patches in the "masked" panel
 MASK_COLORS = (1.0, 0.25)  # "mask" panel: visible patches white, removed ones dark grey
+
+
+#: savefig metadata per format that leaves out what changes between otherwise identical saves (the
+#: creation date, the matplotlib / backend version); PDF, PS and SVG keep no date with these
+STABLE_METADATA: dict[str, dict[str, Any]] = {
+    "png": {"Software": None},
+    "pdf": {"Creator": None, "Producer": None, "CreationDate": None},
+    "ps": {"Creator": None, "CreationDate": None},
+    "eps": {"Creator": None, "CreationDate": None},
+    "svg": {"Creator": None, "Date": None},
+}
+
+
+def savefig_stable(fig: Any, path: str | Path, **kw: Any) -> Path:
+    """``fig.savefig(path, **kw)`` with the file's metadata fixed: two saves of one drawing are equal bytes."""
+    path = Path(path)
+    fmt = (kw.get("format") or path.suffix.lstrip(".") or "png").lower()
+    import matplotlib
+    with matplotlib.rc_context({"svg.hashsalt": "mae"}):  # SVG ids from a fixed salt, not a random one
+        fig.savefig(path, metadata={**STABLE_METADATA.get(fmt, {}), **kw.pop("metadata", {})}, **kw)
+    return path
 
 
 @dataclass
@@ -202,7 +225,7 @@ def save_grid(rows: Sequence[Sequence[np.ndarray | None]], path: str | Path, *,
     out = []
     for fmt in formats or (path.suffix.lstrip(".") or "png",):
         p = path.with_suffix(f".{fmt.lstrip('.')}")
-        fig.savefig(p, dpi=dpi)
+        savefig_stable(fig, p, dpi=dpi)
         out.append(p)
     plt.close(fig)
     return out
@@ -239,7 +262,7 @@ def save_curves(curves: dict[str, tuple[Sequence[float], Sequence[float]]], path
     fig.tight_layout()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
+    savefig_stable(fig, path, dpi=120)
     plt.close(fig)
     return path
 

@@ -19,7 +19,8 @@ from typing import Any
 if __package__ in (None, ""):  # run as a script: make `reproduce` and `mae` importable from the repo root
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from reproduce.grid import Cell, GridResult, Report, TableJob, cell_rows, script_main, standard_columns  # noqa: E402
+from reproduce.grid import Cell, GridResult, cell_rows, standard_columns  # noqa: E402
+from reproduce.driver import Report, TableJob, script_main  # noqa: E402
 from reproduce.scales import ABLATIONS_ROOT, Scale, pretrain_eval_cell, with_shared_baseline  # noqa: E402
 
 TABLE = "fig7_schedule"

@@ -14,7 +14,6 @@ there. One figure per scale (PNG + PDF, ``fig8_model_size_<scale>``), or ``fig8_
 from __future__ import annotations
 
 import argparse
-import datetime as _dt
 import sys
 import textwrap
 import warnings
@@ -33,6 +32,7 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from mae.models.mae import MAEConfig, mae_config  # noqa: E402
+from mae.viz import savefig_stable  # noqa: E402
 from reproduce.reference import get_spec, load_reference  # noqa: E402
 
 NAME = "fig8_model_size"
@@ -233,9 +233,7 @@ def _caption(scale: str | None, lines: list[OursLine], width_in: float) -> str:
         first = (f"ours: scale={scale}, " + ", ".join(f"{k}={v}" for k, v in p.items())
                  + f", from {', '.join(srcs)}")
     else:
-        from reproduce.report import git_commit
-        first = (f"paper reference only; drawn at commit={git_commit()}, "
-                 f"date={_dt.datetime.now(_dt.timezone.utc).date().isoformat()}")
+        first = "paper reference only (reproduce/reference)"  # no draw date: same inputs, same bytes
     out = [first, "paper: He et al., MAE (arXiv 2111.06377), Fig. 8; dashed/hollow = approx (ViT-paper lines, "
                   "384 px); x = encoder parameters (no decoder, no fixed position table)"]
     if lines and scale != "paper":
@@ -278,7 +276,7 @@ def draw(scale: str | None, lines: list[OursLine], out_dir: Path, formats: tuple
         paths = []
         for ext in formats:
             p = out_dir / f"{NAME}_{scale or 'paper'}.{ext}"
-            fig.savefig(p, dpi=110)
+            savefig_stable(fig, p, dpi=110)
             paths.append(p)
         return title, paths
     finally:

@@ -19,7 +19,8 @@ norm_pix_loss, off for ``mae_visualize_*``); nothing is downloaded. Images: with
 real photos that scikit-image ships, resized to the model's input; with an ImageNet or COCO folder
 (searched recursively), ``--n`` images picked reproducibly by ``--seed``. Output: PNG and PDF under
 ``--out`` with a provenance caption (checkpoint, scale, commit, date) and a ``.meta.json`` sidecar
-from which :func:`rebuild_figures` (and reproduce/plots.py) redraws the figure.
+from which :func:`rebuild_figures` (``--rebuild``, and ``reproduce/plots.py --reconstructions``) redraws the
+figure; every figure needs a checkpoint (plots.py draws none of them unless asked).
 """
 from __future__ import annotations
 
@@ -335,11 +336,17 @@ def make_figure(fig: str, ckpts: list[str | Path] | str | Path, images: str | Pa
     return FigureResult(paths + [sidecar], meta)
 
 
-def rebuild_figures(out_dir: str | Path = "results/figures", device: str = "auto") -> list[Path]:
+def rebuild_figures(out_dir: str | Path = "results/figures", device: str = "auto",
+                    ckpts: list[str | Path] | None = None) -> list[Path]:
     """Redraw every reconstruction figure recorded by a ``.meta.json`` sidecar in ``out_dir``.
 
-    Figures whose checkpoints are gone are skipped with a warning (the committed PNG stays).
+    Figures whose checkpoints are gone are skipped with a warning (the committed PNG stays). ``ckpts``
+    replaces the recorded checkpoints (then the figure is named after them, as ``--ckpt`` names it).
     """
+    if ckpts:
+        missing = [str(c) for c in ckpts if not Path(c).is_file()]
+        if missing:
+            raise ValueError(f"--ckpt {', '.join(missing)}: no such checkpoint file")
     done: list[Path] = []
     for sidecar in sorted(Path(out_dir).glob("fig*_reconstructions_*.meta.json")):
         try:
@@ -350,6 +357,11 @@ def rebuild_figures(out_dir: str | Path = "results/figures", device: str = "auto
         if meta.get("kind") != SIDECAR_KIND:
             continue
         s = dict(meta["settings"])
+        if ckpts:
+            s["ckpts"] = [str(c) for c in ckpts]
+            s["name"] = None  # named after the checkpoint drawn, never after the recorded one
+            if len(ckpts) > 1 and s["fig"] != "6":
+                s["ckpts"] = s["ckpts"][:1]
         root = Path(__file__).resolve().parents[1]  # relative paths: from the cwd, else from the repo root
         s["ckpts"] = [c if Path(c).is_file() or not (root / c).is_file() else str(root / c) for c in s["ckpts"]]
         missing = [c for c in s["ckpts"] if not Path(c).is_file()]
@@ -394,8 +406,10 @@ def main(argv: list[str] | None = None) -> int:
         p.add_argument("--rebuild", action="store_true")
         p.add_argument("--out", default="results/figures")
         p.add_argument("--device", default="auto")
+        p.add_argument("--ckpt", action="append", default=None, metavar="PATH",
+                       help="draw from this checkpoint instead of the recorded ones")
         a = p.parse_args(argv)
-        for path in rebuild_figures(a.out, a.device):
+        for path in rebuild_figures(a.out, a.device, ckpts=a.ckpt):
             print(path)
         return 0
     args = build_parser().parse_args(argv)

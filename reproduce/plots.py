@@ -1,18 +1,23 @@
 """Regenerate every figure from ``results/*.csv`` and the paper's reference CSVs alone.
 
-    python reproduce/plots.py [--results results] [--out results/figures]
+    python reproduce/plots.py [--results results] [--out results/figures] [--reconstructions [--ckpt PATH]]
 
 Figures (PNG + PDF, one per results scale found, ``<name>_<scale>``; ``<name>_paper`` when no
 results exist yet, titled "paper only"): Fig. 5 masking ratio, Fig. 7 schedule, Fig. 8 model size,
 Fig. 9 partial fine-tuning, one bar chart per Table 1 part, Table 2 wall-clock speedups. Our numbers
 sit on their own y-axis (or panel): small-scale runs are not on the paper's scale, so what is
-compared is the shape (best setting, ranking). Every figure carries a provenance caption.
+compared is the shape (best setting, ranking). Every figure carries a provenance caption (from the
+CSVs: redrawn from unchanged CSVs, a figure is the same bytes).
+
+The reconstruction figures (Figs. 2, 3, 4, 6: ``fig*_reconstructions_*``) need a pre-training
+checkpoint, which results/ does not hold: they are redrawn only with ``--reconstructions`` (from the
+checkpoints their ``.meta.json`` sidecars name, e.g. outputs/demo/checkpoint-last.pth after
+``mae pretrain``) or ``--ckpt PATH`` (that checkpoint instead); see reproduce/fig_reconstructions.py.
 """
 from __future__ import annotations
 
 import argparse
 import importlib
-import datetime as _dt
 import sys
 import textwrap
 import warnings
@@ -31,7 +36,8 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from reproduce.reference import TableSpec, get_spec, load_reference  # noqa: E402
-from reproduce.report import git_commit, table2_speedups  # noqa: E402
+from mae.viz import savefig_stable  # noqa: E402
+from reproduce.report import table2_speedups  # noqa: E402
 
 PAPER_COLOR = "#1f4e9a"
 OURS_COLOR = "#d2561b"
@@ -331,8 +337,7 @@ def _caption(spec: TableSpec, res: OursResult | None, width_in: float) -> str:
     if res is not None and res.df is not None:
         first = res.provenance_line()
     else:
-        today = _dt.datetime.now(_dt.timezone.utc).date().isoformat()
-        first = f"paper reference only; drawn at commit={git_commit()}, date={today}"
+        first = f"paper reference only (reproduce/reference/{spec.name}.csv)"  # no draw date: same inputs, same bytes
     lines = [f"{first}  |  {PAPER_CITE}; ours on its own axis/panel"]
     if FIGURES.get(spec.name) is draw_curves:
         lines[0] += "; hollow markers = approx (read from a plot)"
@@ -378,7 +383,7 @@ def build_figure(name: str, res: OursResult | None, out_dir: Path, results_dir: 
         paths = []
         for ext in ("png", "pdf"):
             path = out_dir / f"{stem}.{ext}"
-            fig.savefig(path, dpi=110)
+            savefig_stable(fig, path, dpi=110)
             paths.append(path)
         return FigureRecord(name, res.scale if res is not None else None, title, paths)
     finally:
@@ -407,20 +412,31 @@ def build_all(results_dir: str | Path = "results", out_dir: str | Path = "result
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], epilog=__doc__.split("\n\n", 2)[2],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--results", default="results", help="folder with <table>_<scale>.csv results")
     p.add_argument("--out", default="results/figures", help="folder for the PNG and PDF figures")
     p.add_argument("--only", nargs="*", choices=FIGURE_NAMES, help="build only these figures")
-    p.add_argument("--no-reconstructions", action="store_true",
-                   help="do not redraw the reconstruction figures (Figs. 2/3/4/6) from their sidecars")
+    p.add_argument("--reconstructions", action="store_true",
+                   help="also redraw the reconstruction figures (Figs. 2/3/4/6) recorded by .meta.json sidecars in "
+                        "--out; needs the checkpoints they name (not in results/: e.g. outputs/demo after `mae pretrain`)")
+    p.add_argument("--ckpt", action="append", metavar="PATH", default=None,
+                   help="with --reconstructions: draw them from this pre-training checkpoint instead (Fig. 6: once, "
+                        "or three times: random, block, grid); implies --reconstructions")
+    p.add_argument("--device", default="auto", help="--reconstructions: auto | cpu | cuda[:N]")
+    p.add_argument("--no-reconstructions", action="store_true", help=argparse.SUPPRESS)  # the default now
     args = p.parse_args(argv)
     for rec in build_all(args.results, args.out, args.only):
         print(f"{rec.title}\n  -> " + ", ".join(str(p) for p in rec.paths))
-    if not args.only and not args.no_reconstructions:
+    if args.reconstructions or args.ckpt:
         from reproduce.fig_reconstructions import rebuild_figures
-        for path in rebuild_figures(args.out):
-            print(f"reconstruction figure -> {path}")
+        from mae.engine.checkpoint import CheckpointError
+        try:
+            for path in rebuild_figures(args.out, args.device, ckpts=args.ckpt):
+                print(f"reconstruction figure -> {path}")
+        except (CheckpointError, ValueError) as e:
+            print(f"plots.py: error: {e}", file=sys.stderr)
+            return 2
     return 0
 
 

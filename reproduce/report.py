@@ -15,14 +15,11 @@ paper's best, and do the settings rank the same way (Spearman)?
 from __future__ import annotations
 
 import csv
-import datetime as _dt
 import io
 import json
 import math
 import os
-import platform
 import shlex
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
@@ -31,70 +28,29 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from mae.provenance import detect_device, git_commit, utc_now, versions
 from reproduce.reference import get_spec, load_reference
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
+#: training-free readouts of every pre-trained cell (mae/protocols/readout.py); the paper's side is its `lin`
+READOUT_METRICS = ("knn", "lbfgs", "shot1", "shot3", "shot10")
 PROVENANCE_COLUMNS = ("scale", "commit", "device", "date", "command")
-_RESERVED = {"label", "paper_approx", "paper_baseline", *PROVENANCE_COLUMNS}
+_RESERVED = {"label", "paper_approx", "paper_baseline", "scale"}
 
 
 # ----------------------------------------------------------------------------------- provenance
-def git_commit(repo: str | Path | None = None) -> str:
-    """Short commit of ``repo`` (default: this checkout), with ``-dirty`` when tracked files changed.
-
-    ``"unknown"`` outside a git work tree, without any commit, or when git is not installed.
-    """
-    repo = Path(repo) if repo is not None else REPO_ROOT
-
-    def git(*args: str) -> subprocess.CompletedProcess[str] | None:
-        try:
-            return subprocess.run(["git", "-C", str(repo), *args], capture_output=True, text=True,
-                                  timeout=20, check=False)
-        except (OSError, subprocess.TimeoutExpired):
-            return None
-
-    head = git("rev-parse", "--short", "HEAD")
-    if head is None or head.returncode != 0 or not head.stdout.strip():
-        return "unknown"
-    commit = head.stdout.strip()
-    status = git("status", "--porcelain", "--untracked-files=no")
-    if status is not None and status.returncode == 0 and status.stdout.strip():
-        commit += "-dirty"
-    return commit
-
-
-def detect_device() -> str:
-    """``"cpu"`` or the name of the current CUDA device."""
-    try:
-        import torch
-    except ImportError:
-        return "cpu"
-    if torch.cuda.is_available():
-        return torch.cuda.get_device_name(torch.cuda.current_device())
-    return "cpu"
-
-
 def provenance(command: str | None = None, device: str | None = None,
                repo: str | Path | None = None) -> dict[str, str]:
-    """Where a number came from: commit, device, torch/python versions, UTC date, command line.
+    """Where a table was written from: commit, device, torch/python versions, UTC date, command line.
 
-    Deliberately hostname-free (results are committed). ``command`` defaults to this process's argv.
+    Rows carry their stages' own provenance (mae/provenance.py); this stamps what has none and names
+    the collecting process in the meta.json. ``command`` defaults to this process's argv.
     """
-    try:
-        import torch
-        torch_version = str(torch.__version__)
-    except ImportError:
-        torch_version = "unavailable"
     if command is None:
         command = " ".join(shlex.quote(a) for a in sys.argv)
-    return {
-        "commit": git_commit(repo),
-        "device": device if device is not None else detect_device(),
-        "torch": torch_version,
-        "python": platform.python_version(),
-        "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-        "command": command,
-    }
+    v = versions()
+    return {"commit": git_commit(repo), "device": device if device is not None else detect_device(),
+            "torch": v["torch"], "python": v["python"], "date": utc_now(), "command": command}
 
 
 # -------------------------------------------------------------------------------------- compare
@@ -171,10 +127,10 @@ def compare(table: str, ours: pd.DataFrame, scale: str, prov: dict[str, Any]) ->
     for m in metrics:
         df[f"{m}_diff"] = df[f"{m}_ours"] - df[f"{m}_paper"]
     df["scale"] = scale
-    df["commit"] = str(prov["commit"])
-    df["device"] = str(prov["device"])
-    df["date"] = str(prov["date"])
-    df["command"] = str(prov.get("command") or "")
+    for c in ("commit", "device", "date", "command"):  # rows keep the provenance their stages wrote
+        mine = df.pop(f"{c}_ours") if f"{c}_ours" in df.columns else pd.Series([None] * len(df))
+        mine = mine.where(mine.notna() & (mine.astype(str) != ""), None)
+        df[c] = mine.fillna(str(prov.get(c) or "")).astype(str)
 
     triples = [c for m in metrics for c in (f"{m}_ours", f"{m}_paper", f"{m}_diff")]
     paper_meta = [c for c in ("paper_approx", "paper_baseline") if c in df.columns]

@@ -27,7 +27,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from mae.config import SCALES
-from mae.protocols import finetune, linprobe, partial, pretrain
+from mae.protocols import finetune, linprobe, partial, pretrain, readout
 from reproduce import tokenizer as tokenizer_stage
 from reproduce.grid import Cell, GridError, Ref, Stage, resolve_data
 
@@ -77,6 +77,7 @@ class Scale:
     long_epochs: int  # Table 3: the paper's 1600 epochs
     table3_models: dict[str, str]  # Table 3 column (vit_base, ...) -> MAE preset at this scale
     table2: Table2Recipe
+    readout: readout.Config | None = None  # kNN / k-shot / converged-probe readouts of every pre-trained cell
     notes: tuple[str, ...] = field(default_factory=tuple)
     seeds: tuple[int, ...] = (0,)  # the baseline cell runs once per seed (its spread is the verdicts' noise)
 
@@ -145,6 +146,7 @@ def _smoke() -> Scale:
         table3_models={"vit_base": "mae_vit_smoke"},
         table2=Table2Recipe(models={"vit_large": "mae_vit_smoke", "vit_huge": "mae_vit_micro_patch4_32"},
                             decoder_width=32, batch_size=8, warmup_iters=1, timed_iters=3, device="cpu"),
+        readout=replace(readout.PRESETS["smoke"], finetune=None, **quiet),
         notes=("smoke numbers are near chance: they test the pipeline, not the paper",),
     )
 
@@ -174,6 +176,7 @@ def _mini() -> Scale:
         table3_models={"vit_base": "mae_vit_tiny_patch4_32"},
         table2=Table2Recipe(models={"vit_large": "mae_vit_large_patch16", "vit_huge": "mae_vit_huge_patch14"},
                             decoder_width=512, batch_size=GPU_TABLE2_BATCH, warmup_iters=3, timed_iters=10),
+        readout=readout.Config(model="vit_tiny_patch4_32", img_size=32, batch_size=512, **data),
         notes=("linear probe on cached features (no augmentation) for speed",
                "a tiny ViT on 32 px synthetic shapes: compare rankings and best settings, not values"),
     )
@@ -233,6 +236,7 @@ def _cpu() -> Scale:
         table3_models={"vit_base": "mae_vit_micro_patch4_32"},
         table2=Table2Recipe(models={"vit_large": "mae_vit_micro_patch4_32", "vit_huge": "mae_vit_tiny_patch4_32"},
                             decoder_width=64, batch_size=32, warmup_iters=2, timed_iters=5, device="cpu"),
+        readout=readout.Config(model="vit_micro_patch4_32", batch_size=256, **quiet),
         notes=("cpu scale: a 4-block ViT on 16 px digits; compare rankings and best settings, not values",
                "360 validation images: one image is 0.28 points; ties are judged against the baseline's seed std"),
         seeds=(0, 1, 2),
@@ -275,7 +279,8 @@ def get_scale(name: str, data: str | None = None, check_data: bool = True) -> Sc
         return scale
     return replace(scale, pretrain=replace(scale.pretrain, data=data), finetune=replace(scale.finetune, data=data),
                    linprobe=replace(scale.linprobe, data=data), partial=replace(scale.partial, data=data),
-                   tokenizer=replace(scale.tokenizer, data=data))
+                   tokenizer=replace(scale.tokenizer, data=data),
+                   readout=replace(scale.readout, data=data) if scale.readout is not None else None)
 
 
 # ------------------------------------------------------------------------------ cell builders
@@ -294,9 +299,13 @@ def pretrain_eval_cell(scale: Scale, name: str, key: dict[str, Any], pretrain_cf
         if cfg.model not in (pre.model, vit_for_mae(pre.model)):
             raise GridError(f"cell {name}: classifier {cfg.model} does not match the pre-trained {pre.model}")
     from_pretrain = {"finetune": Ref("pretrain")}
-    return Cell(name, key, [Stage("pretrain", "pretrain", pre, inputs=dict(pretrain_inputs or {})),
-                            Stage("finetune", "finetune", ft, inputs=from_pretrain),
-                            Stage("linprobe", "linprobe", lin, inputs=from_pretrain)], info=dict(info or {}))
+    stages = [Stage("pretrain", "pretrain", pre, inputs=dict(pretrain_inputs or {})),
+              Stage("finetune", "finetune", ft, inputs=from_pretrain),
+              Stage("linprobe", "linprobe", lin, inputs=from_pretrain)]
+    if scale.readout is not None:  # kNN / k-shot / converged probe of the same encoder (cheap, no training)
+        stages.append(Stage("readout", "readout", replace(scale.readout, model=vit_for_mae(pre.model),
+                                                          img_size=pre.img_size), inputs=from_pretrain))
+    return Cell(name, key, stages, info=dict(info or {}))
 
 
 def tokenizer_cell(scale: Scale) -> Cell:
@@ -323,34 +332,51 @@ BASELINE_CELL = "baseline"
 
 
 def is_baseline(scale: Scale, cell: Cell) -> bool:
-    """A reported pretrain -> finetune / linprobe cell whose recipes are exactly the scale's baseline."""
-    if not cell.report or [s.name for s in cell.stages] != ["pretrain", "finetune", "linprobe"]:
+    """A reported pretrain -> finetune / linprobe (/ readout) cell whose recipes are exactly the scale's baseline."""
+    names = [s.name for s in cell.stages]
+    if not cell.report or names[:3] != ["pretrain", "finetune", "linprobe"] or names[3:] not in ([], ["readout"]):
         return False
-    pre, ft, lin = cell.stages
+    pre, ft, lin = cell.stages[:3]
     return (pre.config == scale.pretrain and not pre.inputs and ft.config == scale.finetune
             and lin.config == scale.linprobe)
 
 
-def _reseed(cell: Cell, seed: int, name: str) -> Cell:
-    stages = [replace(s, config=replace(s.config, seed=seed)) for s in cell.stages]
-    return Cell(name, dict(cell.key), stages, info={**cell.info, "seed": seed}, report=cell.report)
-
-
 def baseline_controls(scale: Scale) -> list[Stage]:
-    """The baseline's controls (Sec. 4's "scratch" and the probe of the untrained encoder): the same
-    linear probe on the encoder at its initialisation, and the same fine-tune from random weights."""
-    return [Stage("linprobe_init", "linprobe", scale.linprobe), Stage("finetune_scratch", "finetune", scale.finetune)]
+    """The baseline's controls, run once per seed (Sec. 4's "scratch" and the initialisation / pixel controls):
+
+    - ``linprobe_init`` / ``readout_init``: the same probe and readouts on the very weights pre-training
+      starts from (``checkpoint-init.pth``, saved before the first step);
+    - ``readout_pixels``: the readouts on the raw pixels (no encoder at all);
+    - ``linprobe_randinit``: the probe on a ViT drawn with the classifier's own init (secondary);
+    - ``finetune_scratch``: the fine-tuning recipe from random weights for pre-training + fine-tuning
+      epochs, so the scratch model trains at least as long as the pre-trained one in all.
+    """
+    from mae.protocols.pretrain import INIT_CHECKPOINT
+    init = {"finetune": Ref("pretrain", file=INIT_CHECKPOINT)}
+    ft = scale.finetune
+    scratch = replace(ft, epochs=scale.pretrain.epochs + ft.epochs)
+    out = [Stage("linprobe_init", "linprobe", scale.linprobe, inputs=init),
+           Stage("linprobe_randinit", "linprobe", scale.linprobe),
+           Stage("finetune_scratch", "finetune", scratch)]
+    if scale.readout is not None:
+        from mae.models.vit import vit_for_mae
+        ro = replace(scale.readout, model=vit_for_mae(scale.pretrain.model), img_size=scale.pretrain.img_size)
+        out[1:1] = [Stage("readout_init", "readout", ro, inputs=init),
+                    Stage("readout_pixels", "readout", replace(ro, source="pixels"))]
+    return out
 
 
 def with_shared_baseline(scale: Scale, cells: list[Cell]) -> list[Cell]:
     """Rename the baseline cell of a table to ``baseline`` (one run for every table of the shared tree),
-    add its controls, run it once per seed of the scale (``baseline_seed<N>``), and put it first."""
+    add its controls, give it all of the scale's seeds (run as ``baseline``, ``baseline_seed<N>``), and
+    put it first. Its pre-training writes ``checkpoint-init.pth`` for the initialisation controls."""
     base, rest = [], []
     for c in cells:
         if not is_baseline(scale, c):
             rest.append(c)
             continue
-        c = Cell(BASELINE_CELL, dict(c.key), [*c.stages, *baseline_controls(scale)], info=dict(c.info), report=True)
-        for i, seed in enumerate(scale.seeds):
-            base.append(_reseed(c, seed, BASELINE_CELL if i == 0 else f"{BASELINE_CELL}_seed{seed}"))
+        stages = [replace(c.stages[0], config=replace(c.stages[0].config, save_init=True)), *c.stages[1:],
+                  *baseline_controls(scale)]
+        base.append(Cell(BASELINE_CELL, dict(c.key), stages, info=dict(c.info), report=True,
+                         seeds=tuple(scale.seeds)))
     return base + rest

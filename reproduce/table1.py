@@ -1,5 +1,5 @@
-"""Table 1 of MAE (ablations, ViT-L/16, 800 epochs) and Figure 5 (masking ratio): pre-train each
-setting, then fine-tune (ft) and linear-probe (lin) it, and compare with the paper.
+"""Table 1 of MAE (ablations, ViT-L/16, 800 epochs) and Figure 5 (masking ratio), compared with the paper.
+Each setting is pre-trained, then fine-tuned (ft) and linear-probed (lin).
 
     python reproduce/table1.py --part masking_ratio --scale smoke     # Fig. 5, CPU, about a minute
     python reproduce/table1.py --scale smoke                          # every part
@@ -24,7 +24,8 @@ from typing import Any, Callable
 if __package__ in (None, ""):  # run as a script: make `reproduce` and `mae` importable from the repo root
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from reproduce.grid import Cell, GridResult, Report, TableJob, cell_rows, script_main, standard_columns  # noqa: E402
+from reproduce.grid import Cell, GridResult, cell_rows, standard_columns  # noqa: E402
+from reproduce.driver import Report, TableJob, script_main  # noqa: E402
 from reproduce.scales import (ABLATIONS_ROOT, Scale, pretrain_eval_cell, tokenizer_cell, tokenizer_ref,  # noqa: E402
                               with_shared_baseline)
 

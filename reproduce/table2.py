@@ -29,7 +29,8 @@ if __package__ in (None, ""):  # run as a script: make `reproduce` and `mae` imp
 import torch  # noqa: E402
 
 from mae.config import opt, save_config, to_dict  # noqa: E402
-from reproduce.grid import Cell, GridError, GridResult, Report, Stage, TableJob, acc, script_main  # noqa: E402
+from reproduce.grid import Cell, GridError, GridResult, Stage, acc  # noqa: E402
+from reproduce.driver import Report, TableJob, script_main  # noqa: E402
 
 TABLE = "table2_wallclock"
 

@@ -24,7 +24,8 @@ from typing import Any
 if __package__ in (None, ""):  # run as a script: make `reproduce` and `mae` importable from the repo root
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from reproduce.grid import Cell, GridResult, Report, Stage, TableJob, acc, script_main, train_seconds  # noqa: E402
+from reproduce.grid import Cell, GridResult, Stage, acc, train_seconds  # noqa: E402
+from reproduce.driver import Report, TableJob, script_main  # noqa: E402
 from reproduce.scales import Scale, pretrain_eval_cell  # noqa: E402
 
 TABLE = "table3_comparison"

@@ -28,9 +28,11 @@ def test_precedence_preset_file_flags(tmp_path):
     assert cfg.betas == (0.8, 0.9) and cfg.progress is False and cfg.lr is None
 
 
-def test_unknown_preset_and_command():
-    with pytest.raises(SystemExit, match="unknown preset"):
+def test_unknown_preset_and_command(capsys):
+    with pytest.raises(cli.UsageError, match="unknown preset"):
         cli.build_config(pretrain, ["--preset", "nope"], "mae pretrain")
+    assert cli.main(["pretrain", "--preset", "nope"]) == 2  # an input error like any other: exit 2, one line
+    assert capsys.readouterr().err.strip().startswith("mae pretrain: error: unknown preset 'nope'")
     assert cli.main(["bogus"]) == 2
 
 

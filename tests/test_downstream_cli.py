@@ -37,7 +37,7 @@ def smoke_ckpt(tmp_path_factory):
 
 
 def _run_script(script: str, ckpt: Path, tmp: Path, *extra: str) -> dict[str, str]:
-    """Run the CLI as a user would; return the MAE row of the comparison CSV."""
+    """Run the CLI as a user would; return our row of the comparison CSV (the smoke ViT's own row)."""
     out = tmp / "results.csv"
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     proc = subprocess.run([sys.executable, str(REPO / "downstream" / script), "--ckpt", str(ckpt), "--scale", "smoke",
@@ -47,9 +47,13 @@ def _run_script(script: str, ckpt: Path, tmp: Path, *extra: str) -> dict[str, st
     assert (tmp / "results.meta.json").is_file()  # reproduce.report's verdict sidecar
     with open(out) as f:
         rows = list(csv.DictReader(f))
-    assert [r["method"] for r in rows] == ["supervised", "mocov3", "beit", "mae"]  # the paper's rows
+    # the paper's rows, and the micro ViT in a row of its own (never the paper's MAE ViT-B row)
+    assert [r["method"] for r in rows] == ["supervised", "mocov3", "beit", "mae", "mae_vit_smoke"]
     mae = rows[-1]
     assert mae["scale"] == "smoke" and mae["ckpt_ours"] == str(ckpt) and mae["backbone_ours"] == "smoke"
+    assert mae["label"] == "MAE, vit_smoke (n/a: not the paper's model)"
+    assert not any(v for k, v in rows[3].items() if k.endswith(("_ours", "_diff")))  # nothing in the paper's row
+    assert not any(v for k, v in mae.items() if k.endswith(("_paper", "_diff")))  # not compared with the paper
     assert mae["commit"] and mae["device"] and mae["date"][:2] == "20" and "--scale smoke" in mae["command"]
     return mae
 
@@ -57,10 +61,8 @@ def _run_script(script: str, ckpt: Path, tmp: Path, *extra: str) -> dict[str, st
 @pytest.mark.slow
 def test_coco_smoke_run_writes_box_and_mask_ap(smoke_ckpt, tmp_path):
     mae = _run_script("coco_det.py", smoke_ckpt, tmp_path)
-    for metric, paper in (("ap_box_vit_base", 50.3), ("ap_mask_vit_base", 44.9)):  # Table 4, MAE ViT-B
-        ours = float(mae[f"{metric}_ours"])
-        assert 0.0 <= ours <= 100.0 and float(mae[f"{metric}_paper"]) == paper
-        assert float(mae[f"{metric}_diff"]) == pytest.approx(ours - paper)
+    for metric in ("ap_box_vit_base", "ap_mask_vit_base"):
+        assert 0.0 <= float(mae[f"{metric}_ours"]) <= 100.0
     assert mae["iters_ours"] == "4" and mae["pyramid_ours"] == "paper"  # the row says which pyramid ran
     assert (mae["world_size_ours"], mae["per_gpu_batch_ours"], mae["accumulation_ours"]) == ("1", "2", "1")
     metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
@@ -74,7 +76,7 @@ def test_ade20k_smoke_run_writes_miou(smoke_ckpt, tmp_path):
     mae = _run_script("ade20k_seg.py", smoke_ckpt, tmp_path, "--max-iters", "3",
                       "--cfg-options", "model.auxiliary_head.loss_decode.loss_weight=0.25")
     ours = float(mae["miou_vit_base_ours"])
-    assert 0.0 <= ours <= 100.0 and float(mae["miou_vit_base_paper"]) == 48.1  # Table 5, MAE ViT-B
+    assert 0.0 <= ours <= 100.0
     assert mae["iters_ours"] == "3" and mae["schedule_ours"] == "paper"
     assert json.loads((tmp_path / "run" / "metrics.json").read_text())["mIoU"] == pytest.approx(ours, abs=0.006)
     assert "loss_weight=0.25" in (tmp_path / "run" / "ade20k_upernet_smoke.py").read_text()  # --cfg-options
@@ -130,8 +132,10 @@ def test_ade20k_label_out_of_range_stops_the_run(smoke_ckpt, tmp_path):
 
 
 def test_paper_scale_needs_data(smoke_ckpt, tmp_path):
-    with pytest.raises(SystemExit, match="--data"):
+    with pytest.raises(DatasetError, match="--data"):
         coco_det.run(_args(smoke_ckpt, tmp_path, scale="paper"))
+    from downstream.runner import cli
+    assert cli(coco_det.TASK, _args(smoke_ckpt, tmp_path, scale="paper")) == 2  # exit 2, as every input error
 
 
 def test_paper_scale_refuses_a_vit_without_a_recipe(smoke_ckpt, tmp_path):

@@ -133,3 +133,23 @@ def test_rebuild_redraws_recorded_figures(ckpt, tmp_path):
     (tmp_path / "fig2_reconstructions_gone.meta.json").write_text(json.dumps(meta))
     with pytest.warns(UserWarning, match="not found"):
         fr.rebuild_figures(tmp_path, device="cpu")
+
+
+def test_plots_redraws_reconstructions_only_when_asked(ckpt, tmp_path, capsys):
+    from reproduce import plots
+    res = fr.make_figure("2", ckpt, n=1, out_dir=tmp_path, device="cpu", formats=("png",))
+    png = res.paths[0]
+    before = (png.read_bytes(), png.stat().st_mtime_ns)
+    common = ["--results", str(tmp_path / "none"), "--out", str(tmp_path), "--only", "table1a_decoder_depth"]
+    assert plots.main(common) == 0
+    assert (png.read_bytes(), png.stat().st_mtime_ns) == before  # the recorded checkpoint exists: still not redrawn
+    png.unlink()
+    assert plots.main([*common, "--reconstructions", "--device", "cpu"]) == 0 and png.is_file()
+    # --ckpt: drawn from that checkpoint, named after it (never under the recorded figure's name)
+    other = tmp_path / "otherrun" / "checkpoint-last.pth"
+    other.parent.mkdir()
+    other.write_bytes(ckpt.read_bytes())
+    assert plots.main([*common, "--ckpt", str(other), "--device", "cpu"]) == 0
+    assert (tmp_path / "fig2_reconstructions_otherrun.png").is_file()
+    assert plots.main([*common, "--ckpt", str(tmp_path / "gone.pth")]) == 2
+    assert "gone.pth" in capsys.readouterr().err

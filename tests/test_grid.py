@@ -1,5 +1,5 @@
-"""The grid runner (reproduce/grid.py): run dirs, inputs, skip / resume, --only, --dry-run, --set,
-failures, the torchrun and SLURM launchers. Runner logic is tested on a stub protocol (instant);
+"""The grid runner (reproduce/grid/): run dirs, inputs, stage identities (skip / resume / refuse / rerun),
+--only, --dry-run, --set, failures, the torchrun and SLURM launchers. Runner logic is tested on a stub protocol (instant);
 one test resumes a real, interrupted smoke pre-training."""
 from __future__ import annotations
 
@@ -19,6 +19,7 @@ from reproduce.grid import Cell, GridError, Ref, Stage, run_grid
 
 # --------------------------------------------------------------------------- stub protocol
 CALLS: list = []
+STOP_EARLY: list = []  # non-empty: the stub leaves a checkpoint but no metrics.json, like a killed run
 
 
 @dataclass
@@ -39,7 +40,7 @@ def stub_run(cfg: StubConfig) -> dict:
     if cfg.crash:
         raise RuntimeError("boom")
     (d / "checkpoint-last.pth").write_text("weights")
-    if cfg.stop_early:
+    if cfg.stop_early or STOP_EARLY:
         return {"finished": False}
     m = {"final": {"acc1": cfg.value, "train_loss": 0.5}, "best": {"acc1": cfg.value + 1},
          "history": [{"epoch_time_s": 0.25}, {"epoch_time_s": 0.5}], "finished": True}
@@ -53,6 +54,7 @@ def stub_protocol(monkeypatch):
     mod.Config, mod.run = StubConfig, stub_run
     monkeypatch.setitem(sys.modules, "stub_protocol", mod)
     CALLS.clear()
+    STOP_EARLY.clear()
     yield
 
 
@@ -99,27 +101,70 @@ def test_finished_cells_are_skipped_on_rerun(tmp_path):
     assert grid.acc(g.get("a", "pretrain")) == 1.0
 
 
-def test_a_redone_upstream_stage_flags_finished_downstream_stages(tmp_path):
-    import os
-    cells = [two_stage_cell("a")]
-    run_grid(cells, table="t", scale="smoke", work_dir=tmp_path, echo=quiet)
-    ckpt = tmp_path / "t_smoke" / "a" / "pretrain" / "checkpoint-last.pth"
-    later = (tmp_path / "t_smoke" / "a" / "finetune" / "metrics.json").stat().st_mtime + 10
-    os.utime(ckpt, (later, later))  # the pre-training was redone after the fine-tune finished
+def test_a_changed_recipe_is_refused_then_rerun_beside_the_old_run(tmp_path):
+    """The stale-reuse sequence: a finished cell, then the same grid with another value of a config field."""
+    run_grid([two_stage_cell("a")], table="t", scale="smoke", work_dir=tmp_path, echo=quiet)
+    assert len(CALLS) == 2
+    changed = two_stage_cell("a")
+    changed.stages[0].config = replace(changed.stages[0].config, epochs=2)
+    with pytest.raises(GridError, match=r"a/pretrain: changed: epochs: 1 -> 2.*--rerun-changed"):
+        run_grid([changed], table="t", scale="smoke", work_dir=tmp_path, echo=quiet)
+    assert len(CALLS) == 2  # nothing ran, nothing was reused
+    g = run_grid([changed], table="t", scale="smoke", work_dir=tmp_path, echo=quiet, rerun_changed=True)
+    assert len(CALLS) == 4 and CALLS[2].epochs == 2  # the pre-training and the fine-tune that reads it
+    assert {r.status for r in g.stages.values()} == {"ran"}
+    kept = sorted(p.name for p in (tmp_path / "t_smoke" / "a").iterdir())
+    assert [k.split(".")[0] for k in kept] == ["finetune", "finetune", "pretrain", "pretrain"]
+    assert all((tmp_path / "t_smoke" / "a" / k / "metrics.json").is_file() for k in kept)  # the old runs stay
+
+
+def test_a_changed_upstream_stage_invalidates_its_downstream_stages(tmp_path):
+    run_grid([two_stage_cell("a")], table="t", scale="smoke", work_dir=tmp_path, echo=quiet)
+    ident = tmp_path / "t_smoke" / "a" / "pretrain" / grid.IDENTITY_FILE
+    data = json.loads(ident.read_text())
+    ident.write_text(json.dumps({**data, "hash": "0123456789abcdef"}))  # the pre-training was redone elsewhere
+    with pytest.raises(GridError, match=r"a/finetune: changed: input finetune"):
+        run_grid([two_stage_cell("a")], table="t", scale="smoke", work_dir=tmp_path, echo=quiet)
     lines: list[str] = []
-    run_grid(cells, table="t", scale="smoke", work_dir=tmp_path, echo=lines.append)
-    assert any("warning: a/finetune finished before its input(s)" in line and "stale" in line for line in lines)
+    g = run_grid([two_stage_cell("a")], table="t", scale="smoke", work_dir=tmp_path, echo=lines.append,
+                 collect_only=True)
+    assert g.get("a", "finetune").status == "stale" and g.get("a", "finetune").metrics is None
+    assert g.get("a", "pretrain").status == "done"
+
+
+def test_runs_without_identity_are_unknown_until_adopted(tmp_path):
+    run_grid([two_stage_cell("a")], table="t", scale="smoke", work_dir=tmp_path, echo=quiet)
+    for stage in ("pretrain", "finetune"):  # as a run directory made before stage identities
+        (tmp_path / "t_smoke" / "a" / stage / grid.IDENTITY_FILE).unlink()
+    with pytest.raises(GridError, match="unknown: no identity.json"):
+        run_grid([two_stage_cell("a")], table="t", scale="smoke", work_dir=tmp_path, echo=quiet)
+    other = two_stage_cell("a", 7.0)  # adopt checks config.yaml field by field
+    with pytest.raises(GridError, match=r"value: 1.0 -> 7.0"):
+        run_grid([other], table="t", scale="smoke", work_dir=tmp_path, echo=quiet, adopt=True)
+    g = run_grid([two_stage_cell("a")], table="t", scale="smoke", work_dir=tmp_path, echo=quiet, adopt=True)
+    assert {r.status for r in g.stages.values()} == {"done"} and len(CALLS) == 2
+    assert json.loads((tmp_path / "t_smoke" / "a" / "finetune" / grid.IDENTITY_FILE).read_text())["adopted"]
+
+
+def test_operational_fields_do_not_change_identity(tmp_path):
+    from mae.protocols import pretrain
+    cfg = replace(pretrain.PRESETS["smoke"], data="synthetic:64")
+    a = grid.planned_identity(tmp_path, Cell("c", {}, []), Stage("pretrain", "pretrain", cfg))
+    b = grid.planned_identity(tmp_path, Cell("c", {}, []), Stage("pretrain", "pretrain", replace(
+        cfg, output_dir="elsewhere", num_workers=7, progress=False, log_every=3, max_iters=5, save_init=True)))
+    c = grid.planned_identity(tmp_path, Cell("c", {}, []), Stage("pretrain", "pretrain", replace(cfg, mask_ratio=0.5)))
+    assert a["hash"] == b["hash"] != c["hash"]
 
 
 def test_interrupted_stage_resumes_and_fresh_stage_does_not(tmp_path):
     cell = two_stage_cell("a")
-    cell.stages[0].config = replace(cell.stages[0].config, stop_early=True)
+    STOP_EARLY.append(True)
     g = run_grid([cell], table="t", scale="smoke", work_dir=tmp_path, echo=quiet)
     assert g.get("a", "pretrain").status == "failed"
     assert "stopped before finishing" in g.get("a", "pretrain").error
     assert g.get("a", "finetune") is None  # the cell stops at its first failure
     assert CALLS[0].resume is None  # a fresh run: nothing to resume (the PCA target is fitted then)
-    cell.stages[0].config = replace(cell.stages[0].config, stop_early=False)
+    STOP_EARLY.clear()
     g = run_grid([cell], table="t", scale="smoke", work_dir=tmp_path, echo=quiet)
     assert CALLS[1].resume == "auto"
     assert g.get("a", "pretrain").status == "resumed"
@@ -137,7 +182,8 @@ def test_a_failing_cell_does_not_stop_the_others_unless_fail_fast(tmp_path):
     assert g.get("bad", "pretrain").status == "failed" and "RuntimeError: boom" in g.get("bad", "pretrain").error
     assert g.get("good", "finetune").status == "ran"
     assert g.get("dep", "ft").status == "failed" and "depends on failed cell bad" in g.get("dep", "ft").error
-    assert grid.exit_code(g) == 1
+    from reproduce.driver import exit_code
+    assert exit_code(g) == 1
     assert any("FAILED" in line for line in lines)
     with pytest.raises(RuntimeError, match="boom"):
         run_grid([bad], table="t2", scale="smoke", work_dir=tmp_path, keep_going=False, echo=quiet)
@@ -289,8 +335,9 @@ def test_resolve_data_and_results_path(tmp_path):
     assert grid.resolve_data("paper", str(tmp_path)) == str(tmp_path)
     with pytest.raises(GridError, match="neither an embedded set"):
         grid.resolve_data("mini", str(tmp_path / "nothing"))
-    assert grid.results_path("results", "table1a_decoder_depth", "mini") == Path("results/table1a_decoder_depth_mini.csv")
-    assert grid.results_path("out/x.csv", "t", "mini") == Path("out/x.csv")
+    from reproduce.driver import results_path
+    assert results_path("results", "table1a_decoder_depth", "mini") == Path("results/table1a_decoder_depth_mini.csv")
+    assert results_path("out/x.csv", "t", "mini") == Path("out/x.csv")
 
 
 # ------------------------------------------------------------------------------- launchers
@@ -405,8 +452,10 @@ def test_real_interrupted_pretraining_resumes_to_the_end(tmp_path):
     cfg = replace(pretrain.PRESETS["smoke"], data="synthetic:64", epochs=2, progress=False)
     cell = Cell("c", {"x": 1}, [Stage("pretrain", "pretrain", cfg)])
     run_dir = tmp_path / "t_smoke" / "c" / "pretrain"
-    # a run killed after 3 of its 8 iterations (max_iters stops it after writing checkpoint-last.pth)
-    pretrain.run(replace(cfg, output_dir=str(run_dir), max_iters=3))
+    # a run killed after 3 of its 8 iterations (max_iters stops it after writing checkpoint-last.pth;
+    # an operational field: the stage keeps its identity)
+    killed = Cell("c", {"x": 1}, [Stage("pretrain", "pretrain", replace(cfg, max_iters=3))])
+    run_grid([killed], table="t", scale="smoke", work_dir=tmp_path, echo=quiet)
     assert grid.stage_status(run_dir) == "resume"
     lines: list[str] = []
     g = run_grid([cell], table="t", scale="smoke", work_dir=tmp_path, echo=lines.append)
@@ -444,3 +493,24 @@ Path({str(tmp_path)!r}, "rank" + os.environ["RANK"] + ".txt").write_text(repr(ou
     for rank in (0, 1):  # every process ran both stages and found their results
         assert (tmp_path / f"rank{rank}.txt").read_text() == "{'pretrain': 'ran', 'finetune': 'ran'}"
     assert json.loads((tmp_path / "c" / "finetune" / "metrics.json").read_text())["finished"]
+
+
+def test_a_cell_busy_in_another_process_is_deferred_not_waited_for(tmp_path):
+    """Two grid processes sharing a tree: a cell locked by the other process is done last, the rest first."""
+    import fcntl
+    cells = [two_stage_cell("a"), two_stage_cell("b")]
+    lock_dir = tmp_path / "t_smoke" / "a" / "pretrain"
+    lock_dir.mkdir(parents=True)
+    order: list[str] = []
+    with open(lock_dir / ".lock", "a+") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)  # "another process" holds a/pretrain
+        import threading
+        t = threading.Timer(1.0, lambda: fcntl.flock(f, fcntl.LOCK_UN))
+        t.start()
+        g = run_grid(cells, table="t", scale="smoke", work_dir=tmp_path,
+                     echo=lambda line: order.append(line))
+        t.join()
+    ran = [Path(c.output_dir).parent.name for c in CALLS]
+    assert ran == ["b", "b", "a", "a"]  # b first, then a once the lock was free
+    assert any("running in another process; back to it" in line for line in order)
+    assert {r.status for r in g.stages.values()} == {"ran"}

@@ -72,3 +72,17 @@ def test_cached_features_equal_the_full_path_without_augmentation(tmp_path, pret
 def test_cache_with_augmentation_says_it_is_off(tmp_path, pretrained):
     with pytest.warns(UserWarning, match="augmentation is off"):
         linprobe.run(smoke(tmp_path, finetune=str(pretrained), cache_features=True))
+
+
+def test_cached_path_resumes_on_the_pretrained_encoder(tmp_path, pretrained):
+    """The cached path's checkpoints hold the head only: a resume re-extracts the features with --finetune's
+    encoder (not a random one) and ends where the uninterrupted run ends."""
+    kw = dict(finetune=str(pretrained), epochs=2, lr=50.0, augment=False, cache_features=True)
+    full = linprobe.run(smoke(tmp_path / "full", **kw))
+    assert not linprobe.run(smoke(tmp_path / "cut", max_iters=3, **kw))["finished"]  # 4 iterations per epoch
+    resumed = linprobe.run(smoke(tmp_path / "cut", resume="auto", **kw))
+    assert resumed["final"]["val_loss"] == pytest.approx(full["final"]["val_loss"], rel=1e-5)
+    a = load_checkpoint(tmp_path / "full" / linprobe.CLASSIFIER_FILE)["model"]
+    b = load_checkpoint(tmp_path / "cut" / linprobe.CLASSIFIER_FILE)["model"]
+    for k in a:
+        torch.testing.assert_close(a[k].float(), b[k].float(), rtol=1e-5, atol=1e-6, msg=k)

@@ -124,3 +124,30 @@ def test_cli_runs_as_a_script(tmp_path):
     assert out.returncode == 0, out.stderr
     assert "paper only" in out.stdout
     assert (tmp_path / "figs" / "table1a_decoder_depth_paper.pdf").is_file()
+
+
+def test_figures_are_the_same_bytes_when_redrawn_from_the_same_inputs(results_dir, tmp_path, monkeypatch):
+    """No save date, no library version in the files: redrawing committed figures changes nothing."""
+    import matplotlib
+
+    from mae.viz import save_curves
+
+    def draw(out: Path, epoch: int, version: str) -> list[Path]:
+        monkeypatch.setenv("SOURCE_DATE_EPOCH", str(epoch))  # what matplotlib would stamp as the date
+        monkeypatch.setattr(matplotlib, "__version__", version, raising=False)
+        paths = [p for name in ("table1a_decoder_depth", "fig5_masking_ratio")
+                 for rec in plots.build_all(results_dir if name.startswith("fig5") else tmp_path / "none", out,
+                                            names=[name]) for p in rec.paths]
+        return paths + [save_curves({"a": ([0, 1], [1.0, 2.0])}, out / "curve.png"),
+                        save_curves({"a": ([0, 1], [1.0, 2.0])}, out / "curve.pdf")]
+
+    first, second = draw(tmp_path / "a", 0, "3.0.0"), draw(tmp_path / "b", 2_000_000_000, "9.9.9")
+    assert [p.name for p in first] == [p.name for p in second] and len(first) == 6
+    for a, b in zip(first, second):
+        assert a.read_bytes() == b.read_bytes(), a.name
+
+
+def test_plots_draws_no_reconstruction_figure_unless_asked(tmp_path):
+    out = subprocess.run([sys.executable, str(REPO / "reproduce" / "plots.py"), "--help"], cwd=tmp_path,
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0 and "--reconstructions" in out.stdout and "checkpoint" in out.stdout

@@ -156,8 +156,22 @@ class SeededDataset(Dataset):
         if not -n <= index < n:
             raise IndexError(f"index {index} out of range for {n} samples")
         index %= n
+        if hasattr(self.base, "seeded_batch"):  # a batched set (mae.data.batched): seeded by a hash, no RNG state
+            imgs, labels = self.base.seeded_batch([index], self.seed, self.epoch)
+            return imgs[0], int(labels[0])
         with isolated_rng(sample_seed(self.seed, self.epoch, index)):
             return self.base[index]
+
+    def __getitems__(self, indices: list[int]) -> Any:
+        """A DataLoader's whole batch: one call to a batched set's ``seeded_batch`` (the same samples as item by
+        item), else the items one by one (what the DataLoader does without this method)."""
+        if hasattr(self.base, "seeded_batch"):
+            n = len(self)
+            for i in indices:
+                if not -n <= i < n:
+                    raise IndexError(f"index {i} out of range for {n} samples")
+            return self.base.seeded_batch([i % n for i in indices], self.seed, self.epoch)
+        return [self[i] for i in indices]
 
     def __getattr__(self, name: str) -> Any:
         # Only called for attributes not found normally; guard against recursion while

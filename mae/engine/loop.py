@@ -33,11 +33,11 @@ import torch.nn as nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Dataset
 
-from mae.config import TrainConfig, save_config, to_dict
+from mae.config import TrainConfig, to_dict
 from mae.data.errors import DataError
 from mae.data.sampler import ResumableSampler, SeededDataset
 from mae.engine import checkpoint as ckpt
-from mae.engine import speed
+from mae.engine import rundir, speed
 from mae.engine.distributed import DistInfo, all_reduce_mean, barrier, init_distributed
 from mae.engine.optim import adamw, lr_at, param_groups_weight_decay, scaled_lr, set_lr
 
@@ -273,6 +273,11 @@ class Trainer:
         self.prefetch = prefetch_batch_transform and batch_transform is not None
         self._prefetcher: Any = None
         self.amp_dtype = resolve_amp(cfg.amp, self.device)
+        # CPU thread policy (mae.engine.threads): --threads, else OMP_NUM_THREADS, else all cores; recorded as
+        # "runtime" in this process's first log.txt record and in metrics.json
+        from mae.engine.threads import apply_thread_policy
+        self.runtime = apply_thread_policy(getattr(cfg, "threads", None), announce=self.is_main)
+        self._runtime_logged = False
 
         self.model_without_ddp = model.to(self.device)
         # [fast path hook, mae.engine.speed] compiled in place before DDP (state_dict unchanged); on CPU a
@@ -408,8 +413,8 @@ class Trainer:
         name = signal.Signals(self._stop_signal).name
         if self.is_main:
             print(f"[train] {name}: saved {last} at epoch {self.epoch}, iteration {self.iter_in_epoch} "
-                  f"(step {self.global_step}); exit {EXIT_PREEMPTED}, continue with --resume auto "
-                  f"--output_dir {self.cfg.output_dir}", file=sys.stderr, flush=True)
+                  f"(step {self.global_step}); exit {EXIT_PREEMPTED}, continue with: "
+                  f"{rundir.resume_command(self.cfg, self.cfg.max_iters)}", file=sys.stderr, flush=True)
         return Preempted(self._stop_signal, last)
 
     def _autocast(self):
@@ -439,13 +444,23 @@ class Trainer:
 
     def fit(self) -> dict[str, Any]:
         cfg = self.cfg
-        if self.is_main:
-            save_config(cfg, self.run_dir / "config.yaml")
+        t_fit = time.time()
         resume_path = ckpt.resolve_resume(cfg.resume, self.run_dir)
+        if self.is_main:  # a resume keeps the run's config.yaml unless a recipe field changed (mae.engine.rundir)
+            rundir.write_config(cfg, self.run_dir, resuming=resume_path is not None)
         if resume_path is not None:
             self.resume(resume_path)
+            done = self.run_dir / "metrics.json"
+            if self.epoch >= cfg.epochs and done.is_file():  # finished: nothing to redo, its metrics stay
+                self.logger.close()
+                if self.is_main:
+                    print(f"[resume] {self.run_dir} has finished its {cfg.epochs} epochs: nothing to do")
+                return json.loads(done.read_text())
         else:
             seed_everything(cfg.seed + self.dist.rank)
+            if self.is_main:  # a fresh start: rows of an earlier attempt that left no checkpoint never mix in
+                self.logger.iter_path.unlink(missing_ok=True)
+                self.logger.epoch_path.unlink(missing_ok=True)
         self._install_signal_handlers()
         try:
             while self.epoch < cfg.epochs:
@@ -463,6 +478,10 @@ class Trainer:
         result = {"history": self.history, "final": self.history[-1] if self.history else {}, "best": self.best,
                   "finished": self.epoch >= cfg.epochs}
         if self.is_main and result["finished"]:
+            result["runtime"] = self.runtime
+            from mae.provenance import stage_provenance  # the run stamps its own numbers (never the collector)
+            result["provenance"] = stage_provenance(seed=cfg.seed, wall_s=time.time() - t_fit,
+                                                    resumed=resume_path is not None)
             (self.run_dir / "metrics.json").write_text(json.dumps(result, indent=1, default=float))
         return result
 
@@ -531,7 +550,7 @@ class Trainer:
                     why = f"signal {self._stop_signal}" if self._stop_signal else f"max_iters={cfg.max_iters}"
                     if self.is_main and self._stop_signal is None:  # (a signal: fit says it, then exits)
                         print(f"[train] stopped after iteration {self.total_iters} ({why}); "
-                              f"resume with --resume auto --output_dir {cfg.output_dir}")
+                              f"continue with: {rundir.resume_command(cfg)}")
                     raise _Stop
         if bar is not None:
             bar.close()
@@ -567,7 +586,8 @@ class Trainer:
         if self.epoch_end_fn is not None:
             self.epoch_end_fn(self, epoch)
         self.history.append(record)
-        self.logger.log_epoch(record)
+        self.logger.log_epoch(record if self._runtime_logged else {**record, "runtime": self.runtime})
+        self._runtime_logged = True
         self.save(numbered=last or self.epoch % cfg.save_every == 0)
 
     def _update_best(self, record: dict[str, Any]) -> None:

@@ -210,9 +210,10 @@ def will_resume(cfg: TrainConfig) -> bool:
     return resolve_resume(cfg.resume, cfg.run_dir) is not None
 
 
-def start_from_pretrained(cfg: Any, model: ViTClassifier, head_init_std: float) -> None:
-    """Load ``cfg.finetune`` into the classifier (unless resuming); says what it did."""
-    if not cfg.finetune or will_resume(cfg):
+def start_from_pretrained(cfg: Any, model: ViTClassifier, head_init_std: float, when_resuming: bool = False) -> None:
+    """Load ``cfg.finetune`` into the classifier (unless resuming, or ``when_resuming``: the resume checkpoint
+    does not hold the encoder); says what it did."""
+    if not cfg.finetune or (will_resume(cfg) and not when_resuming):
         if not cfg.finetune:
             log(f"[init] no --finetune checkpoint: {cfg.model} starts from random weights")
         return

@@ -100,7 +100,8 @@ def build_model(cfg: Config, nb_classes: int) -> ViTClassifier:
     model = create_vit(cfg.model, img_size=cfg.img_size, num_classes=nb_classes, global_pool=cfg.global_pool,
                        drop_path=0.0, head_type="bn_linear")
     if not cfg.eval_checkpoint:
-        start_from_pretrained(cfg, model, cfg.head_init_std)
+        # the cached path's checkpoints hold the head only: a resume needs the encoder from --finetune too
+        start_from_pretrained(cfg, model, cfg.head_init_std, when_resuming=cfg.cache_features)
         init_head(model, cfg.head_init_std)  # also with a random encoder: the same head init either way
     model.freeze_except(lambda n: n.startswith("head."))
     return model

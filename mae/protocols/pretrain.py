@@ -6,6 +6,7 @@ effective batch 4096, 40 warm-up epochs, cosine decay, RandomResizedCrop(0.2-1) 
 """
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Any, ClassVar
@@ -45,8 +46,13 @@ class Config(TrainConfig):
                                  "device (the official pipeline's result); gpu_decode: workers read JPEG bytes and "
                                  "draw crops, the device decodes (nvJPEG), crops, resizes, flips; worker_decode: "
                                  "workers decode and crop, the device resizes and flips. The two last: image "
-                                 "folders and crop_rand only (bench/README.md compares the three)")
+                                 "folders and crop_rand only (bench/README.md compares the three); batched: an "
+                                 "embedded set (digits, synthetic, photos) held as one uint8 tensor, cropped, resized "
+                                 "and flipped a batch at a time with per-sample hashed parameters (another random "
+                                 "stream than pil's; none | crop_fixed | crop_rand; mae/data/batched.py)")
     init: str | None = opt(None, "start from the weights of this checkpoint (not a resume)")
+    save_init: bool = opt(False, "write checkpoint-init.pth: the exact weights training starts from (the readouts' "
+                                 "initialisation control), before the first step of a fresh run")
     vis_every: int = opt(1, "save a reconstruction figure every N epochs (0 = never)")
     vis_images: int = opt(4, "images in the reconstruction figure")
     # representation monitor (mae.engine.monitor): off unless monitor_every > 0
@@ -141,7 +147,8 @@ def fit_pca_target(model: MaskedAutoencoderViT, dataset: torch.utils.data.Datase
     model.target.mean.copy_(mean)
 
 
-INPUT_PATHS = ("pil", "gpu_decode", "worker_decode")
+INPUT_PATHS = ("pil", "gpu_decode", "worker_decode", "batched")
+INIT_CHECKPOINT = "checkpoint-init.pth"
 
 
 def gpu_input_hooks(cfg: Config) -> tuple[Any, Any, Any]:
@@ -174,7 +181,12 @@ def run(cfg: Config) -> dict[str, Any]:
         raise ValueError(f"--input_path must be one of {', '.join(INPUT_PATHS)}, got {cfg.input_path!r}")
     seed_everything(cfg.seed)
     collate_fn = None
-    if cfg.input_path != "pil":
+    if cfg.input_path == "batched":  # an embedded set as one uint8 tensor, augmented per batch (mae/data/batched.py)
+        from mae.data.batched import batched_embedded_set, collate_batched
+        train_set = batched_embedded_set(cfg.data, split="train", img_size=cfg.img_size, seed=cfg.seed,
+                                         augmentation=cfg.augmentation)
+        collate_fn, batch_transform = collate_batched, NormalizeBatch()
+    elif cfg.input_path != "pil":
         train_set, collate_fn, batch_transform = gpu_input_hooks(cfg)
     else:  # uint8 crops from the workers, ToTensor + Normalize on the device (bitwise the same values)
         train_set = build_dataset(cfg.data, split="train", img_size=cfg.img_size, seed=cfg.seed,
@@ -217,8 +229,12 @@ def run(cfg: Config) -> dict[str, Any]:
         imgs = torch.stack([vis_set[i][0] for i in range(min(cfg.vis_images, len(vis_set)))]).to(trainer.device)
         rec = reconstruct(trainer.model_without_ddp, imgs, cfg.mask_ratio, seed=cfg.seed)
         save_figure(rec, trainer.run_dir / f"recon-epoch{epoch:04d}.png",
-                    caption=f"{cfg.model}, epoch {epoch + 1}, mask ratio {cfg.mask_ratio}")
+                    caption=f"{cfg.model}, epoch {epoch}, mask ratio {cfg.mask_ratio}")  # as log.txt: from 0
 
+    if cfg.save_init and resolve_resume(cfg.resume, cfg.run_dir) is None and int(os.environ.get("RANK", 0)) == 0:
+        from mae.engine.checkpoint import save_checkpoint  # the starting weights: the control of every readout
+        cfg.run_dir.mkdir(parents=True, exist_ok=True)
+        save_checkpoint({"model": model.state_dict(), "epoch": -1}, cfg.run_dir / INIT_CHECKPOINT)
     groups = param_groups_weight_decay(model, cfg.weight_decay, skip_model_tokens=not cfg.decay_tokens)
     trainer = Trainer(cfg, model, train_set, step_fn=step, epoch_end_fn=visualize, param_groups=groups,
                       collate_fn=collate_fn, batch_transform=batch_transform, prefetch_batch_transform=True,

@@ -1,0 +1,160 @@
+"""The demo pre-training's step with synthetic input vs end to end, per input path and thread count.
+
+    python bench/cpu_input.py                          # -> results/bench_cpu_input.csv (a few minutes on 2 cores)
+    python bench/cpu_input.py --threads 1 --paths pil,batched --epochs 5
+
+For each thread count (``OMP_NUM_THREADS``, in a fresh process each):
+
+- ``synthetic``: the training step alone on a batch made once (uint8 -> normalise, forward with random
+  masking, backward, AdamW step, ``loss.item()`` as the training loop's NaN guard does): the model,
+  param groups and optimiser of ``mae pretrain`` for the preset. Rate = batch x steps / time, the median
+  of ``--repeats`` runs of one epoch's worth of steps (after warm-up).
+- ``pil`` / ``batched``: ``python -m mae pretrain --preset demo --epochs E --input_path X`` (monitor,
+  figures, TensorBoard off), the median ``imgs_per_s`` of epochs 2..E in log.txt: everything a training
+  epoch does (data, step, logging).
+
+``vs_step``: an end-to-end rate over the synthetic step rate at the same threads (the issue's target:
+>= 0.9). Provenance columns as in bench/cpu_threads.py.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shlex
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+if __package__ in (None, ""):  # run as a script: make `bench` and `mae` importable
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from bench.cpu_threads import REPO, provenance, run_env, run_together, write_csv  # noqa: E402
+
+PATHS = ("pil", "batched")
+COLUMNS = ("input", "threads", "img_per_s", "vs_step", "step_ms", "epochs_rated", "omp_wait_policy", "preset",
+           "epochs", "batch_size", "extra", "load_before", "cpu", "cores", "torch", "python", "commit", "date",
+           "command")
+
+
+def step_rate(preset: str, extra: Sequence[str], warmup: int, repeats: int) -> dict[str, Any]:
+    """Synthetic-input step rate in this process (its thread settings): see the module doc."""
+    from mae.cli import build_config  # (mae before torch: its OpenMP wait policy applies)
+    from mae.data import NormalizeBatch, build_dataset
+    from mae.engine.loop import seed_everything
+    from mae.engine.optim import adamw, param_groups_weight_decay, scaled_lr
+    from mae.engine.threads import apply_thread_policy
+    from mae.protocols import pretrain
+
+    import torch
+
+    runtime = apply_thread_policy(None)
+    cfg = build_config(pretrain, ["--preset", preset, *extra], prog="cpu_input")
+    seed_everything(cfg.seed)
+    model = pretrain.build_model(cfg)
+    model.train()
+    groups = param_groups_weight_decay(model, cfg.weight_decay, skip_model_tokens=not cfg.decay_tokens)
+    opt = adamw(groups, scaled_lr(cfg.blr, cfg.batch_size), cfg.betas, fused=False)
+    imgs_u8 = torch.randint(0, 256, (cfg.batch_size, 3, cfg.img_size, cfg.img_size), dtype=torch.uint8)
+    normalize = NormalizeBatch()
+    n_train = len(build_dataset(cfg.data, split="train", img_size=cfg.img_size, seed=cfg.seed))
+    steps = max(1, n_train // cfg.batch_size)  # one epoch's worth
+
+    def step() -> None:
+        loss, _, _ = model(normalize.images(imgs_u8), mask_ratio=cfg.mask_ratio)
+        float(loss.item())
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+
+    for _ in range(warmup):
+        step()
+    rates = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        for _ in range(steps):
+            step()
+        rates.append(steps * cfg.batch_size / (time.perf_counter() - t0))
+    rate = statistics.median(rates)
+    return {"img_per_s": rate, "step_ms": 1e3 * cfg.batch_size / rate, "epochs_rated": repeats,
+            "batch_size": cfg.batch_size, "threads": runtime["threads"], "omp_wait_policy": runtime["omp_wait_policy"]}
+
+
+def step_rate_subprocess(threads: int, preset: str, extra: Sequence[str], warmup: int, repeats: int) -> dict[str, Any]:
+    cmd = [sys.executable, str(Path(__file__).resolve()), "--_step", "--preset", preset, "--warmup", str(warmup),
+           "--repeats", str(repeats), "--extra", shlex.join(extra)]
+    proc = subprocess.run(cmd, env=run_env({"OMP_NUM_THREADS": str(threads)}), capture_output=True, text=True,
+                          check=False)
+    if proc.returncode != 0:
+        raise RuntimeError(f"{shlex.join(cmd)} failed ({proc.returncode}): {proc.stderr[-2000:]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def measure(threads: Sequence[int], paths: Sequence[str], preset: str = "demo", epochs: int = 5,
+            extra: Sequence[str] = (), warmup: int = 5, repeats: int = 3, timeout: float = 300.0) -> list[dict[str, Any]]:
+    rows: list[dict[str, Any]] = []
+    for t in threads:
+        load = os.getloadavg()[0]
+        step = step_rate_subprocess(t, preset, extra, warmup, repeats)
+        step.update(input="synthetic", load_before=round(load, 2), vs_step=1.0)
+        rows.append(step)
+        print(f"[bench] {t} thread(s) synthetic step: {step['img_per_s']:7.1f} img/s (load before {load:.2f})", flush=True)
+        for path in paths:
+            load = os.getloadavg()[0]
+            (r,) = run_together(1, {"OMP_NUM_THREADS": str(t)}, preset, epochs, timeout,
+                                ["--input_path", path, *extra])
+            r.update(input=path, load_before=round(load, 2), vs_step=r["img_per_s"] / step["img_per_s"],
+                     step_ms=1e3 * step["batch_size"] / r["img_per_s"], batch_size=step["batch_size"])
+            r["threads"] = r["threads"] or t
+            rows.append(r)
+            print(f"[bench] {t} thread(s) {path:9s} end to end: {r['img_per_s']:7.1f} img/s = {r['vs_step']:.2f} x step "
+                  f"(load before {load:.2f})", flush=True)
+    for r in rows:
+        r.update(preset=preset, epochs=epochs if r["input"] != "synthetic" else "", extra=shlex.join(extra))
+    return rows
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=(__doc__ or "").strip().splitlines()[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
+    p.add_argument("--threads", default="1,2", help="comma list of OMP_NUM_THREADS values")
+    p.add_argument("--paths", default=",".join(PATHS), help=f"comma list of {', '.join(PATHS)}")
+    p.add_argument("--preset", default="demo")
+    p.add_argument("--epochs", type=int, default=5, help="epochs per end-to-end run (rated: 2..E)")
+    p.add_argument("--warmup", type=int, default=5, help="untimed steps of the synthetic step")
+    p.add_argument("--repeats", type=int, default=3, help="timed epochs' worth of synthetic steps (median)")
+    p.add_argument("--extra", default="", help="more mae pretrain flags, e.g. '--data synthetic:64'")
+    p.add_argument("--out", default=str(REPO / "results" / "bench_cpu_input.csv"))
+    p.add_argument("--_step", action="store_true", help=argparse.SUPPRESS)  # internal: one step measurement
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = build_parser().parse_args(argv)
+    extra = shlex.split(args.extra)
+    if args._step:
+        print(json.dumps(step_rate(args.preset, extra, args.warmup, args.repeats)))
+        return []
+    if args.epochs < 2:
+        raise SystemExit("--epochs must be >= 2 (epoch 1 is the warm-up)")
+    paths = [p.strip() for p in args.paths.split(",") if p.strip()]
+    bad = [p for p in paths if p not in PATHS]
+    if bad:
+        raise SystemExit(f"unknown input path(s) {bad}; choose from {PATHS}")
+    threads = [int(t) for t in args.threads.split(",") if t.strip()]
+    rows = measure(threads, paths, args.preset, args.epochs, extra, args.warmup, args.repeats)
+    prov = provenance(["bench/cpu_input.py", *argv])
+    for r in rows:
+        r.update(prov)
+    out = write_csv(rows, args.out, COLUMNS)
+    print(f"[bench] wrote {out}")
+    return rows
+
+
+if __name__ == "__main__":
+    main()

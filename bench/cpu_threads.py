@@ -1,0 +1,242 @@
+"""img/s of the demo pre-training alone and with two runs sharing the cores, per thread setting / wait policy.
+
+    python bench/cpu_threads.py                       # -> results/bench_cpu_threads.csv (a few minutes on 2 cores)
+    python bench/cpu_threads.py --settings mae,torch_default --epochs 5
+
+Each setting is an environment for ``python -m mae pretrain --preset demo --epochs E`` (the kNN monitor,
+figures and TensorBoard off; they do not count in the img/s anyway). ``alone``: one run; ``shared``: two
+runs started together. The rate of a run is the median ``imgs_per_s`` of its epochs 2..E in log.txt
+(epoch 1 warms up). A run still going after ``--timeout`` seconds (the collapse this measures) is
+stopped and rated on the epochs it finished (``timed_out``); with fewer than 2 its rate is
+images / elapsed time. Settings (``mae`` is what ``mae`` does by default, mae/engine/threads.py):
+
+- ``torch_default``: torch's own defaults (all cores, libgomp's 300,000-spin wait; ``MAE_OMP_POLICY=off``)
+- ``mae``: all cores, ``GOMP_SPINCOUNT=1000`` (set by ``mae`` at import)
+- ``passive``: all cores, ``OMP_WAIT_POLICY=PASSIVE`` (no spin)
+- ``threads1``: ``OMP_NUM_THREADS=1``
+- ``spinN``: all cores, ``GOMP_SPINCOUNT=N`` (e.g. ``spin300``, ``spin10000``)
+
+Columns: ``setting``, ``env``, ``mode`` (alone / shared), ``run``, ``img_per_s``, ``vs_alone`` (this
+setting's shared rate over its alone rate), ``vs_torch_default_alone``, ``epochs_rated``, ``timed_out``,
+``wall_s``, ``threads`` / ``omp_wait_policy`` (what the run logged), ``load_before`` (1-minute load
+average before the runs started: the machine's other work), then provenance (``cpu`` from lscpu,
+``cores``, ``torch``, ``python``, ``commit``, ``date``, ``command``).
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import datetime as dt
+import json
+import os
+import platform
+import shlex
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[1]
+DEFAULT_SETTINGS = ("torch_default", "mae", "passive", "threads1", "spin10000")
+COLUMNS = ("setting", "env", "mode", "run", "img_per_s", "vs_alone", "vs_torch_default_alone", "epochs_rated",
+           "timed_out", "wall_s", "threads", "omp_wait_policy", "preset", "epochs", "extra", "load_before", "cpu",
+           "cores", "torch", "python", "commit", "date", "command")
+#: environment variables a setting may set; every run starts with them removed
+CONTROLLED = ("OMP_NUM_THREADS", "OMP_WAIT_POLICY", "GOMP_SPINCOUNT", "MAE_OMP_POLICY", "MKL_NUM_THREADS",
+              "MAE_SET_GOMP_SPINCOUNT", "KMP_BLOCKTIME")
+
+
+def setting_env(name: str) -> dict[str, str]:
+    """The environment variables of a named setting (see the module doc)."""
+    if name == "torch_default":
+        return {"MAE_OMP_POLICY": "off"}
+    if name == "mae":
+        return {}
+    if name == "passive":
+        return {"OMP_WAIT_POLICY": "PASSIVE"}
+    if name.startswith("threads") and name[7:].isdigit():
+        return {"OMP_NUM_THREADS": name[7:]}
+    if name.startswith("spin") and name[4:].isdigit():
+        return {"GOMP_SPINCOUNT": name[4:]}
+    raise ValueError(f"unknown setting {name!r}: torch_default, mae, passive, threadsN, spinN")
+
+
+# ----------------------------------------------------------------------------------------------- provenance
+def cpu_name() -> str:
+    """The CPU model as lscpu says it (``/proc/cpuinfo``, then ``platform`` where lscpu is missing)."""
+    try:
+        out = subprocess.run(["lscpu"], capture_output=True, text=True, timeout=10, check=False).stdout
+        for line in out.splitlines():
+            if line.startswith("Model name:"):
+                return line.split(":", 1)[1].strip()
+    except (OSError, subprocess.TimeoutExpired):
+        pass
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def provenance(argv: Sequence[str]) -> dict[str, Any]:
+    try:
+        commit = subprocess.run(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"], capture_output=True,
+                                text=True, timeout=10, check=False).stdout.strip() or "unknown"
+        dirty = subprocess.run(["git", "-C", str(REPO), "status", "--porcelain", "--untracked-files=no"],
+                               capture_output=True, text=True, timeout=10, check=False).stdout.strip()
+        commit += "-dirty" if dirty and commit != "unknown" else ""
+    except (OSError, subprocess.TimeoutExpired):
+        commit = "unknown"
+    try:
+        import torch
+        torch_version = torch.__version__
+    except ImportError:
+        torch_version = "unavailable"
+    return {"cpu": cpu_name(), "cores": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
+            "torch": torch_version, "python": platform.python_version(), "commit": commit,
+            "date": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+            "command": shlex.join(["python", *[str(a) for a in argv]])}
+
+
+def write_csv(rows: list[dict[str, Any]], path: str | Path, columns: Sequence[str]) -> Path:
+    """Write ``rows`` atomically (floats to 4 significant digits)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    with tmp.open("w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(columns), extrasaction="ignore")
+        w.writeheader()
+        for r in rows:
+            w.writerow({k: (f"{v:.4g}" if isinstance(v, float) else v) for k, v in r.items()})
+    os.replace(tmp, path)
+    return path
+
+
+# ------------------------------------------------------------------------------------------------ the runs
+def demo_command(out_dir: Path, preset: str, epochs: int, extra: Sequence[str] = ()) -> list[str]:
+    return [sys.executable, "-m", "mae", "pretrain", "--preset", preset, "--epochs", str(epochs),
+            "--output_dir", str(out_dir), "--no-progress", "--no-tensorboard", "--vis_every", "0",
+            "--monitor_every", "0", *extra]
+
+
+def run_env(setting: dict[str, str]) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k not in CONTROLLED}
+    env.update(setting)
+    env["PYTHONPATH"] = os.pathsep.join([str(REPO), *filter(None, [os.environ.get("PYTHONPATH")])])
+    return env
+
+
+def rate_of(run_dir: Path, elapsed: float, images_per_epoch: int | None = None) -> dict[str, Any]:
+    """Median img/s of epochs 2.. of a run's log.txt, with what the run logged about its threads."""
+    records = []
+    log = run_dir / "log.txt"
+    if log.is_file():
+        records = [json.loads(line) for line in log.read_text().splitlines() if line.strip()]
+    runtime = next((r["runtime"] for r in records if isinstance(r.get("runtime"), dict)), {})
+    rated = [float(r["imgs_per_s"]) for r in records[1:] if "imgs_per_s" in r]
+    if rated:
+        rate = statistics.median(rated)
+    elif records:  # only the warm-up epoch finished
+        rate = float(records[0]["imgs_per_s"])
+    else:  # not one epoch in the time given: at most this fast
+        rate = (images_per_epoch or 0) / max(elapsed, 1e-9)
+    return {"img_per_s": rate, "epochs_rated": len(rated), "threads": runtime.get("threads", ""),
+            "omp_wait_policy": runtime.get("omp_wait_policy", "")}
+
+
+def run_together(n: int, setting: dict[str, str], preset: str, epochs: int, timeout: float,
+                 extra: Sequence[str] = ()) -> list[dict[str, Any]]:
+    """Start ``n`` demo pre-trainings at once under ``setting``; their rates."""
+    with tempfile.TemporaryDirectory(prefix="bench_cpu_threads_") as tmp:
+        dirs = [Path(tmp) / f"run{i}" for i in range(n)]
+        t0 = time.time()
+        logs = [open(Path(tmp) / f"run{i}.err", "w+") for i in range(n)]
+        procs = [subprocess.Popen(demo_command(d, preset, epochs, extra), env=run_env(setting),
+                                  stdout=subprocess.DEVNULL, stderr=f, text=True) for d, f in zip(dirs, logs)]
+        timed_out = False
+        for p in procs:
+            try:
+                p.wait(timeout=max(1.0, timeout - (time.time() - t0)))
+            except subprocess.TimeoutExpired:
+                timed_out = True
+        for p in procs:
+            if p.poll() is None:  # only its log.txt is read: no need to let it save
+                p.kill()
+                p.wait()
+        wall = time.time() - t0
+        rows = []
+        for i, (p, d) in enumerate(zip(procs, dirs)):
+            logs[i].seek(0)
+            err = logs[i].read()
+            logs[i].close()
+            if p.returncode != 0 and not timed_out:
+                raise RuntimeError(f"{shlex.join(demo_command(d, preset, epochs, extra))} failed "
+                                   f"({p.returncode}): {err[-2000:]}")
+            rows.append({"run": i, "timed_out": timed_out, "wall_s": wall, **rate_of(d, wall)})
+        return rows
+
+
+def measure(settings: Sequence[str], preset: str = "demo", epochs: int = 5, timeout: float = 150.0,
+            shared: bool = True, extra: Sequence[str] = ()) -> list[dict[str, Any]]:
+    rows: list[dict[str, Any]] = []
+    for name in settings:
+        env = setting_env(name)
+        modes = [("alone", 1)] + ([("shared", 2)] if shared else [])
+        alone = None
+        for mode, n in modes:
+            load = os.getloadavg()[0]
+            for r in run_together(n, env, preset, epochs, timeout, extra):
+                r.update(setting=name, env=" ".join(f"{k}={v}" for k, v in env.items()) or "(none)", mode=mode,
+                         preset=preset, epochs=epochs, extra=" ".join(extra), load_before=round(load, 2))
+                if mode == "alone":
+                    alone = r["img_per_s"]
+                r["vs_alone"] = r["img_per_s"] / alone if alone else ""
+                rows.append(r)
+                print(f"[bench] {name:14s} {mode:6s} run {r['run']}: {r['img_per_s']:7.1f} img/s"
+                      f"{' (timed out)' if r['timed_out'] else ''}  threads {r['threads']}, "
+                      f"wait {r['omp_wait_policy'] or '?'}  (load before {load:.2f})", flush=True)
+    base = next((r["img_per_s"] for r in rows if r["setting"] == "torch_default" and r["mode"] == "alone"), None)
+    for r in rows:
+        r["vs_torch_default_alone"] = r["img_per_s"] / base if base else ""
+    return rows
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=(__doc__ or "").strip().splitlines()[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
+    p.add_argument("--settings", default=",".join(DEFAULT_SETTINGS), help="comma list (see above)")
+    p.add_argument("--preset", default="demo", help="mae pretrain preset to run")
+    p.add_argument("--epochs", type=int, default=5, help="epochs per run (rated: 2..E)")
+    p.add_argument("--timeout", type=float, default=150.0, help="seconds before a (collapsing) run is stopped")
+    p.add_argument("--no-shared", dest="shared", action="store_false", help="only the solo runs")
+    p.add_argument("--extra", default="", help="more mae pretrain flags, e.g. '--data synthetic:64'")
+    p.add_argument("--out", default=str(REPO / "results" / "bench_cpu_threads.csv"))
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = build_parser().parse_args(argv)
+    if args.epochs < 2:
+        raise SystemExit("--epochs must be >= 2 (epoch 1 is the warm-up)")
+    settings = [s.strip() for s in args.settings.split(",") if s.strip()]
+    for s in settings:
+        setting_env(s)  # fail early on a bad name
+    rows = measure(settings, args.preset, args.epochs, args.timeout, args.shared, shlex.split(args.extra))
+    prov = provenance([str(Path(__file__).relative_to(REPO)) if Path(__file__).is_relative_to(REPO) else __file__,
+                       *argv])
+    for r in rows:
+        r.update(prov)
+    out = write_csv(rows, args.out, COLUMNS)
+    print(f"[bench] wrote {out}")
+    return rows
+
+
+if __name__ == "__main__":
+    main()

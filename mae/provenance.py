@@ -1,0 +1,95 @@
+"""Where a number came from: commit, device in words, library versions, date (written by the run itself).
+
+Every protocol stamps :func:`stage_provenance` into its ``metrics.json`` when it finishes, so a results
+table collected later, elsewhere, or from another commit carries the provenance of the runs that made
+its numbers, never that of the process that collected them. Deliberately hostname-free (results are
+committed).
+"""
+from __future__ import annotations
+
+import datetime as _dt
+import platform
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+def git_commit(repo: str | Path | None = None) -> str:
+    """Short commit of ``repo`` (default: this checkout), with ``-dirty`` when tracked files changed.
+
+    ``"unknown"`` outside a git work tree, without any commit, or when git is not installed.
+    """
+    repo = Path(repo) if repo is not None else REPO_ROOT
+
+    def git(*args: str) -> subprocess.CompletedProcess[str] | None:
+        try:
+            return subprocess.run(["git", "-C", str(repo), *args], capture_output=True, text=True,
+                                  timeout=20, check=False)
+        except (OSError, subprocess.TimeoutExpired):
+            return None
+
+    head = git("rev-parse", "--short", "HEAD")
+    if head is None or head.returncode != 0 or not head.stdout.strip():
+        return "unknown"
+    commit = head.stdout.strip()
+    status = git("status", "--porcelain", "--untracked-files=no")
+    if status is not None and status.returncode == 0 and status.stdout.strip():
+        commit += "-dirty"
+    return commit
+
+
+def cpu_model() -> str:
+    """The CPU's model name (``/proc/cpuinfo``; ``platform.processor()`` elsewhere)."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine() or "cpu"
+
+
+def detect_device(words: bool = False) -> str:
+    """``"cpu"`` or the current CUDA device's name; ``words=True``: the CPU model and torch's thread count."""
+    try:
+        import torch
+    except ImportError:
+        return cpu_model() if words else "cpu"
+    if torch.cuda.is_available():
+        return torch.cuda.get_device_name(torch.cuda.current_device())
+    if not words:
+        return "cpu"
+    return f"cpu: {cpu_model()}, {torch.get_num_threads()} thread(s)"
+
+
+def versions() -> dict[str, str]:
+    """torch / timm / python versions ("unavailable" when a library is missing)."""
+    out = {"python": platform.python_version()}
+    for name in ("torch", "timm"):
+        try:
+            out[name] = str(__import__(name).__version__)
+        except ImportError:
+            out[name] = "unavailable"
+    return out
+
+
+def utc_now() -> str:
+    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+
+
+def stage_provenance(seed: int | None = None, wall_s: float | None = None, **extra: Any) -> dict[str, Any]:
+    """The provenance a run writes into its own metrics.json when it finishes."""
+    commit = git_commit()
+    out: dict[str, Any] = {"commit": commit.removesuffix("-dirty"), "dirty": commit.endswith("-dirty"),
+                           "device": detect_device(words=True), **versions(), "date": utc_now(),
+                           "command": " ".join(shlex.quote(a) for a in sys.argv)}
+    if seed is not None:
+        out["seed"] = int(seed)
+    if wall_s is not None:
+        out["wall_s"] = round(float(wall_s), 2)
+    out.update(extra)
+    return out

@@ -1,0 +1,36 @@
+"""The grid runner behind every reproduction script (one code path for Tables 1-3 and Figs. 5, 7, 9).
+
+A table is a list of :class:`Cell` s (one setting each, e.g. ``decoder_depth=8``); a cell is a chain of
+:class:`Stage` s (pretrain -> finetune / linprobe / readout / partial), each a protocol ``Config``. Every
+stage gets its own run directory::
+
+    <work_dir>/<table>_<scale>/<cell>/<stage>/   identity.json, config.yaml, log.txt, train_log.csv,
+                                                 checkpoint-last.pth, metrics.json (when finished)
+
+A run reads plan -> launch -> collect, one module each:
+
+- ``model``: cells, stages, inputs (``Ref``: a file of another stage) and results;
+- ``store``: run directories, a stage's identity (its resolved config and its inputs' identities) and
+  status: a finished stage is reused only under the same identity; a changed or unknown one is refused
+  (``--rerun-changed`` keeps it aside and reruns, ``--adopt`` records pre-identity runs that match);
+- ``plan``: ``--only`` selection, checks, ``--set`` overrides, paired seeds, the ``--dry-run`` text;
+- ``launch``: one stage in this process, under torchrun, or one SLURM job per cell (a lock per stage, so
+  two grid processes sharing a tree run a shared stage once);
+- ``runner``: the loop over cells (and ``--collect``, which only reads);
+- ``columns``: metrics, controls and seed aggregation into table rows.
+
+The script driver (flags, CSVs) is ``reproduce/driver.py``; the verdicts ``reproduce/report.py``.
+"""
+from reproduce.grid.columns import (READOUT_COLUMNS, acc, aggregate_seeds, cell_rows, readout_columns,
+                                    standard_columns, train_seconds)
+from reproduce.grid.errors import (DEFAULT_WORK_DIR, LAST_CHECKPOINT, LAUNCHERS, MAE_PROTOCOLS, METRICS_FILE, GridError,
+                                   resolve_data)
+from reproduce.grid.launch import CellJob, execute_stage, protocol_module, stage_command, stage_lock
+from reproduce.grid.model import Cell, GridResult, Ref, SlurmOptions, Stage, StageResult
+from reproduce.grid.plan import (apply_overrides, check_grid, describe_plan, parse_only, parse_seeds, parse_set,
+                                 select_cells, seeded_name, with_seeds)
+from reproduce.grid.runner import collect, reconcile, run_grid
+from reproduce.grid.store import (IDENTITY_FILE, check_identity, grid_root, planned_identity, read_identity,
+                                  read_metrics, ref_path, resolve_stage_config, stage_dir, stage_status)
+
+__all__ = [n for n in dir() if not n.startswith("_")]

@@ -1,0 +1,238 @@
+"""Planning a grid: which cells (``--only``), checks, ``--set`` overrides, seeds and the dry-run text."""
+from __future__ import annotations
+
+import dataclasses
+import math
+import shlex
+from collections.abc import Sequence
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from mae.config import from_dict, to_dict
+from reproduce.grid.errors import GridError, MAE_PROTOCOLS
+from reproduce.grid.launch import stage_command
+from reproduce.grid.model import Cell
+from reproduce.grid.store import check_identity, ref_path, stage_dir
+
+
+def _same_value(a: Any, text: str) -> bool:
+    if str(a) == text:
+        return True
+    try:
+        return math.isclose(float(a), float(text), rel_tol=0, abs_tol=1e-9)
+    except (TypeError, ValueError):
+        return False
+
+
+def parse_only(items: Sequence[str] | None) -> dict[str, str]:
+    """``["decoder_depth=8", ...]`` -> ``{"decoder_depth": "8"}``; a clear error on a bad item."""
+    out: dict[str, str] = {}
+    for item in items or ():
+        if "=" not in item or not item.split("=", 1)[0].strip():
+            raise GridError(f"--only expects KEY=VALUE (e.g. decoder_depth=8), got {item!r}")
+        k, v = item.split("=", 1)
+        out[k.strip()] = v.strip()
+    return out
+
+
+def select_cells(cells: Sequence[Cell], only: dict[str, str] | Sequence[str] | None) -> list[Cell]:
+    """The reported cells matching every KEY=VALUE of ``only`` plus the helper cells they depend on."""
+    only = parse_only(only) if not isinstance(only, dict) else only
+    if not only:
+        return list(cells)
+    reported = [c for c in cells if c.report]
+    keys = sorted({k for c in reported for k in c.key})
+    for k, v in only.items():
+        if k not in keys:
+            raise GridError(f"--only {k}={v}: unknown key {k!r}; keys of this table: {', '.join(keys) or '-'}")
+        values = [c.key[k] for c in reported if k in c.key]
+        if not any(_same_value(x, v) for x in values):
+            shown = ", ".join(dict.fromkeys(str(x) for x in values))
+            raise GridError(f"--only {k}={v}: no cell has {k}={v}; values: {shown}")
+    chosen = [c for c in reported if all(k in c.key and _same_value(c.key[k], v) for k, v in only.items())]
+    if not chosen:
+        raise GridError(f"--only {only}: no cell matches all of them")
+    by_name = {c.name: c for c in cells}
+    needed: dict[str, Cell] = {}
+
+    def add(c: Cell) -> None:
+        if c.reads is not None:
+            if c.reads.cell not in by_name:
+                raise GridError(f"cell {c.name!r} reads unknown cell {c.reads.cell!r}")
+            add(by_name[c.reads.cell])
+        for s in c.stages:
+            for ref in s.inputs.values():
+                if ref.cell and ref.cell != c.name:
+                    if ref.cell not in by_name:
+                        raise GridError(f"cell {c.name!r} stage {s.name!r} depends on unknown cell {ref.cell!r}")
+                    add(by_name[ref.cell])
+        needed.setdefault(c.name, c)
+
+    for c in chosen:
+        add(c)
+    return [c for c in cells if c.name in needed]
+
+
+def check_grid(cells: Sequence[Cell]) -> None:
+    """Names unique; every input refers to an existing stage that runs before it."""
+    names = [c.name for c in cells]
+    dup = sorted({n for n in names if names.count(n) > 1})
+    if dup:
+        raise GridError(f"duplicate cell names {dup}")
+    order = {c.name: i for i, c in enumerate(cells)}
+    by_name = {c.name: c for c in cells}
+    for c in cells:
+        if c.reads is not None:
+            owner = by_name.get(c.reads.cell)
+            if owner is None or order[owner.name] > order[c.name]:
+                raise GridError(f"{c.name}: reads cell {c.reads.cell!r}, which is unknown or comes later")
+            try:
+                owner.stage(c.reads.stage)
+            except KeyError as e:
+                raise GridError(f"{c.name}: {e.args[0]}") from None
+        for i, s in enumerate(c.stages):
+            for fname, ref in s.inputs.items():
+                owner = by_name.get(ref.cell or c.name)
+                if owner is None:
+                    raise GridError(f"{c.name}/{s.name}: input {fname} refers to unknown cell {ref.cell!r}")
+                try:
+                    owner.stage(ref.stage)
+                except KeyError as e:
+                    raise GridError(f"{c.name}/{s.name}: input {fname}: {e.args[0]}") from None
+                if owner is c and [x.name for x in c.stages].index(ref.stage) >= i:
+                    raise GridError(f"{c.name}/{s.name}: input {fname} refers to a later stage {ref.stage!r}")
+                if owner is not c and order[owner.name] > order[c.name]:
+                    raise GridError(f"{c.name}/{s.name}: depends on cell {owner.name!r}, which comes later")
+
+
+def _fmt_key(cell: Cell) -> str:
+    return ", ".join(f"{k}={v}" for k, v in cell.key.items()) or cell.name
+
+
+def describe_plan(cells: Sequence[Cell], root: Path, launcher: str = "local", nproc_per_node: int = 1) -> str:
+    """The dry-run plan: every stage, its run directory, its status and the command that runs it."""
+    lines = [f"plan: {len(cells)} cell(s) under {root} (launcher {launcher})"]
+    for i, c in enumerate(cells, 1):
+        lines.append(f"[{i}/{len(cells)}] {c.name}  ({_fmt_key(c)})" + ("" if c.report else "  [helper]"))
+        if c.reads is not None:
+            lines.append(f"    reads {c.reads.cell}/{c.reads.stage} (no run of its own)")
+        for s in c.stages:
+            run_dir = stage_dir(root, c.name, s.name)
+            status, diff = check_identity(root, c, s)
+            word = {"done": "done, skipped", "resume": "resume from checkpoint-last.pth", "new": "run",
+                    "changed": "CHANGED recipe: refused", "unknown": "UNKNOWN (no identity): refused"}[status]
+            lines.append(f"    {s.name:<12} {s.protocol:<19} {word:<32} {run_dir}")
+            if diff and status in ("changed", "unknown"):
+                lines.append(f"        differs: {'; '.join(diff[:6])} (--rerun-changed / --adopt)")
+            for fname, ref in s.inputs.items():
+                lines.append(f"        --{fname} {ref_path(root, c, ref)}")
+            if status == "done":
+                continue
+            if s.protocol not in MAE_PROTOCOLS:
+                lines.append(f"        (runs in this process: {s.protocol}.run)")
+            else:
+                lines.append(f"        $ {shlex.join(stage_command(s, run_dir / 'config.yaml', launcher, nproc_per_node))}")
+    return "\n".join(lines)
+
+
+def parse_set(items: Sequence[str] | None) -> list[tuple[str | None, str, Any]]:
+    """``["pretrain.epochs=10", "device=cpu"]`` -> [(stage or None, field, YAML-parsed value)]; none -> None."""
+    out = []
+    for item in items or ():
+        if "=" not in item:
+            raise GridError(f"--set expects [STAGE.]FIELD=VALUE (e.g. pretrain.epochs=10), got {item!r}")
+        lhs, value = item.split("=", 1)
+        stage, _, fname = lhs.strip().rpartition(".")
+        if not fname:
+            raise GridError(f"--set {item!r}: empty field name")
+        text = value.strip()
+        parsed = None if text.lower() in ("none", "null", "~", "") else yaml.safe_load(text)  # as the mae CLI
+        out.append((stage or None, fname, parsed))
+    return out
+
+
+def apply_overrides(cells: Sequence[Cell], overrides: Sequence[tuple[str | None, str, Any]]) -> None:
+    """Set config fields on every matching stage (by stage name); unknown fields/stages raise."""
+    for stage_name, fname, value in overrides:
+        hit = False
+        stage_names = sorted({s.name for c in cells for s in c.stages})
+        if stage_name is not None and stage_name not in stage_names:
+            raise GridError(f"--set {stage_name}.{fname}: no stage {stage_name!r}; stages: {', '.join(stage_names)}")
+        for c in cells:
+            for s in c.stages:
+                if stage_name is not None and s.name != stage_name:
+                    continue
+                names = {f.name for f in dataclasses.fields(s.config)}
+                if fname not in names:
+                    if stage_name is not None:
+                        raise GridError(f"--set {stage_name}.{fname}: {type(s.config).__name__} has no field {fname!r}")
+                    continue
+                if fname in s.inputs or fname == "output_dir":
+                    raise GridError(f"--set {fname}: set by the grid runner, not overridable")
+                # from_dict type-checks tuples and runs the config's own validation
+                try:
+                    s.config = from_dict(type(s.config), {**to_dict(s.config), fname: value})
+                except (TypeError, ValueError) as e:
+                    raise GridError(f"--set {fname}={value!r} for stage {s.name!r}: {e}") from None
+                hit = True
+        if not hit:
+            raise GridError(f"--set {fname}: no stage of this table has a field {fname!r}")
+
+
+
+# --------------------------------------------------------------------------------- seeds
+def seeded_name(name: str, seed: int, first: int) -> str:
+    """A cell's run-directory name at ``seed``: the plain name for the first seed, else ``<name>_seed<N>``."""
+    return name if seed == first else f"{name}_seed{seed}"
+
+
+def with_seeds(cells: Sequence[Cell], seeds_of: Any) -> list[Cell]:
+    """Every reported cell with stages, once per seed of ``seeds_of(cell)`` (a sequence of ints; the first
+    keeps the cell's name). Seed ``s`` of every setting sets ``seed = s`` on each stage, so paired settings
+    share initialisation, data order and mask noise wherever the switch allows. Inputs within the cell
+    follow it; inputs from helper cells (a tokenizer) stay shared."""
+    out: list[Cell] = []
+    for c in cells:
+        seeds = list(seeds_of(c)) if c.report and c.stages else []
+        if not seeds:
+            out.append(c)
+            continue
+        for s in seeds:
+            stages = [replace(st, config=replace(st.config, seed=s)) for st in c.stages]
+            out.append(Cell(seeded_name(c.name, s, seeds[0]), dict(c.key), stages, info={**c.info, "seed": s},
+                            report=c.report))
+    return out
+
+
+def parse_seeds(text: str | None, scale_seeds: Sequence[int]) -> tuple[int, ...] | None:
+    """``--seeds``: None (default), ``all`` (the scale's seeds), N (the first N: the scale's, then 0, 1, ...
+    continued) or a comma list ``0,3,5``."""
+    if text is None:
+        return None
+    text = text.strip()
+    if text == "all":
+        return tuple(scale_seeds)
+    if "," in text:
+        try:
+            seeds = tuple(int(x) for x in text.split(",") if x.strip())
+        except ValueError:
+            raise GridError(f"--seeds {text!r}: expected all, a count or a comma list of integers") from None
+        if len(set(seeds)) != len(seeds) or not seeds:
+            raise GridError(f"--seeds {text!r}: seeds must be distinct")
+        return seeds
+    try:
+        n = int(text)
+    except ValueError:
+        raise GridError(f"--seeds {text!r}: expected all, a count or a comma list of integers") from None
+    if n < 1:
+        raise GridError("--seeds must be >= 1")
+    seeds = list(scale_seeds[:n])
+    nxt = 0
+    while len(seeds) < n:
+        if nxt not in seeds:
+            seeds.append(nxt)
+        nxt += 1
+    return tuple(seeds)
