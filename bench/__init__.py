@@ -1,1 +1,2 @@
-"""Throughput benchmarks (see bench/README.md); importable so reproduce/ scripts can call them."""
+"""Throughput benchmarks (see bench/README.md): an installed package beside reproduce/ (bench may import
+reproduce and mae; neither imports bench)."""

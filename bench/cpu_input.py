@@ -8,13 +8,18 @@ For each thread count (``OMP_NUM_THREADS``, in a fresh process each):
 - ``synthetic``: the training step alone on a batch made once (uint8 -> normalise, forward with random
   masking, backward, AdamW step, ``loss.item()`` as the training loop's NaN guard does): the model,
   param groups and optimiser of ``mae pretrain`` for the preset. Rate = batch x steps / time, the median
-  of ``--repeats`` runs of one epoch's worth of steps (after warm-up).
-- ``pil`` / ``batched``: ``python -m mae pretrain --preset demo --epochs E --input_path X`` (monitor,
-  figures, TensorBoard off), the median ``imgs_per_s`` of epochs 2..E in log.txt: everything a training
-  epoch does (data, step, logging).
+  of ``--repeats`` runs of one epoch's worth of steps (after warm-up). Measured before and after the
+  end-to-end runs of the thread count (a loaded machine drifts): the row holds their mean,
+  ``step_before`` / ``step_after`` each.
+- ``pil`` / ``batched``: ``mae pretrain --preset demo --epochs E --input_path X`` (monitor, figures,
+  TensorBoard off; run through ``mae.cli.main`` in a fresh process that also reads the process's CPU
+  time around each training epoch), the median ``imgs_per_s`` of epochs 2..E in log.txt: everything a
+  training epoch does (data, step, logging).
 
 ``vs_step``: an end-to-end rate over the synthetic step rate at the same threads (the issue's target:
->= 0.9). Provenance columns as in bench/cpu_threads.py.
+>= 0.9). ``img_per_cpu_s`` / ``cpu_vs_step``: the same per second of the process's CPU time, which
+another job on the machine inflates much less than the wall clock (with one thread: the work per image;
+with more, OpenMP's waiting counts too). Provenance columns as in bench/cpu_threads.py.
 """
 from __future__ import annotations
 
@@ -30,15 +35,12 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-if __package__ in (None, ""):  # run as a script: make `bench` and `mae` importable
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from bench.cpu_threads import REPO, provenance, run_env, run_together, write_csv  # noqa: E402
+from bench.cpu_threads import REPO, demo_command, provenance, rate_of, run_env, write_csv
 
 PATHS = ("pil", "batched")
-COLUMNS = ("input", "threads", "img_per_s", "vs_step", "step_ms", "epochs_rated", "omp_wait_policy", "preset",
-           "epochs", "batch_size", "extra", "load_before", "cpu", "cores", "torch", "python", "commit", "date",
-           "command")
+COLUMNS = ("input", "threads", "img_per_s", "vs_step", "img_per_cpu_s", "cpu_vs_step", "step_ms", "step_before",
+           "step_after", "epochs_rated", "omp_wait_policy", "preset", "epochs", "batch_size", "extra", "load_before",
+           "cpu", "cores", "torch", "python", "commit", "date", "command")
 
 
 def step_rate(preset: str, extra: Sequence[str], warmup: int, repeats: int) -> dict[str, Any]:
@@ -73,14 +75,16 @@ def step_rate(preset: str, extra: Sequence[str], warmup: int, repeats: int) -> d
 
     for _ in range(warmup):
         step()
-    rates = []
+    rates, cpu_rates = [], []
     for _ in range(repeats):
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         for _ in range(steps):
             step()
         rates.append(steps * cfg.batch_size / (time.perf_counter() - t0))
+        cpu_rates.append(steps * cfg.batch_size / (time.process_time() - c0))
     rate = statistics.median(rates)
-    return {"img_per_s": rate, "step_ms": 1e3 * cfg.batch_size / rate, "epochs_rated": repeats,
+    return {"img_per_s": rate, "img_per_cpu_s": statistics.median(cpu_rates), "step_ms": 1e3 * cfg.batch_size / rate,
+            "epochs_rated": repeats,
             "batch_size": cfg.batch_size, "threads": runtime["threads"], "omp_wait_policy": runtime["omp_wait_policy"]}
 
 
@@ -94,25 +98,77 @@ def step_rate_subprocess(threads: int, preset: str, extra: Sequence[str], warmup
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
+def end_to_end(out_json: str, argv: Sequence[str]) -> None:
+    """``mae pretrain argv`` in this process, appending each training epoch's (images, wall s, CPU s) to out_json."""
+    from mae.cli import main  # (mae before torch)
+    from mae.engine import loop
+
+    inner = loop.Trainer._train_epoch
+
+    def timed(self: Any) -> None:
+        start, w0, c0 = self.iter_in_epoch, time.perf_counter(), time.process_time()
+        inner(self)
+        rec = {"images": (self.iter_in_epoch - start) * self.cfg.batch_size, "wall_s": time.perf_counter() - w0,
+               "cpu_s": time.process_time() - c0}
+        with open(out_json, "a") as f:
+            f.write(json.dumps(rec) + "\n")
+
+    loop.Trainer._train_epoch = timed
+    code = main(list(argv))
+    if code:
+        raise SystemExit(code)
+
+
+def end_to_end_subprocess(threads: int, path: str, preset: str, epochs: int, extra: Sequence[str]) -> dict[str, Any]:
+    import tempfile
+    with tempfile.TemporaryDirectory(prefix="bench_cpu_input_") as tmp:
+        run_dir, times = Path(tmp) / "run", Path(tmp) / "epochs.jsonl"
+        argv = demo_command(run_dir, preset, epochs, ["--input_path", path, *extra])[3:]  # after "python -m mae"
+        cmd = [sys.executable, str(Path(__file__).resolve()), "--_e2e", str(times), "--", *argv]
+        t0 = time.time()
+        proc = subprocess.run(cmd, env=run_env({"OMP_NUM_THREADS": str(threads)}), capture_output=True, text=True,
+                              check=False)
+        if proc.returncode != 0:
+            raise RuntimeError(f"{shlex.join(cmd)} failed ({proc.returncode}): {proc.stderr[-2000:]}")
+        r = rate_of(run_dir, time.time() - t0)
+        epochs_t = [json.loads(line) for line in times.read_text().splitlines()][1:]
+        r["img_per_cpu_s"] = statistics.median(e["images"] / e["cpu_s"] for e in epochs_t) if epochs_t else ""
+        return r
+
+
 def measure(threads: Sequence[int], paths: Sequence[str], preset: str = "demo", epochs: int = 5,
-            extra: Sequence[str] = (), warmup: int = 5, repeats: int = 3, timeout: float = 300.0) -> list[dict[str, Any]]:
+            extra: Sequence[str] = (), warmup: int = 5, repeats: int = 3) -> list[dict[str, Any]]:
     rows: list[dict[str, Any]] = []
     for t in threads:
         load = os.getloadavg()[0]
         step = step_rate_subprocess(t, preset, extra, warmup, repeats)
-        step.update(input="synthetic", load_before=round(load, 2), vs_step=1.0)
+        step.update(input="synthetic", load_before=round(load, 2), vs_step=1.0, step_before=step["img_per_s"])
         rows.append(step)
-        print(f"[bench] {t} thread(s) synthetic step: {step['img_per_s']:7.1f} img/s (load before {load:.2f})", flush=True)
+        print(f"[bench] {t} thread(s) synthetic step: {step['img_per_s']:7.1f} img/s (load before {load:.2f})",
+              flush=True)
+        ends = []
         for path in paths:
             load = os.getloadavg()[0]
-            (r,) = run_together(1, {"OMP_NUM_THREADS": str(t)}, preset, epochs, timeout,
-                                ["--input_path", path, *extra])
-            r.update(input=path, load_before=round(load, 2), vs_step=r["img_per_s"] / step["img_per_s"],
-                     step_ms=1e3 * step["batch_size"] / r["img_per_s"], batch_size=step["batch_size"])
+            r = end_to_end_subprocess(t, path, preset, epochs, extra)
+            r.update(input=path, load_before=round(load, 2), step_ms=1e3 * step["batch_size"] / r["img_per_s"],
+                     batch_size=step["batch_size"])
             r["threads"] = r["threads"] or t
             rows.append(r)
-            print(f"[bench] {t} thread(s) {path:9s} end to end: {r['img_per_s']:7.1f} img/s = {r['vs_step']:.2f} x step "
-                  f"(load before {load:.2f})", flush=True)
+            ends.append(r)
+        after = step_rate_subprocess(t, preset, extra, warmup, repeats) if paths else dict(step)
+        step["step_after"] = after["img_per_s"]
+        step["img_per_s"] = (step["step_before"] + after["img_per_s"]) / 2
+        step["img_per_cpu_s"] = (step["img_per_cpu_s"] + after["img_per_cpu_s"]) / 2
+        step["cpu_vs_step"] = 1.0
+        step["step_ms"] = 1e3 * step["batch_size"] / step["img_per_s"]
+        print(f"[bench] {t} thread(s) synthetic step after: {after['img_per_s']:7.1f} img/s; mean "
+              f"{step['img_per_s']:7.1f} img/s, {step['img_per_cpu_s']:7.1f} img per CPU s", flush=True)
+        for r in ends:
+            r["vs_step"] = r["img_per_s"] / step["img_per_s"]
+            r["cpu_vs_step"] = r["img_per_cpu_s"] / step["img_per_cpu_s"] if r["img_per_cpu_s"] else ""
+            print(f"[bench] {t} thread(s) {r['input']:9s} end to end: {r['img_per_s']:7.1f} img/s = {r['vs_step']:.2f} "
+                  f"x step; per CPU s {r['img_per_cpu_s']:7.1f} = {r['cpu_vs_step']:.2f} x step "
+                  f"(load before {r['load_before']:.2f})", flush=True)
     for r in rows:
         r.update(preset=preset, epochs=epochs if r["input"] != "synthetic" else "", extra=shlex.join(extra))
     return rows
@@ -130,6 +186,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--extra", default="", help="more mae pretrain flags, e.g. '--data synthetic:64'")
     p.add_argument("--out", default=str(REPO / "results" / "bench_cpu_input.csv"))
     p.add_argument("--_step", action="store_true", help=argparse.SUPPRESS)  # internal: one step measurement
+    p.add_argument("--_e2e", default=None, help=argparse.SUPPRESS)  # internal: one end-to-end run
+    p.add_argument("mae_argv", nargs="*", help=argparse.SUPPRESS)
     return p
 
 
@@ -137,6 +195,9 @@ def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
     extra = shlex.split(args.extra)
+    if args._e2e:
+        end_to_end(args._e2e, args.mae_argv)
+        return []
     if args._step:
         print(json.dumps(step_rate(args.preset, extra, args.warmup, args.repeats)))
         return []

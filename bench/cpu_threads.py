@@ -98,7 +98,8 @@ def provenance(argv: Sequence[str]) -> dict[str, Any]:
         torch_version = torch.__version__
     except ImportError:
         torch_version = "unavailable"
-    return {"cpu": cpu_name(), "cores": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return {"cpu": cpu_name(), "cores": cores,
             "torch": torch_version, "python": platform.python_version(), "commit": commit,
             "date": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
             "command": shlex.join(["python", *[str(a) for a in argv]])}

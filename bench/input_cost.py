@@ -29,10 +29,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-if __package__ in (None, ""):  # run as a script: make `bench`, `mae`, `reproduce` importable
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-import torch  # noqa: E402
+import torch
 
 REPO = Path(__file__).resolve().parents[1]
 PATHS = ("pil_float", "pil_u8", "worker_decode", "bytes")

@@ -16,18 +16,14 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import sys
 import time
 from dataclasses import replace
-from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from mae.data import build_dataset  # noqa: E402
-from mae.engine.monitor import build_monitor  # noqa: E402
-from mae.protocols import pretrain  # noqa: E402
+from mae.data import build_dataset
+from mae.engine.monitor import build_monitor
+from mae.protocols import pretrain
 
 
 def main(argv: list[str] | None = None) -> list[dict[str, float]]:

@@ -33,15 +33,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-if __package__ in (None, ""):  # run as a script: make `bench`, `mae`, `reproduce` importable
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import torch
 
-import torch  # noqa: E402
-
-from bench.flops import peak_tflops, step_flops  # noqa: E402
-from mae.engine.optim import adamw, param_groups_weight_decay, scaled_lr  # noqa: E402
-from mae.engine.speed import FEATURES, FastPathConfig, adamw_fused_arg, apply_fast_path  # noqa: E402
-from mae.models.mae import PRESETS, create_mae, mae_config  # noqa: E402
+from bench.flops import peak_tflops
+from mae.engine.optim import adamw, param_groups_weight_decay, scaled_lr
+from mae.engine.speed import FEATURES, FastPathConfig, adamw_fused_arg, apply_fast_path
+from mae.flops import step_flops
+from mae.models.mae import PRESETS, create_mae, mae_config
 
 REPO = Path(__file__).resolve().parents[1]
 MODEL_ALIASES = {"vit_b": "mae_vit_base_patch16", "vit_l": "mae_vit_large_patch16", "vit_h": "mae_vit_huge_patch14"}

@@ -14,18 +14,14 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import sys
 import time
-from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from mae.data import NormalizeBatch, build_dataset, pretrain_transform  # noqa: E402
-from mae.engine.optim import param_groups_weight_decay  # noqa: E402
-from mae.protocols import pretrain  # noqa: E402
-from reproduce.scales import get_scale  # noqa: E402
+from mae.data import NormalizeBatch, build_dataset, pretrain_transform
+from mae.engine.optim import param_groups_weight_decay
+from mae.protocols import pretrain
+from reproduce.scales import get_scale
 
 PHASES = ("data", "encoder", "decoder", "loss", "backward", "optimizer")
 

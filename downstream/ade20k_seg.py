@@ -12,21 +12,17 @@ resolved recipe and the estimated memory per GPU are printed first, and ``--dry-
 
 ADE_ROOT is ``ADEChallengeData2016`` (``images/{training,validation}/*.jpg``,
 ``annotations/{training,validation}/*.png``). With ``--scale smoke`` and no ``--data`` a tiny fixture
-is generated into ``<work-dir>/data``. Results go to ``results/table5_ade20k_<scale>.csv`` beside the
-paper's numbers, written by ``reproduce.report``.
+is generated into ``<work-dir>/data``. Results go to ``results/table5_ade20k_<scale>.csv`` (``outputs/results/``
+at the smoke scale) beside the paper's numbers, written by ``reproduce.report``.
 """
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 from typing import Any
 
-if __package__ in (None, ""):  # run as a script: make the repository importable
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from downstream.checks import check_ade20k  # noqa: E402
-from downstream.runner import Task, main  # noqa: E402
+from downstream.checks import check_ade20k
+from downstream.runner import Task, main
 
 # Which reference columns a run fills (reproduce/reference/table5_ade20k.csv). A smoke model has no
 # paper row: its numbers sit in the ViT-B column, and the CSV's scale column says "smoke".

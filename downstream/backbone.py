@@ -31,7 +31,6 @@ every block of this backbone undecayed, so it is not used.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 from typing import Any, Sequence
@@ -51,47 +50,30 @@ from timm.models.vision_transformer import Block
 
 from mae.engine.checkpoint import CheckpointError
 from mae.models.formats import CheckpointFormatError, read_checkpoint
-from mae.models.interop import encoder_shape
-from mae.models.mae import PRESETS, mae_config
+from mae.models.inspect import HEAD_PREFIXES, MAE_ONLY_PREFIXES, CheckpointInfo, NotAViTError
+from mae.models.mae import LN_EPS
 from mae.models.pos_embed import get_2d_sincos_pos_embed
-
-LN_EPS = 1e-6  # LayerNorm eps of the official models
-
-
-class NotAViTCheckpointError(CheckpointError):
-    """The checkpoint given as a backbone is not a ViT / MAE encoder."""
 
 
 # ----------------------------------------------------------------------------- checkpoints
-_DROPPED_PREFIXES = ("decoder_", "mask_token", "encoder_mask_token", "head.", "fc_norm.", "target.")
 _REQUIRED = ("patch_embed.proj.weight", "pos_embed", "blocks.0.attn.qkv.weight")
 
 
-@dataclass(frozen=True)
-class ViTArch:
-    """Encoder shape read from a checkpoint."""
-
-    embed_dim: int
-    depth: int
-    num_heads: int
-    patch_size: int
-    pretrain_img_size: int
-    mlp_ratio: float
-
-
-def encoder_state_dict(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-    """The ViT encoder weights of an MAE / ViT checkpoint and the rest of the file.
+def encoder_state_dict(path: str | Path, num_heads: int | None = None
+                       ) -> tuple[dict[str, torch.Tensor], CheckpointInfo]:
+    """The ViT encoder weights of an MAE / ViT checkpoint and what the file holds
+    (:func:`mae.models.inspect.inspect_checkpoint`; ``num_heads`` as the caller knows it).
 
     Accepts every format of :mod:`mae.models.formats` (official release and our pre-training, timm,
     Hugging Face ViTMAE, mmpretrain; ``{'model'|'state_dict': sd}`` or bare; ``module.`` / ``backbone.``
-    prefixes stripped); drops the decoder, mask token and any
-    classification head. Raises :class:`NotAViTCheckpointError` naming what was found otherwise.
+    prefixes stripped); drops the decoder, mask token and any classification head. Raises
+    :class:`~mae.models.inspect.NotAViTError` naming what was found otherwise.
     """
     try:  # any format (mae.models.formats); a detector / segmentor's backbone.* comes out unwrapped
         ckpt = read_checkpoint(path)
     except CheckpointFormatError as e:
-        raise NotAViTCheckpointError(f"checkpoint {e}") from e
-    sd, obj = ckpt.state_dict, ckpt.meta
+        raise NotAViTError(f"checkpoint {e}") from e
+    sd = ckpt.state_dict
     missing = [k for k in _REQUIRED if k not in sd]
     if missing:
         keys = sorted(sd)
@@ -100,56 +82,22 @@ def encoder_state_dict(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[
             hint = " (it looks like a ResNet)"
         elif any(k.startswith(("layers.", "stages.", "features.")) for k in keys):
             hint = " (it looks like a hierarchical / non-MAE model)"
-        raise NotAViTCheckpointError(
+        raise NotAViTError(
             f"checkpoint {path} is not a ViT/MAE encoder{hint}: it lacks {missing}; found {len(keys)} keys, e.g. "
             f"{keys[:8]}. Expected the official MAE layout (cls_token, pos_embed, patch_embed.proj.*, blocks.<i>.*)")
-    if sd["patch_embed.proj.weight"].ndim != 4 or sd["pos_embed"].ndim != 3:
-        raise NotAViTCheckpointError(
-            f"checkpoint {path}: patch_embed.proj.weight {tuple(sd['patch_embed.proj.weight'].shape)} / pos_embed "
-            f"{tuple(sd['pos_embed'].shape)} are not a ViT patch embedding (4-D) / position table (3-D)")
-    enc = {k: v for k, v in sd.items() if not k.startswith(_DROPPED_PREFIXES)}
-    meta = {k: v for k, v in obj.items() if k not in ("model", "state_dict", "module")}
-    return enc, meta
+    info = ckpt.inspect(num_heads=num_heads)
+    enc = {k: v for k, v in sd.items() if not k.startswith(MAE_ONLY_PREFIXES + HEAD_PREFIXES)}
+    return enc, info
 
 
-def _heads_from_meta(meta: dict[str, Any]) -> int | None:
-    """Heads named by the file itself: our ``config`` ({'model': preset, ...} or 'num_heads') or the
-    official release's ``args.model`` (an argparse Namespace holding the preset name)."""
-    name = None
-    cfg = meta.get("config")
-    if isinstance(cfg, dict):
-        if "num_heads" in cfg:
-            return int(cfg["num_heads"])
-        name = cfg.get("model")
-    args = meta.get("args")
-    if name is None and args is not None:
-        name = args.get("model") if isinstance(args, dict) else getattr(args, "model", None)
-    if isinstance(name, str):
-        try:
-            return mae_config(name).num_heads
-        except ValueError:
-            return None
-    return None
-
-
-def infer_vit_arch(path: str | Path, num_heads: int | None = None) -> ViTArch:
-    """Read the encoder shape from a checkpoint; heads come from ``num_heads``, the file's own config
-    (``config`` / ``args.model``), or the preset with the same width, depth and patch size."""
-    sd, meta = encoder_state_dict(path)
-    shape = encoder_shape(sd, f"checkpoint {path}")
-    d, depth, patch, side, mlp_ratio = shape.embed_dim, shape.depth, shape.patch_size, shape.grid, shape.mlp_ratio
-    heads = num_heads or _heads_from_meta(meta)
-    if heads is None:
-        presets = [mae_config(name) for name in PRESETS]
-        matches = {c.num_heads for c in presets if (c.embed_dim, c.depth, c.patch_size) == (d, depth, patch)}
-        if len(matches) != 1:
-            raise ValueError(
-                f"checkpoint {path}: cannot infer the number of attention heads of a ViT with width {d}, depth "
-                f"{depth}, patch {patch} (no unique preset in mae.models.PRESETS); pass it explicitly (--num-heads)")
-        heads = matches.pop()
-    if d % heads:
-        raise ValueError(f"checkpoint {path}: width {d} is not divisible by {heads} heads")
-    return ViTArch(d, depth, heads, patch, side * patch, mlp_ratio)
+def backbone_info(path: str | Path, num_heads: int | None = None) -> CheckpointInfo:
+    """What a checkpoint's encoder is (width, depth, patch, pre-training size, MLP ratio), its heads included:
+    ``num_heads``, else what the file says, else the preset of the same shape (else an error naming --num-heads)."""
+    _, info = encoder_state_dict(path, num_heads)
+    heads, _ = info.heads(hint="pass --num-heads")
+    if info.embed_dim % heads:
+        raise CheckpointError(f"checkpoint {path}: width {info.embed_dim} is not divisible by {heads} heads")
+    return info
 
 
 # ----------------------------------------------------------------------------- modules
@@ -389,9 +337,8 @@ class MAEViT(BaseModule):
         Raises for a non-ViT file, a width/depth mismatch or any missing encoder key; returns the
         keys left at their initial values (relative position tables, pyramid) and those ignored.
         """
-        sd, _ = encoder_state_dict(path)
+        sd, shape = encoder_state_dict(path)
         own = self.state_dict()
-        shape = encoder_shape(sd, f"checkpoint {path}")
         pos, side = sd["pos_embed"], shape.grid
         if not shape.cls_token:
             pos = torch.cat([torch.zeros_like(pos[:, :1]), pos], dim=1)

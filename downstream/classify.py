@@ -35,7 +35,8 @@ optimizer, batch; ``--data`` required); ``smoke`` = the
 (4 classes, 32 train / 12 val images) unless ``--data`` is given. ``--set FIELD=VALUE`` overrides any
 fine-tuning field (e.g. ``accum_iter=4``, ``img_size=448`` for the ViT-H448 row, ``resume=auto``).
 
-Results: ``results/table6_transfer_<dataset>_<row>_<scale>.csv`` (+ ``.meta.json``), written by
+Results: ``results/table6_transfer_<dataset>_<row>_<scale>.csv`` (``outputs/results/`` at the smoke scale,
+whose numbers say nothing about the paper; + ``.meta.json``), written by
 :mod:`reproduce.report` beside ``reproduce/reference/table6_transfer.csv``: our final top-1 (last
 epoch, no selection on val) in the dataset's column of the checkpoint's row (vit_base / vit_large /
 vit_huge / vit_huge_448). A model that is none of the paper's (smoke / mini sizes) gets a row of its
@@ -47,17 +48,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import sys
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-if __package__ in (None, ""):  # run as a script: make the repository importable
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
-import yaml  # noqa: E402
+import numpy as np
+import pandas as pd
+import yaml
 
 REPO = Path(__file__).resolve().parents[1]
 TABLE = "table6_transfer"
@@ -150,15 +147,14 @@ FIXTURE_SIZE = 40
 # ------------------------------------------------------------------------------------ model
 def resolve_model(ckpt: str, model: str | None) -> str:
     """The classifier preset (mae.models.vit.PRESETS) for ``ckpt``: ``model`` checked, or inferred."""
-    from mae.models.interop import checkpoint_kind, encoder_shape, read_state_dict
+    from mae.models.interop import read_state_dict
     from mae.models.vit import PRESETS, vit_for_mae
 
     if not os.path.exists(ckpt):  # a file, or a Hugging Face model folder
         raise FileNotFoundError(f"--ckpt {ckpt}: no such file (an MAE pre-training checkpoint, ours or official)")
-    sd, label = read_state_dict(ckpt)
-    checkpoint_kind(sd, label)  # raises for anything that is not a ViT / MAE
-    shape = encoder_shape(sd, label)
-    dim, depth, patch, grid = shape.embed_dim, shape.depth, shape.patch_size, shape.grid or 0
+    _, info = read_state_dict(ckpt)  # any format; raises for anything that is not a ViT / MAE
+    label = info.label
+    dim, depth, patch, grid = info.embed_dim, info.depth, info.patch_size, info.grid or 0
     if model is not None:
         name = vit_for_mae(model) if model.startswith("mae_") else model
         if name not in PRESETS:
@@ -402,7 +398,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "default: inferred from the checkpoint")
     p.add_argument("--work-dir", default=None, help="run folder (default outputs/downstream/classify_<dataset>_<scale>)")
     p.add_argument("--out", default=None,
-                   help="results CSV, rewritten (default results/table6_transfer_<dataset>_<row>_<scale>.csv)")
+                   help="results CSV (or its folder), rewritten (default results/table6_transfer_<dataset>_<row>_"
+                        "<scale>.csv; outputs/results/ at the smoke scale)")
     p.add_argument("--set", action="append", default=[], dest="overrides", metavar="FIELD=VALUE",
                    help="override a fine-tuning Config field (repeatable), e.g. accum_iter=4, img_size=448, resume=auto")
     return p
@@ -411,6 +408,7 @@ def build_parser() -> argparse.ArgumentParser:
 def run(argv: Sequence[str] | None = None) -> pd.DataFrame | None:
     """Check every input, fine-tune, write the Table 6 comparison CSV; returns it (rank 0), else None."""
     from mae.protocols import finetune
+    from reproduce.driver import results_path
 
     args = build_parser().parse_args(argv)
     spec = DATASETS[args.dataset]
@@ -426,9 +424,8 @@ def run(argv: Sequence[str] | None = None) -> pd.DataFrame | None:
     cfg = replace(cfg, model=model, finetune=str(Path(args.ckpt).resolve()), data=str(layout.root), val_data=None,
                   nb_classes=layout.num_classes, output_dir=str(work_dir))
     row = table6_row(model, cfg.img_size)
-    out = Path(args.out or REPO / "results" / f"{TABLE}_{spec.name}_{row}_{args.scale}.csv")
-    if out.suffix != ".csv":
-        raise ClassifyError(f"--out must end in .csv: {out}")
+    out = results_path(args.out, f"{TABLE}_{spec.name}_{row}", args.scale)  # smoke: outputs/results/
+    out = out if args.out is not None else REPO / out
 
     result = finetune.run(cfg, datasets=(train, val, layout.num_classes))
     if int(os.environ.get("RANK", "0")) != 0:

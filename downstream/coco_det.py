@@ -24,7 +24,8 @@ COCO_ROOT holds ``annotations/instances_{train,val}2017.json`` and ``{train,val}
 ``--scale smoke`` and no ``--data`` a tiny fixture is generated into ``<work-dir>/data``. The resolved
 recipe (world size, per-GPU batch, accumulation, steps, epochs, estimated memory per GPU) is printed
 before training; ``--dry-run`` stops there. Results go to ``results/table4_coco_<scale>.csv`` (ViT-H,
-or the vitdet pyramid: ``followup_vitdet_coco[_vitdet]_<scale>.csv``) beside the paper's numbers,
+or the vitdet pyramid: ``followup_vitdet_coco[_vitdet]_<scale>.csv``; ``outputs/results/`` at the smoke scale)
+beside the paper's numbers,
 written by ``reproduce.report``; the row records the pyramid.
 """
 from __future__ import annotations
@@ -32,15 +33,11 @@ from __future__ import annotations
 import argparse
 import copy
 import math
-import sys
 from pathlib import Path
 from typing import Any
 
-if __package__ in (None, ""):  # run as a script: make the repository importable
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from downstream.checks import check_coco  # noqa: E402
-from downstream.runner import Task, main  # noqa: E402
+from downstream.checks import check_coco
+from downstream.runner import Task, main
 
 TRAIN_ANN, TRAIN_IMG = "annotations/instances_train2017.json", "train2017"
 VAL_ANN, VAL_IMG = "annotations/instances_val2017.json", "val2017"

@@ -45,7 +45,7 @@ class Task:
     add_arguments: Callable[[argparse.ArgumentParser], None] | None = None  # task-only flags
     configure_model: Callable[[Any, argparse.Namespace, int, int], None] | None = None  # cfg, flags, depth, width
     row_fields: Callable[[argparse.Namespace], dict[str, Any]] | None = None  # extra CSV columns (e.g. pyramid)
-    out_stem: Callable[[str, argparse.Namespace], str] | None = None  # results/<stem>_<scale>.csv (default: table)
+    out_stem: Callable[[str, argparse.Namespace], str] | None = None  # <results>/<stem>_<scale>.csv (default: table)
     row_key: Callable[[str], str] = lambda table: "mae"  # our row's key in that reference table
 
 
@@ -55,7 +55,8 @@ def build_parser(description: str, task: Task | None = None) -> argparse.Argumen
     p.add_argument("--data", default=None, help="dataset root (default with --scale smoke: a generated fixture)")
     p.add_argument("--scale", required=True, choices=SCALES)
     p.add_argument("--work-dir", default=None, help="run folder (default outputs/downstream/<task>_<scale>)")
-    p.add_argument("--out", default=None, help="results CSV, rewritten (default results/<table>_<scale>.csv)")
+    p.add_argument("--out", default=None, help="results CSV (or its folder), rewritten (default "
+                                               "results/<table>_<scale>.csv; outputs/results/ at the smoke scale)")
     p.add_argument("--num-heads", type=int, default=None,
                    help="attention heads of the checkpoint's ViT when they cannot be inferred")
     p.add_argument("--max-iters", type=int, default=None,
@@ -97,8 +98,8 @@ def configure_backbone(cfg: Any, task: Task, ckpt: str, scale: str, num_heads: i
     """Fit the config's backbone / layer decay to the checkpoint's ViT; returns the size name used."""
     from mmengine.logging import print_log
 
-    from downstream.backbone import infer_vit_arch
-    arch = infer_vit_arch(ckpt, num_heads=num_heads)
+    from downstream.backbone import backbone_info
+    arch = backbone_info(ckpt, num_heads=num_heads)
     sizes = cfg.vit_sizes
     match = [n for n, s in sizes.items() if (s["embed_dim"], s["depth"]) == (arch.embed_dim, arch.depth)]
     if match:
@@ -114,7 +115,7 @@ def configure_backbone(cfg: Any, task: Task, ckpt: str, scale: str, num_heads: i
     recipe = sizes[size]
     bb = cfg.model.backbone
     bb.update(embed_dim=arch.embed_dim, depth=arch.depth, num_heads=arch.num_heads, mlp_ratio=arch.mlp_ratio,
-              pretrain_img_size=arch.pretrain_img_size, drop_path_rate=recipe["drop_path_rate"],
+              pretrain_img_size=arch.img_size, drop_path_rate=recipe["drop_path_rate"],
               pretrained=str(Path(ckpt).resolve()))
     if bb.get("window_size") and "global_attn_indexes" in recipe:
         bb.global_attn_indexes = [i for i in recipe["global_attn_indexes"] if i < arch.depth]
@@ -330,17 +331,19 @@ def main(task: Task, argv: list[str] | None = None, description: str = "") -> pd
         raise DatasetError("--scale paper needs --data (the dataset root)")
 
     # every input is checked before a Runner exists
-    from downstream.backbone import encoder_state_dict, infer_vit_arch
-    encoder_state_dict(args.ckpt)  # not a ViT -> NotAViTCheckpointError naming the keys found
+    from downstream.backbone import backbone_info, encoder_state_dict
+    encoder_state_dict(args.ckpt)  # not a ViT -> NotAViTError naming the keys found
     data_root = task.prepare_data(args, work_dir)
     cfg = load_config(task, args.scale)
     size = configure_backbone(cfg, task, args.ckpt, args.scale, args.num_heads)
     if task.configure_model is not None:
-        arch = infer_vit_arch(args.ckpt, num_heads=args.num_heads)
+        arch = backbone_info(args.ckpt, num_heads=args.num_heads)
         task.configure_model(cfg, args, arch.depth, arch.embed_dim)
     table = task.table_for(size, args)
     stem = task.out_stem(size, args) if task.out_stem else table
-    out = Path(args.out or REPO / "results" / f"{stem}_{args.scale}.csv")
+    from reproduce.driver import results_path
+    out = results_path(args.out, stem, args.scale)  # smoke: outputs/results/, like the reproduce scripts
+    out = out if args.out is not None else REPO / out
     task.configure_data(cfg, data_root)
     cfg.work_dir = str(work_dir)
     cfg.launcher = args.launcher
@@ -378,10 +381,10 @@ NOT_PAPER = "n/a: not the paper's model"
 def not_paper_model(ckpt: str, size: str, num_heads: int | None = None) -> str | None:
     """None when ``ckpt`` holds the paper's ViT of ``size``; else the name of the ViT it holds (its preset in
     mae.models.vit, e.g. ``vit_smoke``), under which its row is written."""
-    from downstream.backbone import infer_vit_arch
+    from downstream.backbone import backbone_info
     from mae.models.vit import PRESETS
 
-    arch = infer_vit_arch(ckpt, num_heads=num_heads)
+    arch = backbone_info(ckpt, num_heads=num_heads)
     if PAPER_VITS.get(size) == (arch.embed_dim, arch.depth):
         return None
     shape = (arch.embed_dim, arch.depth, arch.patch_size)

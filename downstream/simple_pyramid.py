@@ -25,7 +25,7 @@ from mmengine.model import BaseModule
 from mmengine.registry import MODELS as ROOT_MODELS
 from timm.layers import LayerNorm2d
 
-LN_EPS = 1e-6
+from mae.models.mae import LN_EPS
 
 if ROOT_MODELS.get("LN2d") is None:
     ROOT_MODELS.register_module(name="LN2d", module=LayerNorm2d)

@@ -239,6 +239,8 @@ def main(argv: list[str] | None = None) -> int:
               "  finetune   end-to-end fine-tuning of a pre-trained encoder\n"
               "  linprobe   linear probing of the frozen encoder\n"
               "  partial    partial fine-tuning of the last k blocks (Fig. 9)\n"
+              "  readout    kNN / k-shot / converged linear probe of a frozen encoder (or --source pixels)\n"
+              "  tokenizer  the VQ tokenizer of Table 1d's token target (the token row's stage 0)\n"
               "  convert    rewrite a checkpoint as official / timm / hf / mmpretrain (`mae convert SRC DST --to hf`)")
         return 0
     cmd, rest = argv[0], argv[1:]

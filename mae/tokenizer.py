@@ -1,7 +1,7 @@
 """A small VQ tokenizer for the "dVAE token" target of MAE Table 1d.
 
 The paper's token row uses BEiT's pre-trained DALL-E dVAE, which cannot be downloaded here, so the
-reproduction trains its own discrete tokenizer as an explicit first stage (reproduce/tokenizer.py).
+reproduction trains its own discrete tokenizer as an explicit first stage (mae/protocols/tokenizer.py).
 This is a VQ-VAE (van den Oord et al. 2017) shaped to the MAE patch grid: the encoder's first layer
 is a ``patch_size``-strided convolution, so each MAE patch gets exactly one token id, in the same
 raster order as ``MaskedAutoencoderViT.patchify``. A few 3x3 residual convolutions give each code
@@ -207,7 +207,7 @@ def load_tokenizer(path: str | Path, map_location: str | torch.device = "cpu") -
     state = load_checkpoint(path, map_location=map_location)
     if state.get("kind") != KIND or "tokenizer_config" not in state or "model" not in state:
         raise CheckpointError(f"{path} is not a tokenizer file (expected keys 'kind'={KIND!r}, 'tokenizer_config', "
-                              f"'model'; found {sorted(state)[:8]}); train one with reproduce/tokenizer.py")
+                              f"'model'; found {sorted(state)[:8]}); train one with `mae tokenizer`")
     raw = dict(state["tokenizer_config"])
     known = {f.name for f in fields(TokenizerConfig)}
     unknown = sorted(set(raw) - known)

@@ -8,6 +8,7 @@ wrote when it ran (``--collect`` never restamps); the verdicts are ``reproduce/r
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -15,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from mae.config import SCALES
+from mae.engine.threads import apply_thread_policy
 from reproduce.grid import (DEFAULT_WORK_DIR, LAUNCHERS, Cell, GridError, GridResult, SlurmOptions, aggregate_seeds,
                             apply_overrides, parse_only, parse_seeds, parse_set, run_grid, with_seeds)
 from reproduce.scales import get_scale
@@ -57,6 +59,9 @@ def add_grid_args(parser: argparse.ArgumentParser, default_out: str = "results")
                         help="local: in this process; torchrun: each stage under torch.distributed.run; "
                              "slurm: one submitit job per cell (default: local)")
     parser.add_argument("--nproc-per-node", type=int, default=1, help="processes per stage with --launcher torchrun")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="CPU threads of this grid process (default: OMP_NUM_THREADS, else all cores; two grid "
+                             "processes sharing 2 cores run best at 1 each); logged in every stage's runtime record")
     parser.add_argument("--fail-fast", action="store_true", help="stop at the first failing stage (default: keep going)")
     g = parser.add_argument_group("slurm (--launcher slurm, through submitit)")
     g.add_argument("--slurm-partition", default=None)
@@ -197,8 +202,8 @@ def script_main(doc: str, build_jobs: Callable[[argparse.Namespace, Any], list[T
                 argv: Sequence[str] | None = None,
                 extra_args: Callable[[argparse.ArgumentParser], None] | None = None) -> int:
     """The ``main`` of every reproduction script: shared flags, the scale's recipes, the jobs, the CSVs."""
-    lines = doc.strip().splitlines()
-    parser = argparse.ArgumentParser(description=lines[0], epilog="\n".join(lines[1:]),
+    head, _, rest = doc.strip().partition("\n\n")  # the first paragraph describes, the rest is the epilog
+    parser = argparse.ArgumentParser(description=" ".join(head.split()), epilog=rest,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     if extra_args is not None:
         extra_args(parser)
@@ -209,6 +214,11 @@ def script_main(doc: str, build_jobs: Callable[[argparse.Namespace, Any], list[T
     try:
         scale = get_scale(args.scale, args.data, check_data=not (args.dry_run or args.collect))
         args.seeds_parsed = parse_seeds(args.seeds, scale.seeds)
+        if args.threads is not None and args.threads < 1:
+            raise GridError("--threads must be >= 1")
+        if args.threads is not None:  # the stages of this process (and their torchrun children) follow it
+            os.environ["OMP_NUM_THREADS"] = str(args.threads)
+        apply_thread_policy(args.threads, announce=not (args.dry_run or args.collect))
         return run_jobs(build_jobs(args, scale), args)
     except GridError as e:
         print(f"{parser.prog}: error: {e}", file=sys.stderr)

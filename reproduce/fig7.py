@@ -11,17 +11,12 @@ with the paper's plotted points (approx) and the independent mmselfsup reproduct
 """
 from __future__ import annotations
 
-import sys
 from dataclasses import replace
-from pathlib import Path
 from typing import Any
 
-if __package__ in (None, ""):  # run as a script: make `reproduce` and `mae` importable from the repo root
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from reproduce.grid import Cell, GridResult, cell_rows, standard_columns  # noqa: E402
-from reproduce.driver import Report, TableJob, script_main  # noqa: E402
-from reproduce.scales import ABLATIONS_ROOT, Scale, pretrain_eval_cell, with_shared_baseline  # noqa: E402
+from reproduce.grid import Cell, GridResult, cell_rows, standard_columns
+from reproduce.driver import Report, TableJob, script_main
+from reproduce.scales import ABLATIONS_ROOT, Scale, pretrain_eval_cell, with_shared_baseline
 
 TABLE = "fig7_schedule"
 

@@ -14,17 +14,12 @@ Results: <out>/fig9_partial_ft_<scale>.csv.
 """
 from __future__ import annotations
 
-import sys
 from dataclasses import replace
-from pathlib import Path
 from typing import Any
 
-if __package__ in (None, ""):  # run as a script: make `reproduce` and `mae` importable from the repo root
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from reproduce.grid import Cell, GridResult, Ref, Stage, acc, train_seconds  # noqa: E402
-from reproduce.driver import Report, TableJob, script_main  # noqa: E402
-from reproduce.scales import ABLATIONS_ROOT, BASELINE_CELL, Scale  # noqa: E402
+from reproduce.grid import Cell, GridResult, Ref, Stage, acc, train_seconds
+from reproduce.driver import Report, TableJob, script_main
+from reproduce.scales import ABLATIONS_ROOT, BASELINE_CELL, Scale
 
 TABLE = "fig9_partial_ft"
 PRETRAIN_CELL = BASELINE_CELL  # the baseline's pre-training, shared with Table 1 and Fig. 7

@@ -34,16 +34,14 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-if __package__ in (None, ""):  # run as a script: make `mae` and `reproduce` importable from the repo root
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import numpy as np
+import torch
 
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-
-from mae.data import IMG_EXTENSIONS, DataError, eval_transform, sample_photos  # noqa: E402
-from mae.data.embedded import PHOTO_NAMES  # noqa: E402
-from mae.masking import num_keep  # noqa: E402
-from mae.viz import LoadedMAE, Reconstruction, load_mae_checkpoint, mask_noise, reconstruct, save_grid  # noqa: E402
+from mae.data import IMG_EXTENSIONS, DataError, eval_transform, sample_photos
+from mae.data.embedded import PHOTO_NAMES
+from mae.masking import num_keep
+from mae.models.loader import LoadedMAE, load_mae_checkpoint
+from mae.viz import Reconstruction, mask_noise, reconstruct, save_grid
 
 FIGURES = ("2", "3", "4", "6")
 DEFAULT_N = {"2": 8, "3": 8, "4": 4, "6": 2}

@@ -25,9 +25,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-if __package__ in (None, ""):  # run as a script: make `reproduce` importable from the repo root
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
 import matplotlib
 
 matplotlib.use("Agg")
@@ -104,9 +101,21 @@ def _ours_series(res: OursResult | None, key: str, metric: str) -> pd.Series:
     return pd.to_numeric(s, errors="coerce").dropna()
 
 
-# the baseline's controls drawn beside our metric: the same probe on the untrained encoder, the same
-# fine-tuning recipe from scratch (grid.standard_columns)
-CONTROLS = {"lin": ("lin_init", "probe, untrained encoder"), "ft": ("ft_scratch", "fine-tune from scratch")}
+# the baseline's controls drawn beside our metric (grid.columns.standard_columns): the same readout of the
+# weights pre-training starts from, of the raw pixels, the fine-tuning recipe from scratch
+CONTROLS = {"lin": (("lin_init", "probe, starting weights"),), "ft": (("ft_scratch", "fine-tune from scratch"),),
+            "knn": (("knn_init", "kNN, starting weights"), ("knn_pixels", "kNN, raw pixels")),
+            "shot10": (("shot10_init", "10-shot, starting weights"), ("shot10_pixels", "10-shot, raw pixels"))}
+#: readouts drawn as extra panels when a results file has them; the paper's side is its linear probe
+PANEL_READOUTS = ("knn", "shot10")
+
+
+def panels(spec: TableSpec, res: OursResult | None) -> list[tuple[str, str]]:
+    """(our metric, the paper's metric) per panel: the table's metrics, then the readouts we measured."""
+    out = [(m, m) for m in spec.metrics]
+    if "lin" in spec.metrics and res is not None and res.df is not None:
+        out += [(r, "lin") for r in PANEL_READOUTS if f"{r}_ours" in res.df.columns and res.df[f"{r}_ours"].notna().any()]
+    return out
 
 
 def _ours_std(res: OursResult | None, key: str, metric: str, index: pd.Index) -> np.ndarray:
@@ -115,12 +124,15 @@ def _ours_std(res: OursResult | None, key: str, metric: str, index: pd.Index) ->
     return std.reindex(index).fillna(0.0).to_numpy(dtype=float)
 
 
-def _control(res: OursResult | None, key: str, metric: str) -> tuple[float, str] | None:
-    if metric not in CONTROLS:
-        return None
-    col, label = CONTROLS[metric]
-    values = _ours_series(res, key, col)
-    return (float(values.iloc[0]), label) if len(values) else None
+def _controls(res: OursResult | None, key: str, metric: str) -> list[tuple[float, str]]:
+    out = []
+    for col, label in CONTROLS.get(metric, ()):
+        if col == "lin_init" and res is not None and res.df is not None and "knn_init_ours" not in res.df.columns:
+            label = "probe, classifier-initialised ViT"  # results made before the starting-weights control
+        values = _ours_series(res, key, col)
+        if len(values):
+            out.append((float(values.iloc[0]), label))
+    return out
 
 
 # -------------------------------------------------------------------------------------- drawing
@@ -190,10 +202,11 @@ def _scratch_ft() -> float:
 def draw_curves(fig: plt.Figure, spec: TableSpec, ref: pd.DataFrame, res: OursResult | None) -> None:
     """Figs. 5, 7, 9: one panel per metric, paper (left axis) and ours (own right axis) vs the knob."""
     key = spec.key
-    axes = fig.subplots(1, len(spec.metrics), squeeze=False)[0]
+    pairs = panels(spec, res)
+    axes = fig.subplots(1, len(pairs), squeeze=False)[0]
     x_ref = ref[key].to_numpy(dtype=float)
-    for ax, m in zip(axes, spec.metrics):
-        y = ref[m].to_numpy(dtype=float)
+    for ax, (m, pm) in zip(axes, pairs):
+        y = ref[pm].to_numpy(dtype=float)
         _paper_points(ax, x_ref, y, ref["approx"].to_numpy())
         values = [y]
         for extra in spec.extra_refs:
@@ -208,8 +221,8 @@ def draw_curves(fig: plt.Figure, spec: TableSpec, ref: pd.DataFrame, res: OursRe
             values.append(np.array([s]))
         _zoom(ax, np.concatenate(values))
         ax.set_xlabel(spec.x_label)
-        ax.set_ylabel(f"paper: {m} (%)", color=PAPER_COLOR)
-        ax.set_title(m, fontsize=9)
+        ax.set_ylabel(f"paper: {pm} (%)", color=PAPER_COLOR)
+        ax.set_title(m if m == pm else f"ours: {m} readout (paper: {pm})", fontsize=9)
         if spec.name == "fig7_schedule":
             ax.set_xscale("log", base=2)
             ax.set_xticks(x_ref, [f"{int(v)}" for v in x_ref])
@@ -229,11 +242,11 @@ def draw_curves(fig: plt.Figure, spec: TableSpec, ref: pd.DataFrame, res: OursRe
             order = np.argsort(xo)
             err = _ours_std(res, key, m, ours.index)[order]
             ax2 = _twin_ours(ax, xo[order], ours.to_numpy()[order], f"ours ({res.scale})", m, err)
-            control = _control(res, key, m)
-            if control is not None:  # below our curve: widen the axis to show the margin
-                ax2.axhline(control[0], ls="--", lw=0.8, color=OURS_COLOR, alpha=0.7,
-                            label=f"ours: {control[1]} ({control[0]:.1f})")
-                _zoom(ax2, np.concatenate([ours.to_numpy(), [control[0]]]))
+            controls = _controls(res, key, m)
+            for (value, label), style in zip(controls, ("--", ":")):  # widen the axis to show the margins
+                ax2.axhline(value, ls=style, lw=0.8, color=OURS_COLOR, alpha=0.7, label=f"ours: {label} ({value:.1f})")
+            if controls:
+                _zoom(ax2, np.concatenate([ours.to_numpy(), [v for v, _ in controls]]))
             twin.append(ax2)
         _legend(ax, *twin)
 
@@ -259,7 +272,8 @@ def draw_bars(fig: plt.Figure, spec: TableSpec, ref: pd.DataFrame, res: OursResu
     """Table 1 parts: per metric a paper panel and (when present) an ours panel, each zoomed."""
     key = spec.key
     has_ours = res is not None and res.df is not None
-    axes = fig.subplots(2 if has_ours else 1, len(spec.metrics), squeeze=False)
+    pairs = panels(spec, res)
+    axes = fig.subplots(2 if has_ours else 1, len(pairs), squeeze=False)
     keys = ref[key].tolist()
     labels = ref["label"].astype(str).tolist()
     base = ref["baseline"].to_numpy() == 1 if "baseline" in ref.columns else np.zeros(len(ref), bool)
@@ -268,14 +282,19 @@ def draw_bars(fig: plt.Figure, spec: TableSpec, ref: pd.DataFrame, res: OursResu
         keys += extra
         labels += [str(k) for k in extra]
         base = np.concatenate([base, np.zeros(len(extra), bool)])
-    for j, m in enumerate(spec.metrics):
-        paper = ref.set_index(key)[m].reindex(keys).to_numpy(dtype=float)
-        _bars(axes[0, j], labels, paper, PAPER_COLOR, base, f"paper: {m}")
+    for j, (m, pm) in enumerate(pairs):
+        paper = ref.set_index(key)[pm].reindex(keys).to_numpy(dtype=float)
+        _bars(axes[0, j], labels, paper, PAPER_COLOR, base, f"paper: {pm}")
         if has_ours:
             ours = _ours_series(res, key, m).reindex(keys).to_numpy(dtype=float)
             err = _ours_std(res, key, m, pd.Index(keys))
             _bars(axes[1, j], labels, ours, OURS_COLOR, base, f"ours ({res.scale}): {m}"
                   + (" (error bar: +- 1 seed std)" if np.any(err > 0) else ""), err)
+            for (value, label), style in zip(_controls(res, key, m), ("--", ":")):
+                axes[1, j].axhline(value, ls=style, lw=0.8, color="gray", label=f"{label} ({value:.1f})")
+            if _controls(res, key, m):
+                _zoom(axes[1, j], np.concatenate([ours, [v for v, _ in _controls(res, key, m)]]))
+                axes[1, j].legend(fontsize=6, loc="lower right")
 
 
 def draw_wallclock(fig: plt.Figure, spec: TableSpec, ref: pd.DataFrame, res: OursResult | None) -> None:
@@ -352,7 +371,7 @@ def build_figure(name: str, res: OursResult | None, out_dir: Path, results_dir: 
     """Draw ``name`` (paper + ``res`` when usable) and save PNG and PDF into ``out_dir``."""
     spec, ref = get_spec(name), load_reference(name)
     draw = FIGURES[name]
-    width = max(6.0, 4.2 * len(spec.metrics))
+    width = max(6.0, 4.2 * len(panels(spec, res if res is not None and res.df is not None else None)))
     fig = plt.figure(figsize=(width, 6.2 if draw is draw_bars else 5.2))
     try:
         usable = res if res is not None and res.df is not None else None

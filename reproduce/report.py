@@ -28,6 +28,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from mae.engine.checkpoint import current_umask
 from mae.provenance import detect_device, git_commit, utc_now, versions
 from reproduce.reference import get_spec, load_reference
 
@@ -193,74 +194,157 @@ def _scale_of(df: pd.DataFrame) -> str | None:
     return scales[0] if scales else None
 
 
-def _seed_outcome(both: pd.DataFrame, key: str, m: str, higher: bool, seed_std: float,
-                  res: dict[str, Any]) -> tuple[list[Any], str]:
-    """Settings within 2 seed std of our best (ties) and match / tie / mismatch of our best vs the paper's:
-    match when our best is a paper-best setting, tie when a paper-best setting is within 2 std of ours."""
-    vals = both[f"{m}_ours"]
-    best = vals.max() if higher else vals.min()
-    margin = 2 * seed_std if math.isfinite(seed_std) else 0.0
-    close = (vals >= best - margin) if higher else (vals <= best + margin)
-    ties = both[key][close].tolist()
-    if res["best_match"]:
-        return ties, "match"
-    return ties, "tie" if set(ties) & set(res["best_paper"]) else "mismatch"
+def _row_seeds(row: pd.Series, m: str) -> tuple[dict[int, float], float, int]:
+    """(per-seed values, seed std, seed count) of one results row for metric ``m``: the ``<m>_seeds_ours``
+    column where written, else the row's mean as one value (results made before paired seeds)."""
+    from reproduce.stats import parse_seed_values
+    vals = parse_seed_values(row.get(f"{m}_seeds_ours"))
+    std = pd.to_numeric(pd.Series([row.get(f"{m}_std_ours")]), errors="coerce").iloc[0]
+    n = pd.to_numeric(pd.Series([row.get("n_seeds_ours")]), errors="coerce").iloc[0]
+    if not vals:
+        v = float(row[f"{m}_ours"])
+        vals = {0: v} if math.isfinite(v) else {}
+    return vals, float(std), int(n) if n == n else len(vals)
+
+
+def _comparison(a: pd.Series, b: pd.Series, m: str, n_val: float, noise: tuple[float, int] | None = None) -> Any:
+    from reproduce.stats import compare as compare_settings
+    av, astd, an = _row_seeds(a, m)
+    bv, bstd, bn = _row_seeds(b, m)
+    return compare_settings(av, bv, a_std=astd, b_std=bstd, a_n=an, b_n=bn, n_val=n_val, noise=noise)
+
+
+def _noise(ours: pd.DataFrame, m: str) -> tuple[float, int] | None:
+    """The seed spread of the most-seeded row (the baseline's): a stand-in for rows with one seed each."""
+    if f"{m}_std_ours" not in ours.columns or "n_seeds_ours" not in ours.columns:
+        return None
+    n = pd.to_numeric(ours["n_seeds_ours"], errors="coerce")
+    std = pd.to_numeric(ours[f"{m}_std_ours"], errors="coerce")
+    ok = n.notna() & std.notna() & (n >= 2)
+    if not ok.any():
+        return None
+    i = n[ok].idxmax()
+    return float(std[i]), int(n[i])
+
+
+def _first(df: pd.DataFrame, col: str) -> float:
+    if col not in df.columns:
+        return float("nan")
+    v = pd.to_numeric(df[col], errors="coerce").dropna()
+    return float(v.iloc[0]) if len(v) else float("nan")
+
+
+def _interval_outcome(ours: pd.DataFrame, key: str, m: str, higher: bool, res: dict[str, Any]) -> None:
+    """Per-setting intervals vs the baseline row, and the table outcome from the paper's best vs ours
+    (reproduce/stats.py): match / tie (equal within +-X) / mismatch (the paper's best is resolved worse) /
+    unresolved; ``n/a: ...`` when the numbers cannot carry a comparison."""
+    from reproduce.stats import at_chance
+    n_val = _first(ours, "n_val_ours")
+    vals = ours[f"{m}_ours"].astype(float)
+    res["settings"] = {}
+    if "paper_baseline" in ours.columns and (ours["paper_baseline"] == 1).any():
+        base = ours[ours["paper_baseline"] == 1].iloc[0]
+        res["baseline"] = _jsonable(base[key])
+        for _, row in ours.iterrows():
+            if row[key] == base[key]:
+                continue
+            c = _comparison(row, base, m, n_val)
+            res["settings"][str(_jsonable(row[key]))] = {**c.as_dict(), "vs": "baseline"}
+    best = float(vals.max() if higher else vals.min())
+    margin = _first(ours, f"{m}_margin_ours")
+    if at_chance(best, _first(ours, "chance_ours"), n_val):
+        res["outcome"] = "n/a: at chance"
+        return
+    if math.isfinite(margin) and margin <= 0:
+        res["outcome"] = "n/a: no margin over the initialisation"
+        return
+    if res["best_match"]:  # our best is the paper's: resolved when it beats our runner-up beyond the interval
+        rest = ours[~ours[key].isin(res["best_ours"])]
+        if rest.empty:
+            res["outcome"] = "match"
+            return
+        rv = rest[f"{m}_ours"].astype(float)
+        r_row = rest.loc[rv.idxmax() if higher else rv.idxmin()]
+        b_row = ours.loc[vals.idxmax() if higher else vals.idxmin()]
+        c = _comparison(b_row, r_row, m, n_val, _noise(ours, m))
+        res["best_vs_runner_up"] = {**c.as_dict(), "runner_up": _jsonable(r_row[key])}
+        res["outcome"] = "match" if c.call in ("better", "worse") else "match, not resolved"
+        return
+    paper_rows = ours[ours[key].isin(res["best_paper"])]
+    if paper_rows.empty:
+        res["outcome"] = None
+        return
+    pv = paper_rows[f"{m}_ours"].astype(float)
+    p_row = paper_rows.loc[pv.idxmax() if higher else pv.idxmin()]
+    b_row = ours.loc[vals.idxmax() if higher else vals.idxmin()]
+    c = _comparison(p_row, b_row, m, n_val, _noise(ours, m))
+    res["best_vs_paper"] = {**c.as_dict(), "paper_setting": _jsonable(p_row[key]), "our_setting": _jsonable(b_row[key])}
+    res["outcome"] = ("mismatch" if c.call in ("worse", "better") else "tie" if c.call.startswith("equal")
+                      else "unresolved")
 
 
 def verdict(df: pd.DataFrame, table: str) -> dict[str, dict[str, Any]]:
-    """Per metric: our best setting vs the paper's, Spearman rho over settings both have, n, scale.
+    """Per metric: our best setting vs the paper's, each setting's interval vs the baseline, the outcome,
+    Spearman rho over settings both have, n, scale (reproduce/stats.py says how sure each call is).
 
     Ties in the paper (e.g. ft 84.9 at decoder depth 2, 4 and 8) make a set of best settings;
     ``best_match`` is True when our best set and the paper's overlap (None with < 2 common points).
+    The readouts (``knn``, ``lbfgs``, ``shot1``...) are judged against the paper's ``lin``.
     """
     spec = get_spec(table)
     key = spec.key
     if key not in df.columns:
         raise ValueError(f"verdict({table}): results lack the key column {key!r}")
     scale = _scale_of(df)
-    metrics = [m for m in spec.metrics if f"{m}_ours" in df.columns and f"{m}_paper" in df.columns]
-    if not metrics:
+    pairs = [(m, m) for m in spec.metrics if f"{m}_ours" in df.columns and f"{m}_paper" in df.columns]
+    if "lin_paper" in df.columns:
+        pairs += [(r, "lin") for r in READOUT_METRICS if f"{r}_ours" in df.columns and df[f"{r}_ours"].notna().any()]
+    if not pairs:
         raise ValueError(f"verdict({table}): no '<metric>_ours'/'<metric>_paper' pairs in {list(df.columns)}")
     out: dict[str, dict[str, Any]] = {}
-    for m in metrics:
-        both = df.dropna(subset=[f"{m}_ours", f"{m}_paper"])
+    for m, pm in pairs:
+        both = df.dropna(subset=[f"{m}_ours", f"{pm}_paper"])
         n = len(both)
-        higher = spec.better(m)
-        notes = []
-        res: dict[str, Any] = {"metric": m, "scale": scale, "n": n, "higher_is_better": higher,
+        higher = spec.better(pm)
+        notes = [] if m == pm else [f"a readout: the paper's side is its {pm}"]
+        res: dict[str, Any] = {"metric": m, "paper_metric": pm, "scale": scale, "n": n, "higher_is_better": higher,
                                "best_ours": [], "best_paper": [], "best_match": None,
-                               "spearman": float("nan"), "n_approx": 0, "note": ""}
+                               "spearman": float("nan"), "n_approx": 0, "note": "", "outcome": None}
         if "paper_approx" in both.columns:
             res["n_approx"] = int((both["paper_approx"] == 1).sum())
         std_col = f"{m}_std_ours"
-        seed_std = float(df[std_col].max()) if std_col in df.columns and df[std_col].notna().any() else float("nan")
-        res["seed_std"] = seed_std  # the spread of the seeded setting(s): the noise every setting is judged by
-        res["ties_ours"], res["outcome"] = [], None
-        stated = spec.stated_best.get(m)
+        res["seed_std"] = float(df[std_col].max()) if std_col in df.columns and df[std_col].notna().any() else float("nan")
+        stated = spec.stated_best.get(pm)
         ours_all = df.dropna(subset=[f"{m}_ours"])
+        scope = None
         if stated and len(ours_all) >= 2:  # the paper's best is stated: rank every setting we measured
             res["best_paper"] = list(stated)
             res["best_ours"] = _best(ours_all[key], ours_all[f"{m}_ours"], higher)
             res["best_match"] = bool(set(res["best_ours"]) & set(stated))
-            res["ties_ours"], res["outcome"] = _seed_outcome(ours_all, key, m, higher, seed_std, res)
             notes.append(f"the paper's best ({', '.join(map(str, stated))}) is stated in its text; ours ranks all "
                          f"{len(ours_all)} measured settings")
+            scope = ours_all
         elif n == 0:
             notes.append("no setting has both our and the paper's number")
         else:
             res["best_ours"] = _best(both[key], both[f"{m}_ours"], higher)
-            res["best_paper"] = _best(both[key], both[f"{m}_paper"], higher)
+            res["best_paper"] = _best(both[key], both[f"{pm}_paper"], higher)
             if n >= 2 and len(res["best_ours"]) == n:
                 notes.append("all our values tie: no best setting, best-setting check undefined")
             elif n >= 2:
                 res["best_match"] = bool(set(res["best_ours"]) & set(res["best_paper"]))
-                res["ties_ours"], res["outcome"] = _seed_outcome(both, key, m, higher, seed_std, res)
+                scope = ours_all
             else:
                 notes.append("one common setting: best-setting check undefined")
+        if scope is not None:
+            if m == "flops_rel":  # deterministic: the best settings alone
+                res["outcome"] = {True: "match", False: "mismatch"}.get(res["best_match"])
+            else:
+                _interval_outcome(scope, key, m, higher, res)
         if n < 3:
             notes.append(f"{n} common point(s) (< 3): Spearman undefined")
         else:
-            rho = spearman(both[f"{m}_ours"], both[f"{m}_paper"])
+            rho = spearman(both[f"{m}_ours"], both[f"{pm}_paper"])
             res["spearman"] = rho
             if math.isnan(rho):
                 notes.append("constant values on one side: Spearman undefined")
@@ -291,6 +375,7 @@ def atomic_write_text(path: str | Path, text: str) -> Path:
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "w", encoding="utf-8", newline="") as f:
+            os.fchmod(f.fileno(), 0o666 & ~current_umask())  # as open() would, not mkstemp's private 0600
             f.write(text)
             f.flush()
             os.fsync(f.fileno())
@@ -346,8 +431,8 @@ def write_results(df: pd.DataFrame, verdicts: dict[str, Any], path: str | Path,
 
 
 def outcome(v: dict[str, Any]) -> str | None:
-    """A verdict's word: its seed-aware ``outcome`` (match / tie / mismatch), else what ``best_match`` says
-    (verdicts without seeds), else None (undecided)."""
+    """A verdict's word: match / tie / mismatch / unresolved / ``n/a: ...``; verdicts written before
+    intervals fall back to what ``best_match`` says; None = undecided."""
     return v.get("outcome") or {True: "match", False: "mismatch"}.get(v.get("best_match"))
 
 
@@ -363,9 +448,10 @@ def format_table(df: pd.DataFrame, verdicts: dict[str, Any], title: str | None =
     prov = [f"{c}={df[c].iloc[0]}" for c in ("scale", "commit", "device", "date") if c in df.columns and len(df)]
     if prov:
         lines.append("  ".join(prov))
-    shown = [c for c in df.columns if c not in PROVENANCE_COLUMNS and c != "paper_baseline"]
-    lines.append(df[shown].to_string(index=False, na_rep="-",
-                                     float_format=lambda v: f"{v:.2f}"))
+    metrics = list(verdicts)
+    shown = [c for c in df.columns if c == df.columns[0] or c == "label" or c in ("n_seeds_ours",)
+             or any(c in (f"{m}_ours", f"{m}_paper", f"{m}_diff") for m in metrics)]
+    lines.append(df[shown].to_string(index=False, na_rep="-", float_format=lambda v: f"{v:.2f}"))
     for m, v in verdicts.items():
         match = outcome(v) or "n/a"
         match = match.upper() if match == "mismatch" else match
@@ -374,10 +460,16 @@ def format_table(df: pd.DataFrame, verdicts: dict[str, Any], title: str | None =
         line = (f"verdict {m}: best ours={_fmt_keys(v.get('best_ours', []))} "
                 f"paper={_fmt_keys(v.get('best_paper', []))} -> {match}; "
                 f"Spearman={rho_s} (n={v.get('n', 0)}, scale={v.get('scale')})")
-        std = v.get("seed_std")
-        if isinstance(std, float) and math.isfinite(std):
-            line += f"; seed std {std:.2f}, ties within 2 std: {_fmt_keys(v.get('ties_ours', []))}"
+        bvp = v.get("best_vs_paper")
+        if bvp:
+            line += (f"; paper's best {bvp['paper_setting']} - ours {bvp['our_setting']}: {bvp['delta']:+.1f} "
+                     f"[{bvp['lo']:+.1f}, {bvp['hi']:+.1f}] ({bvp['method']})")
         if v.get("note"):
             line += f"  [{v['note']}]"
         lines.append(line)
+        for k, c in (v.get("settings") or {}).items():
+            lo, hi = c.get("lo"), c.get("hi")
+            ci = f"[{lo:+.1f}, {hi:+.1f}]" if isinstance(lo, float) and math.isfinite(lo) else "[-]"
+            need = f", {c['seeds_needed']} seeds resolve 2 points" if c.get("seeds_needed") else ""
+            lines.append(f"    {k} - baseline: {c['delta']:+.1f} {ci} {c['call']} ({c['method']}{need})")
     return "\n".join(lines)

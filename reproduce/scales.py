@@ -27,8 +27,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from mae.config import SCALES
-from mae.protocols import finetune, linprobe, partial, pretrain, readout
-from reproduce import tokenizer as tokenizer_stage
+from mae.protocols import finetune, linprobe, partial, pretrain, readout, tokenizer
 from reproduce.grid import Cell, GridError, Ref, Stage, resolve_data
 
 PAPER_DECODER_DEPTHS = (1, 2, 4, 8, 12)
@@ -69,7 +68,7 @@ class Scale:
     finetune: finetune.Config
     linprobe: linprobe.Config
     partial: partial.Config
-    tokenizer: tokenizer_stage.Config
+    tokenizer: tokenizer.Config
     decoder_depth: dict[int, int]  # Table 1a: paper -> ours
     decoder_width: dict[int, int]  # Table 1b: paper -> ours
     schedule: dict[int, int]  # Fig. 7: paper pre-training epochs -> ours
@@ -137,7 +136,7 @@ def _smoke() -> Scale:
         finetune=_no_init(replace(finetune.PRESETS["smoke"], **quiet)),
         linprobe=_no_init(replace(linprobe.PRESETS["smoke"], cache_features=True, augment=False, **quiet)),
         partial=_no_init(replace(partial.PRESETS["smoke"], **quiet)),
-        tokenizer=replace(tokenizer_stage.PRESETS["smoke"], **quiet),
+        tokenizer=replace(tokenizer.PRESETS["smoke"], **quiet),
         decoder_depth={d: d for d in PAPER_DECODER_DEPTHS},
         decoder_width={w: w // 16 for w in PAPER_DECODER_WIDTHS},  # 8..64 (encoder 32 wide)
         schedule={100: 1, 200: 2, 400: 3, 800: 4, 1600: 5},  # monotone stand-ins, not proportional
@@ -167,7 +166,7 @@ def _mini() -> Scale:
         linprobe=_no_init(replace(linprobe.PRESETS["mini"], cache_features=True, augment=False, epochs=50,
                                   warmup_epochs=5, batch_size=1024, **data)),
         partial=_no_init(replace(partial.PRESETS["mini"], epochs=15, warmup_epochs=2, **data)),
-        tokenizer=replace(tokenizer_stage.PRESETS["mini"], **data),
+        tokenizer=replace(tokenizer.PRESETS["mini"], **data),
         decoder_depth={d: d for d in PAPER_DECODER_DEPTHS},
         decoder_width={w: w // 4 for w in PAPER_DECODER_WIDTHS},  # 32..256 (encoder 192 wide)
         schedule={e: max(1, round(e / 16)) for e in PAPER_SCHEDULE},  # 6, 12, 25, 50, 100
@@ -188,7 +187,8 @@ CPU_DATA = "digits"
 def _cpu() -> Scale:
     """The measured scale: 2 CPU cores, about 3 minutes per Table 1 cell.
 
-    Recipe (chosen on the baseline only, then frozen; every ablation cell changes one switch):
+    Recipe (chosen on the baseline only, then frozen; every ablation cell changes one switch; written once, as
+    the protocols' ``CPU_BASELINE`` configs in mae/protocols/, from which their ``demo`` presets derive):
     ``mae_vit_micro_patch4_32`` (4 blocks x 128 wide, 4 heads) at 16 px, so 4 px patches give a 4x4
     grid of 16 patches (4 visible at 75%); decoder 8 blocks x 64 (the paper's 8 x 512 = half the
     encoder's width); pre-training on the train split of scikit-learn's digits (1,437 real 8x8
@@ -214,20 +214,16 @@ def _cpu() -> Scale:
     - profile of a pre-training step (bench/profile_cell.py, one thread, machine shared): data 8%,
       encoder 10%, decoder 23%, backward 55%, optimiser 4%; 291 ms per batch of 128.
     """
+    # the recipes are the protocols' CPU_BASELINE literals (the demo presets derive from them), copied as they are
     quiet = dict(progress=False, tensorboard=False, num_workers=0, data=CPU_DATA, img_size=16, log_every=1000)
-    light_ft = dict(epochs=15, warmup_epochs=2, batch_size=64, blr=5e-3, layer_decay=0.75, drop_path=0.1,
-                    mixup=0.0, cutmix=0.0, reprob=0.0, rand_aug=None, **quiet)
     return Scale(
         name="cpu",
         description=f"mae_vit_micro_patch4_32 at 16 px on {CPU_DATA}, 2 CPU cores, ~3 min per cell",
-        pretrain=replace(pretrain.PRESETS["demo"], target="pixel", epochs=40, warmup_epochs=4, batch_size=128,
-                         blr=1.5e-3, decoder_depth=8, decoder_embed_dim=64, vis_every=0, save_every=1000,
-                         monitor_every=10, **quiet),  # kNN monitor: RNG-neutral, ~5% of the time
-        finetune=_no_init(replace(finetune.PRESETS["demo"], **light_ft)),
-        linprobe=_no_init(replace(linprobe.PRESETS["demo"], cache_features=True, augment=False, epochs=90,
-                                  warmup_epochs=10, batch_size=256, **quiet)),
-        partial=_no_init(replace(partial.PRESETS["demo"], **light_ft)),
-        tokenizer=replace(tokenizer_stage.PRESETS["cpu"], **quiet),
+        pretrain=replace(pretrain.CPU_BASELINE),  # with the kNN monitor every 10 epochs: RNG-neutral, ~5% of the time
+        finetune=replace(finetune.CPU_BASELINE),
+        linprobe=replace(linprobe.CPU_BASELINE),
+        partial=replace(partial.CPU_BASELINE),
+        tokenizer=replace(tokenizer.PRESETS["cpu"]),
         decoder_depth={d: d for d in PAPER_DECODER_DEPTHS},
         decoder_width={w: w // 8 for w in PAPER_DECODER_WIDTHS},  # 16..128 (encoder 128 wide)
         schedule={e: e // 20 for e in PAPER_SCHEDULE},  # 5, 10, 20, 40, 80
@@ -238,7 +234,7 @@ def _cpu() -> Scale:
                             decoder_width=64, batch_size=32, warmup_iters=2, timed_iters=5, device="cpu"),
         readout=readout.Config(model="vit_micro_patch4_32", batch_size=256, **quiet),
         notes=("cpu scale: a 4-block ViT on 16 px digits; compare rankings and best settings, not values",
-               "360 validation images: one image is 0.28 points; ties are judged against the baseline's seed std"),
+               "360 validation images: one image is 0.28 points; verdicts are paired-seed intervals (reproduce/stats.py)"),
         seeds=(0, 1, 2),
     )
 
@@ -252,7 +248,7 @@ def _paper(data: str | None) -> Scale:
         finetune=_no_init(replace(finetune.PRESETS["paper_vit_large"], **d)),
         linprobe=_no_init(replace(linprobe.PRESETS["paper_vit_large"], **d)),
         partial=_no_init(replace(partial.PRESETS["paper_vit_large"], **d)),
-        tokenizer=replace(tokenizer_stage.PRESETS["paper"], **d),
+        tokenizer=replace(tokenizer.PRESETS["paper"], **d),
         decoder_depth={x: x for x in PAPER_DECODER_DEPTHS},
         decoder_width={x: x for x in PAPER_DECODER_WIDTHS},
         schedule={x: x for x in PAPER_SCHEDULE},
@@ -317,12 +313,12 @@ def tokenizer_cell(scale: Scale) -> Cell:
     if (tok.patch_size, tok.img_size) != (m.patch_size, img):
         raise GridError(f"{scale.name}: tokenizer patches {tok.patch_size} px of {tok.img_size} px images do not "
                         f"match {scale.pretrain.model} ({m.patch_size} px of {img} px)")
-    return Cell(TOKENIZER_CELL, {}, [Stage("tokenizer", "reproduce.tokenizer", tok, local_only=True)], report=False)
+    return Cell(TOKENIZER_CELL, {}, [Stage("tokenizer", "tokenizer", tok, local_only=True)], report=False)
 
 
 def tokenizer_ref() -> Ref:
     """The token target's input: the tokenizer cell's ``tokenizer.pth``."""
-    return Ref("tokenizer", cell=TOKENIZER_CELL, file=tokenizer_stage.TOKENIZER_FILE)
+    return Ref("tokenizer", cell=TOKENIZER_CELL, file=tokenizer.TOKENIZER_FILE)
 
 
 # ------------------------------------------------------------------------ the shared baseline

@@ -2,11 +2,13 @@
 
     python reproduce/summary.py [--results results] [--check]
 
-Read from the ``results/<table>_<scale>.csv`` + ``.meta.json`` pairs alone (what reproduce/grid.py
-writes): the paper's best setting, ours (and the settings tied with it within 2 seed std), the
-outcome (match / tie / mismatch), Spearman over the common settings, the seeds, the baseline's
-margin over its untrained encoder where measured, and links to the CSV and its figure
-(``results/figures/<table>_<scale>.png``, from reproduce/plots.py). ``--check`` exits 1 when the
+Read from the ``results/<table>_<scale>.csv`` + ``.meta.json`` pairs alone (what reproduce/driver.py
+writes), with the verdicts recomputed from each CSV by reproduce/report.py (so results written before
+interval verdicts are judged the same way, as the 1-seed cells they are): the paper's best setting,
+ours, the outcome with its interval (reproduce/stats.py), Spearman over the common settings, the seeds,
+the baseline's margins over its controls, and links to the CSV and its figure
+(``results/figures/<table>_<scale>.png``, from reproduce/plots.py). ``--refresh-meta`` rewrites the
+verdicts of every ``.meta.json`` the same way (their provenance untouched). ``--check`` exits 1 when the
 file on disk differs from what the results give (tests/test_summary.py runs it on the committed
 results). Nothing here is a date or a clock, so the file changes only when the results do.
 """
@@ -19,13 +21,10 @@ import sys
 from pathlib import Path
 from typing import Any
 
-if __package__ in (None, ""):  # run as a script: make `reproduce` importable from the repo root
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import pandas as pd
 
-import pandas as pd  # noqa: E402
-
-from reproduce.reference import get_spec  # noqa: E402
-from reproduce.report import atomic_write_text, outcome  # noqa: E402
+from reproduce.reference import get_spec
+from reproduce.report import atomic_write_text, outcome
 
 SUMMARY_FILE = "README.md"
 SCALE_ORDER = ("paper", "mini", "cpu", "smoke")
@@ -36,14 +35,26 @@ folder (a test fails when it is out of date). Each row compares one metric of on
 one scale with the paper. A scaled-down run (`cpu`, `mini`) is not the paper's experiment: what is
 compared is the trend (which setting is best, the ranking), never the absolute accuracy.
 
-- **paper best / ours best**: the setting with the best value; `ties` are our settings within 2 seed
-  std of our best (the baseline's std over its seeds), which the verdict counts as equal.
-- **outcome**: `match` (our best is the paper's), `tie` (the paper's best is among our ties),
-  `mismatch` (neither), `-` (fewer than two common settings measured).
-- **Spearman**: rank correlation of ours vs the paper over the settings both have.
-- **margin**: for `lin`, the baseline's linear probe minus the same probe on its untrained encoder
-  (`lin_margin`); for `ft`, its fine-tune minus the same recipe from scratch (`ft_margin`); mean +- std
-  over seeds: evidence that pre-training learned something at this scale.
+**How sure each call is** (`reproduce/stats.py`). Every setting is compared with the baseline by the mean
+difference of its accuracy over paired seeds (seed s of both shares initialisation, data order and
+masks), with a 95% t interval; a setting with one seed gets a wider interval from the other side's seed
+spread, and one seed on each side an interval over the validation images only. A difference is
+`better` / `worse` when its interval excludes 0, `equal within +-2` when the interval lies inside
++-2 points, and `unresolved` otherwise, with the number of paired seeds that would resolve 2 points.
+
+- **outcome** (the paper's best setting vs ours, on that interval): `match` (our best is the paper's and
+  it beats our runner-up beyond the interval; `match, not resolved` when it does not), `tie` (the
+  paper's best is within +-2 of ours), `mismatch` (the paper's best is resolved worse than ours),
+  `unresolved` (cannot tell at these seeds), `n/a: ...` (the numbers cannot carry a comparison: at
+  chance, or no margin over the initialisation), `-` (fewer than two common settings).
+- **paper's best - ours**: that difference and its interval; for a match, our best minus our runner-up.
+- **readouts** (`knn`, `lbfgs`, `shot1`, `shot3`, `shot10`: kNN-20, a converged L-BFGS logistic
+  regression and k-shot logistic regressions on the frozen cls token, `mae/protocols/readout.py`) are
+  judged against the paper's linear-probe column.
+- **margin**: the baseline minus the same readout of the very weights pre-training starts from (`lin`:
+  the same SGD probe; `ft`: the fine-tuning recipe from scratch for pre-training + fine-tuning epochs);
+  **vs pixels**: minus the readout of the raw pixels. Mean +- std over seeds. Results written before
+  these controls carry `lin_margin` against the classifier's own random init instead.
 """
 
 
@@ -93,6 +104,42 @@ def _measured_rows(df: pd.DataFrame, metric: str) -> int:
     return int(pd.to_numeric(df[col], errors="coerce").notna().sum()) if col in df.columns else 0
 
 
+def _verdicts(csv: Path, table: str, meta: dict[str, Any]) -> dict[str, Any]:
+    """The verdicts of one results CSV, recomputed (reproduce/report.verdict); the meta's when unreadable."""
+    from reproduce.report import verdict
+    if not csv.is_file():
+        return meta.get("verdicts") or {}
+    df = pd.read_csv(csv, keep_default_na=False, na_values=[""])
+    try:
+        return verdict(df, table)
+    except ValueError:
+        return meta.get("verdicts") or {}
+
+
+def _interval(v: dict[str, Any]) -> str:
+    c = v.get("best_vs_paper") or v.get("best_vs_runner_up")
+    if not c or c.get("delta") is None or (isinstance(c["delta"], float) and math.isnan(c["delta"])):
+        return "-"
+    lo, hi = c.get("lo"), c.get("hi")
+    ci = f" [{lo:+.1f}, {hi:+.1f}]" if isinstance(lo, (int, float)) and math.isfinite(lo) else " [no interval]"
+    vs = f" (vs {_fmt_value(c['runner_up'])})" if "runner_up" in c else ""
+    return f"{c['delta']:+.1f}{ci}{vs}"
+
+
+def _seed_range(df: pd.DataFrame) -> str:
+    if "n_seeds_ours" not in df.columns:
+        return "1"
+    n = pd.to_numeric(df["n_seeds_ours"], errors="coerce").dropna()
+    if not len(n):
+        return "1"
+    lo, hi = int(n.min()), int(n.max())
+    return str(lo) if lo == hi else f"{lo}-{hi}"
+
+
+def _table_of(csv: Path, scale: str) -> str:
+    return csv.stem[: -len(scale) - 1] if scale and csv.stem.endswith(f"_{scale}") else csv.stem
+
+
 def collect(results_dir: str | Path) -> list[dict[str, Any]]:
     """One record per (table, scale, metric) from every ``<table>_<scale>.meta.json`` in ``results_dir``."""
     results_dir = Path(results_dir)
@@ -101,68 +148,127 @@ def collect(results_dir: str | Path) -> list[dict[str, Any]]:
         meta = json.loads(meta_file.read_text())
         csv = results_dir / meta.get("csv", meta_file.name.replace(".meta.json", ".csv"))
         scale = meta.get("scale", "")
-        table = csv.stem[: -len(scale) - 1] if scale and csv.stem.endswith(f"_{scale}") else csv.stem
+        table = _table_of(csv, scale)
         try:
             spec = get_spec(table)
         except KeyError:
             continue  # not a paper table (a benchmark)
         df = pd.read_csv(csv, keep_default_na=False, na_values=[""]) if csv.is_file() else pd.DataFrame()
-        prov = meta.get("provenance", {})
         figure = results_dir / "figures" / f"{table}_{scale}.png"
-        for metric, v in (meta.get("verdicts") or {}).items():
+        commits = sorted(set(", ".join(df["commit"].astype(str)).split(", "))) if "commit" in df.columns else []
+        for metric, v in _verdicts(csv, table, meta).items():
             records.append({
                 "table": table, "label": spec.label, "scale": scale, "metric": metric,
                 "paper_best": _fmt_keys(v.get("best_paper")), "ours_best": _fmt_keys(v.get("best_ours")),
-                "ties": _fmt_keys([k for k in v.get("ties_ours") or [] if k not in (v.get("best_ours") or [])]),
-                "outcome": outcome(v) or "-",
+                "outcome": outcome(v) or "-", "interval": _interval(v),
                 "spearman": _fmt_num(v.get("spearman")), "n": v.get("n", 0),
                 "measured": _measured_rows(df, metric) if len(df) else 0,
-                "rows": len(df), "seeds": _seeds(df) if len(df) else "-",
-                "seed_std": _fmt_num(v.get("seed_std"), 1),
+                "rows": len(df), "seeds": _seed_range(df) if len(df) else "-",
                 "margin": _margin(df, f"{metric}_margin") if len(df) else "-",
+                "vs_pixels": _margin(df, f"{metric}_vs_pixels") if len(df) else "-",
                 "csv": csv.name, "figure": f"figures/{figure.name}" if figure.is_file() else "",
-                "commit": prov.get("commit", ""), "device": prov.get("device", ""),
+                "commits": [c for c in commits if c],
             })
     order = {s: i for i, s in enumerate(SCALE_ORDER)}
     records.sort(key=lambda r: (order.get(r["scale"], len(order)), r["table"], r["metric"]))
     return records
 
 
-def render(records: list[dict[str, Any]]) -> str:
-    """The markdown of ``results/README.md``."""
+CONTROL_ROWS = (("lin", "SGD linear probe (`lin`)"), ("lbfgs", "converged logistic regression (`lbfgs`)"),
+                ("knn", "kNN-20 (`knn`)"), ("shot10", "10-shot (`shot10`)"), ("shot1", "1-shot (`shot1`)"),
+                ("ft", "fine-tune (`ft`)"))
+
+
+def _pm(row: pd.Series, col: str) -> str:
+    v = pd.to_numeric(pd.Series([row.get(f"{col}_ours")]), errors="coerce").iloc[0]
+    if v != v:
+        return "-"
+    sd = pd.to_numeric(pd.Series([row.get(f"{col}_std_ours")]), errors="coerce").iloc[0]
+    return f"{v:.1f}" + (f" +- {sd:.1f}" if sd == sd else "")
+
+
+def controls_table(results_dir: str | Path, scale: str) -> list[str]:
+    """The baseline beside its controls (its starting weights, raw pixels, scratch), from the first results
+    CSV of ``scale`` that carries them; [] when none does."""
+    for csv in sorted(Path(results_dir).glob(f"*_{scale}.csv")):
+        df = pd.read_csv(csv, keep_default_na=False, na_values=[""])
+        if "knn_init_ours" not in df.columns or "paper_baseline" not in df.columns:
+            continue
+        base = df[(df["paper_baseline"] == 1) & df["knn_init_ours"].notna()]
+        if base.empty:
+            continue
+        row = base.iloc[0]
+        n = row.get("n_seeds_ours", 1)
+        lines = [f"The baseline beside its controls (`{csv.name}`, mean +- std over {int(n)} seed(s); cls token, "
+                 "the validation split):\n",
+                 "| readout | pre-trained | its starting weights | raw pixels | scratch |", "|---|---|---|---|---|"]
+        for m, label in CONTROL_ROWS:
+            init = _pm(row, f"{m}_init") if m != "ft" else "-"
+            pix = _pm(row, f"{m}_pixels") if m not in ("lin", "ft") else "-"
+            scratch = _pm(row, "ft_scratch") if m == "ft" else "-"
+            lines.append(f"| {label} | {_pm(row, m)} | {init} | {pix} | {scratch} |")
+        return lines + [""]
+    return []
+
+
+OUTCOMES = ("match", "match, not resolved", "tie", "mismatch", "unresolved")
+
+
+def render(records: list[dict[str, Any]], results_dir: str | Path | None = None) -> str:
+    """The markdown of ``results/README.md`` (with ``results_dir``: the baseline's controls per scale)."""
     lines = [HEADER]
     if not records:
         lines.append("No measured results yet.\n")
         return "\n".join(lines)
     for scale in dict.fromkeys(r["scale"] for r in records):
         rows = [r for r in records if r["scale"] == scale]
-        counts = {o: sum(r["outcome"] == o for r in rows) for o in ("match", "tie", "mismatch")}
+        counts = {o: sum(r["outcome"] == o for r in rows) for o in OUTCOMES}
+        na = sum(r["outcome"].startswith("n/a") for r in rows)
         lines.append(f"## Scale `{scale}`\n")
-        lines.append(f"{len(rows)} comparison(s): {counts['match']} match, {counts['tie']} tie, "
-                     f"{counts['mismatch']} mismatch, {len(rows) - sum(counts.values())} undecided.\n")
-        lines.append("| table / figure | metric | measured | seeds | paper best | ours best | ties | outcome "
-                     "| Spearman | seed std | margin | files |")
+        lines.append(f"{len(rows)} comparison(s): " + ", ".join(f"{n} {o}" for o, n in counts.items())
+                     + f", {na} n/a, {len(rows) - sum(counts.values()) - na} undecided.\n")
+        lines += controls_table(results_dir, scale) if results_dir is not None else []
+        lines.append("| table / figure | metric | measured | seeds | paper best | ours best | outcome "
+                     "| paper's best - ours | Spearman | margin | vs pixels | files |")
         lines.append("|---|---|---|---|---|---|---|---|---|---|---|---|")
         for r in rows:
             files = f"[csv]({r['csv']})" + (f" [figure]({r['figure']})" if r["figure"] else "")
             lines.append(f"| {r['label']} (`{r['table']}`) | {r['metric']} | {r['measured']}/{r['rows']} "
-                         f"| {r['seeds']} | {r['paper_best']} | {r['ours_best']} | {r['ties']} | {r['outcome']} "
-                         f"| {r['spearman']} | {r['seed_std']} | {r['margin']} | {files} |")
-        commits = sorted({f"{r['commit']} ({r['device']})" for r in rows if r["commit"]})
-        lines.append(f"\nMeasured at commit(s): {', '.join(commits) or '-'}; each CSV's rows carry the full "
-                     "provenance (commit, device, date, command).\n")
+                         f"| {r['seeds']} | {r['paper_best']} | {r['ours_best']} | {r['outcome']} | {r['interval']} "
+                         f"| {r['spearman']} | {r['margin']} | {r['vs_pixels']} | {files} |")
+        commits = sorted({c for r in rows for c in r["commits"]})
+        lines.append(f"\nMeasured at commit(s): {', '.join(commits) or '-'}; each CSV's rows carry the provenance "
+                     "their stages wrote when they ran (commit, device, date, command).\n")
     return "\n".join(lines)
+
+
+def refresh_meta(results_dir: str | Path = "results") -> list[Path]:
+    """Rewrite the verdicts of every results ``.meta.json`` from its CSV (provenance kept)."""
+    from reproduce.report import _jsonable
+    out = []
+    for meta_file in sorted(Path(results_dir).glob("*.meta.json")):
+        meta = json.loads(meta_file.read_text())
+        csv = Path(results_dir) / meta.get("csv", "")
+        table = _table_of(csv, meta.get("scale", ""))
+        try:
+            get_spec(table)
+        except KeyError:
+            continue
+        meta["verdicts"] = _verdicts(csv, table, meta)
+        atomic_write_text(meta_file, json.dumps(_jsonable(meta), indent=2, allow_nan=False) + "\n")
+        out.append(meta_file)
+    return out
 
 
 def write_summary(results_dir: str | Path = "results") -> Path:
     path = Path(results_dir) / SUMMARY_FILE
-    atomic_write_text(path, render(collect(results_dir)))
+    atomic_write_text(path, render(collect(results_dir), results_dir))
     return path
 
 
 def is_current(results_dir: str | Path = "results") -> bool:
     path = Path(results_dir) / SUMMARY_FILE
-    return path.is_file() and path.read_text() == render(collect(results_dir))
+    return path.is_file() and path.read_text() == render(collect(results_dir), results_dir)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -170,6 +276,8 @@ def main(argv: list[str] | None = None) -> int:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--results", default="results", help="folder with <table>_<scale>.csv + .meta.json")
     p.add_argument("--check", action="store_true", help="exit 1 if <results>/README.md is out of date")
+    p.add_argument("--refresh-meta", action="store_true",
+                   help="also rewrite the verdicts of every .meta.json from its CSV (provenance kept)")
     args = p.parse_args(argv)
     if not Path(args.results).is_dir():
         p.error(f"--results {args.results}: no such folder")
@@ -179,6 +287,8 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         print(f"{Path(args.results) / SUMMARY_FILE} is out of date: run python reproduce/summary.py", file=sys.stderr)
         return 1
+    if args.refresh_meta:
+        print(f"refreshed {len(refresh_meta(args.results))} meta.json file(s)")
     print(f"wrote {write_summary(args.results)}")
     return 0
 

@@ -16,17 +16,12 @@ Results: <out>/<table>_<scale>.csv per part (plus sec3_loss_scope_<scale>.csv fo
 """
 from __future__ import annotations
 
-import sys
 from dataclasses import dataclass, replace
-from pathlib import Path
 from typing import Any, Callable
 
-if __package__ in (None, ""):  # run as a script: make `reproduce` and `mae` importable from the repo root
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from reproduce.grid import Cell, GridResult, cell_rows, standard_columns  # noqa: E402
-from reproduce.driver import Report, TableJob, script_main  # noqa: E402
-from reproduce.scales import (ABLATIONS_ROOT, Scale, pretrain_eval_cell, tokenizer_cell, tokenizer_ref,  # noqa: E402
+from reproduce.grid import Cell, GridResult, cell_rows, standard_columns
+from reproduce.driver import Report, TableJob, script_main
+from reproduce.scales import (ABLATIONS_ROOT, Scale, pretrain_eval_cell, tokenizer_cell, tokenizer_ref,
                               with_shared_baseline)
 
 # Table 1e's keys (the paper's rows) -> the pre-training augmentation names of mae.data
@@ -150,7 +145,7 @@ def _rows_with(key: str, extra: Callable[[Cell, GridResult], dict[str, Any]] | N
 
 def _flops(cell: Cell) -> float:
     from mae.models import create_mae
-    from reproduce.table2 import forward_flops
+    from mae.flops import forward_flops
     cfg = cell.stage("pretrain").config
     return forward_flops(create_mae(cfg.model, **cfg.model_overrides()), cfg.img_size, cfg.mask_ratio)
 

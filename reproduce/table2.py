@@ -17,20 +17,17 @@ from __future__ import annotations
 
 import json
 import os
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-if __package__ in (None, ""):  # run as a script: make `reproduce` and `mae` importable from the repo root
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import torch
 
-import torch  # noqa: E402
-
-from mae.config import opt, save_config, to_dict  # noqa: E402
-from reproduce.grid import Cell, GridError, GridResult, Stage, acc  # noqa: E402
-from reproduce.driver import Report, TableJob, script_main  # noqa: E402
+from mae.config import opt, save_config, to_dict
+from mae.flops import forward_flops
+from reproduce.grid import Cell, GridError, GridResult, Stage, acc
+from reproduce.driver import Report, TableJob, script_main
 
 TABLE = "table2_wallclock"
 
@@ -58,20 +55,6 @@ class TimingConfig:
         if self.batch_size < 1 or self.timed_iters < 1 or self.warmup_iters < 0:
             raise ValueError(f"batch_size and timed_iters must be >= 1, warmup_iters >= 0; got {self.batch_size}, "
                              f"{self.timed_iters}, {self.warmup_iters}")
-
-
-def forward_flops(model: torch.nn.Module, img_size: int, mask_ratio: float = 0.75) -> float:
-    """FLOPs of one pre-training forward pass (encoder + decoder + loss) on one image, counted by torch."""
-    from torch.utils.flop_counter import FlopCounterMode
-
-    device = next(model.parameters()).device
-    x = torch.randn(1, 3, img_size, img_size, device=device)
-    was = model.training
-    model.eval()
-    with torch.no_grad(), FlopCounterMode(display=False) as counter:
-        model(x, mask_ratio=mask_ratio)
-    model.train(was)
-    return float(counter.get_total_flops())
 
 
 def _build(cfg: TimingConfig) -> torch.nn.Module:

@@ -17,16 +17,11 @@ Results: <out>/table3_comparison_<scale>.csv.
 """
 from __future__ import annotations
 
-import sys
-from pathlib import Path
 from typing import Any
 
-if __package__ in (None, ""):  # run as a script: make `reproduce` and `mae` importable from the repo root
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from reproduce.grid import Cell, GridResult, Stage, acc, train_seconds  # noqa: E402
-from reproduce.driver import Report, TableJob, script_main  # noqa: E402
-from reproduce.scales import Scale, pretrain_eval_cell  # noqa: E402
+from reproduce.grid import Cell, GridResult, Stage, acc, train_seconds
+from reproduce.driver import Report, TableJob, script_main
+from reproduce.scales import Scale, pretrain_eval_cell
 
 TABLE = "table3_comparison"
 #: the release's FINETUNE.md values (for its 1600-epoch norm-pix checkpoints), not Table 9's

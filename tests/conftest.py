@@ -1,9 +1,21 @@
 import os
 
+import mae  # noqa: F401  - first: sets the OpenMP wait policy before torch loads (mae/engine/threads.py)
 import pytest
 import torch
 
 torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+
+
+
+@pytest.fixture
+def one_thread():
+    """torch on one thread during the test, the count restored after (a module that set it at import time would
+    leave it for every later test)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
 
 
 @pytest.fixture

@@ -9,8 +9,9 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from bench import pretrain_throughput as bench
-from bench.flops import peak_tflops, step_flops
+from bench.flops import peak_tflops
 from bench.jpeg_folder import make_jpeg_folder
+from mae.flops import step_flops
 from mae.models import create_mae
 
 
@@ -209,3 +210,38 @@ def test_profile_cell_times_every_phase_of_a_smoke_step():
     from bench import profile_cell
     ms = profile_cell.main(["--scale", "smoke", "--steps", "2", "--warmup", "1"])
     assert set(ms) == set(profile_cell.PHASES) and all(v > 0 for v in ms.values())
+
+
+def test_cpu_threads_bench_at_toy_size(tmp_path):
+    """bench/cpu_threads.py: alone and shared rows per setting, the runs' own thread record, provenance."""
+    from bench import cpu_threads
+    out = tmp_path / "threads.csv"
+    cpu_threads.main(["--preset", "smoke", "--epochs", "2", "--settings", "mae,threads1",
+                      "--extra", "--data synthetic:32", "--out", str(out)])
+    rows = list(csv.DictReader(out.open()))
+    assert list(rows[0]) == list(cpu_threads.COLUMNS)
+    assert [(r["setting"], r["mode"]) for r in rows] == [("mae", "alone"), ("mae", "shared"), ("mae", "shared"),
+                                                        ("threads1", "alone"), ("threads1", "shared"),
+                                                        ("threads1", "shared")]
+    for r in rows:
+        assert float(r["img_per_s"]) > 0 and r["cpu"] and r["torch"] and r["commit"] and r["date"]
+        assert r["omp_wait_policy"] == "GOMP_SPINCOUNT=1000"
+    assert {r["threads"] for r in rows if r["setting"] == "threads1"} == {"1"}
+    assert cpu_threads.setting_env("torch_default") == {"MAE_OMP_POLICY": "off"}
+    with pytest.raises(ValueError, match="unknown setting"):
+        cpu_threads.setting_env("fastest")
+
+
+def test_cpu_input_bench_at_toy_size(tmp_path):
+    """bench/cpu_input.py: the synthetic step and each input path end to end, vs_step = their ratio."""
+    from bench import cpu_input
+    out = tmp_path / "input.csv"
+    cpu_input.main(["--preset", "smoke", "--epochs", "2", "--threads", "1", "--warmup", "1", "--repeats", "1",
+                    "--extra", "--data synthetic:32", "--out", str(out)])
+    rows = list(csv.DictReader(out.open()))
+    assert list(rows[0]) == list(cpu_input.COLUMNS)
+    assert [r["input"] for r in rows] == ["synthetic", "pil", "batched"] and {r["threads"] for r in rows} == {"1"}
+    step = float(rows[0]["img_per_s"])
+    for r in rows:
+        assert float(r["img_per_s"]) > 0 and r["commit"] and r["cpu"]
+        assert float(r["vs_step"]) == pytest.approx(float(r["img_per_s"]) / step, rel=1e-3)

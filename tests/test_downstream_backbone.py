@@ -15,6 +15,7 @@ pytestmark = pytest.mark.downstream
 
 from mae.engine.checkpoint import CheckpointError  # noqa: E402
 from mae.models import create_mae  # noqa: E402
+from mae.models.inspect import NotAViTError  # noqa: E402
 from downstream import backbone as B  # noqa: E402
 
 SMOKE = dict(pretrain_img_size=32, patch_size=8, embed_dim=32, depth=2, num_heads=2)
@@ -186,10 +187,10 @@ def test_not_a_vit_checkpoint_names_what_was_found(tmp_path):
     path = tmp_path / "resnet.pth"
     torch.save({"state_dict": {"conv1.weight": torch.zeros(8, 3, 7, 7), "bn1.weight": torch.zeros(8),
                                "layer1.0.conv1.weight": torch.zeros(8, 8, 3, 3)}}, path)
-    with pytest.raises(B.NotAViTCheckpointError, match=r"not a ViT.*ResNet.*conv1\.weight"):
+    with pytest.raises(NotAViTError, match=r"not a ViT.*ResNet.*conv1\.weight"):
         B.encoder_state_dict(path)
     bb = B.MAEViT(img_size=32, **SMOKE)
-    with pytest.raises(B.NotAViTCheckpointError):
+    with pytest.raises(NotAViTError):
         bb.load_mae_checkpoint(path)
 
 
@@ -215,26 +216,30 @@ def test_patch_kernel_is_resampled_for_another_patch_size(tmp_path):
     assert bb.patch_embed.proj.weight.shape == (32, 3, 8, 8)
 
 
-def test_infer_arch_from_checkpoint_and_its_metadata(smoke_ckpt, tmp_path):
+def test_backbone_info_from_checkpoint_and_its_metadata(smoke_ckpt, tmp_path):
     _, path = smoke_ckpt
-    arch = B.infer_vit_arch(path)
-    assert arch == B.ViTArch(embed_dim=32, depth=2, num_heads=2, patch_size=8, pretrain_img_size=32, mlp_ratio=4.0)
+    arch = B.backbone_info(path)
+    assert (arch.embed_dim, arch.depth, arch.num_heads, arch.patch_size, arch.img_size, arch.mlp_ratio) == \
+        (32, 2, 2, 8, 32, 4.0)
     odd = create_mae("mae_vit_smoke", embed_dim=48, num_heads=3)
     p = tmp_path / "odd.pth"
     torch.save({"model": odd.state_dict()}, p)
-    with pytest.raises(ValueError, match="--num-heads"):
-        B.infer_vit_arch(p)
-    assert B.infer_vit_arch(p, num_heads=3).num_heads == 3
+    with pytest.raises(CheckpointError, match="--num-heads"):
+        B.backbone_info(p)
+    assert B.backbone_info(p, num_heads=3).num_heads == 3
     torch.save({"model": odd.state_dict(), "args": argparse.Namespace(model="mae_vit_base_patch16")}, p)
-    assert B.infer_vit_arch(p).num_heads == 12  # the official files' args.model names the preset
+    assert B.backbone_info(p).num_heads == 12  # the official files' args.model names the preset
     torch.save({"model": odd.state_dict(), "config": {"model": "mae_vit_tiny_patch16", "epochs": 1}}, p)
-    assert B.infer_vit_arch(p).num_heads == 3  # our pre-training checkpoints store their config
+    assert B.backbone_info(p).num_heads == 3  # our pre-training checkpoints store their config
+    torch.save({"model": odd.state_dict(), "model_config": {**create_mae("mae_vit_smoke").config.__dict__,
+                                                            "embed_dim": 48, "num_heads": 4}}, p)
+    assert B.backbone_info(p).num_heads == 4  # the model config a checkpoint records wins
 
 
 def test_encoder_state_dict_drops_decoder_and_strips_backbone_prefix(smoke_ckpt, tmp_path):
     model, path = smoke_ckpt
-    sd, meta = B.encoder_state_dict(path)
-    assert meta == {"epoch": 1}
+    sd, info = B.encoder_state_dict(path)
+    assert info.kind == "mae_pretrain" and info.format == "official" and info.label == str(path)
     assert not [k for k in sd if k.startswith(("decoder", "mask_token"))]
     assert "blocks.1.mlp.fc2.weight" in sd and "norm.weight" in sd
     p = tmp_path / "det.pth"

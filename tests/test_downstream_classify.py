@@ -58,7 +58,8 @@ def _check_written(tmp: Path, dataset: str) -> pd.Series:
     assert ours["label"] == "vit_smoke (n/a: not the paper's model)"
     assert df.set_index("model").loc[list(paper["model"]), f"{dataset}_ours"].isna().all()  # no number invented
     assert df[f"{dataset}_diff"].isna().all()
-    assert json.loads((tmp / "out.meta.json").read_text())
+    meta = json.loads((tmp / "out.meta.json").read_text())
+    assert meta["scale"] == "smoke" and dataset in meta["verdicts"]
     assert (ours["classifier_ours"], ours["num_classes_ours"], ours["train_images_ours"], ours["val_images_ours"]) == \
         ("vit_smoke", classify.FIXTURE_CLASSES, 32, 12)
     assert ours["scale"] == "smoke" and ours["commit"] and ours["date"][:2] == "20"
@@ -69,8 +70,10 @@ def _check_written(tmp: Path, dataset: str) -> pd.Series:
 
 def test_smoke_inat_run_writes_top1_beside_the_paper(smoke_ckpt, tmp_path):
     df = classify.run(_args(smoke_ckpt, tmp_path, "inat2019"))
-    assert df is not None
-    _check_written(tmp_path, "inat2019")
+    ours = _check_written(tmp_path, "inat2019")
+    # what run returns is what it wrote
+    assert df.set_index("model").loc["vit_smoke", "inat2019_ours"] == pytest.approx(ours["inat2019_ours"])
+    assert df["model"].tolist() == pd.read_csv(tmp_path / "out.csv")["model"].tolist()
     data = tmp_path / "run" / "data" / "inat2019"  # the fixture uses the dataset's own file names
     assert (data / "train2019.json").is_file() and (data / "val2019.json").is_file()
 
@@ -255,3 +258,16 @@ def test_a_changed_table_entry_changes_that_dataset_only(monkeypatch):
     assert (classify.recipe("paper", "vit_large_patch16", "places365").epochs,
             classify.recipe("paper", "vit_large_patch16", "places365").blr) == (30, 2e-3)
     assert classify.recipe("paper", "vit_large_patch16", "inat2017").epochs == 50
+
+
+def test_smoke_results_default_to_outputs_results(smoke_ckpt, tmp_path, monkeypatch):
+    """A smoke run says nothing about the paper: without --out its CSV goes to outputs/results/, never results/
+    (reproduce.driver.results_path, as for the reproduction scripts); --out may name a folder too."""
+    seen = []
+    monkeypatch.setattr(finetune, "run", lambda cfg, datasets=None: {"finished": True, "final": {"acc1": 1.0}})
+    monkeypatch.setattr(classify, "write_comparison", lambda *a: seen.append(a[-1]))
+    args = ["--dataset", "inat2019", "--ckpt", str(smoke_ckpt), "--scale", "smoke", "--work-dir", str(tmp_path / "r")]
+    classify.run(args)
+    classify.run([*args, "--out", str(tmp_path / "mine")])
+    name = "table6_transfer_inat2019_vit_smoke_smoke.csv"
+    assert seen == [classify.REPO / "outputs" / "results" / name, tmp_path / "mine" / name]

@@ -22,10 +22,10 @@ require_openmmlab()
 pytestmark = pytest.mark.downstream
 
 from downstream import ade20k_seg, coco_det  # noqa: E402
-from downstream.backbone import NotAViTCheckpointError  # noqa: E402
 from downstream.checks import DatasetError  # noqa: E402
 from downstream.fixtures import make_ade20k_fixture, make_coco_fixture  # noqa: E402
 from mae.models import create_mae  # noqa: E402
+from mae.models.inspect import NotAViTError  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -97,7 +97,7 @@ def test_non_vit_checkpoint_is_refused_by_both_scripts(tmp_path):
     bad = tmp_path / "resnet.pth"
     torch.save({"state_dict": {"conv1.weight": torch.zeros(4, 3, 7, 7), "layer1.0.bn1.weight": torch.zeros(4)}}, bad)
     for script in (coco_det, ade20k_seg):
-        with pytest.raises(NotAViTCheckpointError, match=r"resnet\.pth is not a ViT.*conv1\.weight"):
+        with pytest.raises(NotAViTError, match=r"resnet\.pth is not a ViT.*conv1\.weight"):
             script.run(_args(bad, tmp_path))
     _assert_not_trained(tmp_path)
     assert not (tmp_path / "run" / "data").exists()  # refused before even generating the fixture
@@ -143,3 +143,15 @@ def test_paper_scale_refuses_a_vit_without_a_recipe(smoke_ckpt, tmp_path):
     with pytest.raises(ValueError, match=r"no recipe .* width 32 and depth 2"):
         coco_det.run(_args(smoke_ckpt, tmp_path, root, scale="paper"))
     _assert_not_trained(tmp_path)
+
+
+def test_smoke_results_default_to_outputs_results(smoke_ckpt, tmp_path, monkeypatch):
+    """Without --out a smoke run's CSV goes to outputs/results/ (reproduce.driver.results_path), never results/."""
+    from downstream import runner
+    seen = []
+    monkeypatch.setattr(runner, "train_and_evaluate", lambda cfg: {})
+    monkeypatch.setattr(runner, "write_comparison", lambda *a: seen.append(a[-1]))
+    for script in (coco_det, ade20k_seg):
+        script.run(["--ckpt", str(smoke_ckpt), "--scale", "smoke", "--work-dir", str(tmp_path / "run")])
+    assert seen == [REPO / "outputs" / "results" / "table4_coco_smoke.csv",
+                    REPO / "outputs" / "results" / "table5_ade20k_smoke.csv"]

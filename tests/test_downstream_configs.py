@@ -54,8 +54,10 @@ def test_smoke_config_builds(task):
 
 
 def test_paper_recipe_follows_a_vit_l_checkpoint(monkeypatch):
-    monkeypatch.setattr(backbone, "infer_vit_arch", lambda path, num_heads=None: backbone.ViTArch(
-        embed_dim=1024, depth=24, num_heads=16, patch_size=16, pretrain_img_size=224, mlp_ratio=4.0))
+    from mae.models.inspect import CheckpointInfo
+    monkeypatch.setattr(backbone, "backbone_info", lambda path, num_heads=None: CheckpointInfo(
+        label=str(path), format="official", kind="mae_pretrain", embed_dim=1024, depth=24, patch_size=16, in_chans=3,
+        grid=14, cls_token=True, mlp_ratio=4.0, num_heads=16))
     cfg = load_config(coco_det.TASK, "paper")
     assert configure_backbone(cfg, coco_det.TASK, "vit_l.pth", "paper", None) == "large"
     bb = cfg.model.backbone

@@ -4,17 +4,13 @@ each paper-scale plan picks its own (planned only, nothing trained)."""
 from __future__ import annotations
 
 import argparse
-import sys
 from dataclasses import replace
-from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # `reproduce` is not an installed package
-
-from mae.protocols import finetune, linprobe, partial, pretrain  # noqa: E402
-from reproduce import fig7, fig9, table1, table2, table3  # noqa: E402
-from reproduce.scales import get_scale  # noqa: E402
+from mae.protocols import finetune, linprobe, partial, pretrain
+from reproduce import fig7, fig9, table1, table2, table3
+from reproduce.scales import get_scale
 
 RECIPE_FIELDS = ("model", "blr", "layer_decay", "drop_path", "epochs")
 TABLE9 = {"vit_base": (1e-3, 0.75, 0.1, 100), "vit_large": (1e-3, 0.75, 0.1, 50), "vit_huge": (1e-3, 0.75, 0.2, 50)}
@@ -67,9 +63,13 @@ def test_paper_scale_plans_pick_the_recipe_of_their_table(tmp_path):
     # Table 1 (every part, Fig. 5 included), Fig. 7, Fig. 9: the 800-epoch ViT-L pixel model -> Table 9
     t1 = [c for job in table1.build_jobs(argparse.Namespace(part=None), scale) for c in job.cells]
     for name, cells in (("table1", t1), ("fig7", fig7.build_cells(scale)), ("fig9", fig9.build_cells(scale))):
-        ft = stages(cells, "finetune")
+        ft = [s for s in stages(cells, "finetune") if s.name != "finetune_scratch"]
         assert ft and all(same_recipe(s.config, table9_l) for s in ft), name
         assert all(values(s.config) == TABLE9["vit_large"] for s in ft), name
+        # the baseline's scratch control: the same recipe for pre-training + fine-tuning epochs
+        scratch = [s for s in stages(cells, "finetune") if s.name == "finetune_scratch"]
+        assert all(same_recipe(replace(s.config, epochs=table9_l.epochs), table9_l)
+                   and s.config.epochs == scale.pretrain.epochs + table9_l.epochs for s in scratch), name
         assert all(s.config.decay_tokens for s in stages(cells, "pretrain")), name
         lin = stages(cells, "linprobe")
         assert lin and all(s.config.crop == "release" and s.config.augment for s in lin), name

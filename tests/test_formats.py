@@ -15,7 +15,7 @@ from mae.models.formats import (CheckpointFormatError, convert, detect_format, e
 from mae.models.interop import create_timm_encoder, load_pretrained_encoder, load_timm_into_mae
 from mae.models.vit import create_vit
 
-torch.set_num_threads(1)
+pytestmark = pytest.mark.usefixtures("one_thread")
 L = 16  # patches of the smoke model: 32 px images, 8 px patches
 ATOL = 1e-5
 
@@ -272,37 +272,87 @@ def test_detect_format_and_errors(mae, tmp_path):
 
 
 # ------------------------------------------------------------------------------- every loader
-def test_every_loader_takes_every_format(mae, official_file, tmp_path):
+@pytest.fixture
+def every_format(mae, tmp_path):
+    """The same pre-trained MAE as ours (run config + model config), official (the release's args), mmpretrain,
+    Hugging Face (a bare file and a model folder) and timm (encoder only) files."""
+    import argparse
+    from dataclasses import asdict, replace
+
+    from mae.config import to_dict
     from mae.protocols import pretrain
-    from mae.viz import load_mae_checkpoint
-    files = {"official": official_file}
-    for fmt, name in (("mmpretrain", "mm.pth"), ("hf", "hf.bin"), ("timm", "timm.pth")):
+    official_file = tmp_path / "official.pth"
+    torch.save({"model": mae.state_dict(), "args": argparse.Namespace(norm_pix_loss=True), "epoch": 3}, official_file)
+    ours = tmp_path / "ours.pth"
+    recipe = replace(pretrain.PRESETS["smoke"], target="norm_pixel")
+    torch.save({"model": mae.state_dict(), "config": to_dict(recipe), "config_class": "Config", "epoch": 3,
+                "model_config": asdict(mae.config), "model_config_class": "MAEConfig"}, ours)
+    files = {"ours": ours, "official": official_file}
+    for fmt, name in (("mmpretrain", "mm.pth"), ("hf", "hf.bin"), ("hf_folder", "hf_folder"), ("timm", "timm.pth")):
         files[fmt] = tmp_path / name
-        convert(official_file, files[fmt], fmt)
-    ref = create_vit("vit_smoke", num_classes=5, global_pool=False)
-    load_pretrained_encoder(ref, official_file, head_init_std=None)
-    for fmt, path in files.items():  # fine-tune / linear probe / partial: load_pretrained_encoder
+        convert(official_file, files[fmt], fmt.split("_")[0], norm_pix_loss=True)
+    return files
+
+
+def test_every_loader_accepts_the_same_files(mae, every_format, tmp_path):
+    """One reading (mae.models.inspect) behind every loader: a file one accepts, all accept (the loaders that need a
+    decoder refuse the encoder-only timm file, all with the same words)."""
+    import dataclasses
+
+    from downstream.classify import resolve_model
+    from mae.models.inspect import CheckpointInfo
+    from mae.models.loader import load_mae_checkpoint
+    from mae.protocols import pretrain
+    arch = ("embed_dim", "depth", "patch_size", "in_chans", "grid", "cls_token", "mlp_ratio", "num_heads")
+    with_decoder = ("decoder_embed_dim", "decoder_depth", "decoder_num_heads", "decoder_out_dim", "target", "preset")
+    enc_ref = create_vit("vit_smoke", num_classes=5, global_pool=False)
+    load_pretrained_encoder(enc_ref, every_format["official"], head_init_std=None)
+    infos: dict[str, CheckpointInfo] = {}
+    for fmt, path in every_format.items():
+        info = infos[fmt] = read_checkpoint(path).inspect()
+        assert [getattr(info, k) for k in arch] == [32, 2, 8, 3, 4, True, 4.0, 2], fmt
+        # mae convert
+        assert cli.main(["convert", str(path), str(tmp_path / f"{fmt}-back.pth"), "--to", "official"]) == 0, fmt
+        back = torch.load(tmp_path / f"{fmt}-back.pth", weights_only=True)["model"]
+        _same_tensors(back, mae.state_dict() if info.has_decoder else export_state_dict(mae.state_dict(), "timm"))
+        # fine-tune / linear probe / partial / readouts
         clf = create_vit("vit_smoke", num_classes=5, global_pool=False)
-        clf.head.load_state_dict(ref.head.state_dict())
+        clf.head.load_state_dict(enc_ref.head.state_dict())
         load_pretrained_encoder(clf, path, head_init_std=None)
-        _same_tensors(clf.state_dict(), ref.state_dict())
-    for fmt in ("mmpretrain", "hf"):  # pre-training --init and the reconstruction figures need the decoder
-        cfg = pretrain.PRESETS["smoke"]
-        import dataclasses
-        model = pretrain.build_model(dataclasses.replace(cfg, init=str(files[fmt]), target="norm_pixel"))
+        _same_tensors(clf.state_dict(), enc_ref.state_dict())
+        # transfer (downstream/classify.py's model)
+        assert resolve_model(str(path), None) == "vit_smoke", fmt
+        if not info.has_decoder:
+            continue
+        says = fmt in ("ours", "official", "hf_folder")  # the bare files do not say norm_pix_loss: pixels assumed
+        target = "norm_pixel" if says else "pixel"
+        assert [getattr(info, k) for k in with_decoder] == [32, 1, 2, 192, target, "mae_vit_smoke"], fmt
+        # pre-training --init and the reconstruction figures
+        model = pretrain.build_model(dataclasses.replace(pretrain.PRESETS["smoke"], init=str(path),
+                                                         target="norm_pixel"))
         _same_tensors(model.state_dict(), mae.state_dict())
-        loaded = load_mae_checkpoint(files[fmt], norm_pix=True)
+        loaded = load_mae_checkpoint(path)
+        assert loaded.target == target and loaded.preset == "mae_vit_smoke", fmt
         _same_tensors(loaded.model.state_dict(), mae.state_dict())
+    assert {fmt for fmt, i in infos.items() if not i.has_decoder} == {"timm"}
+    assert [infos[f].format for f in every_format] == ["official", "official", "mmpretrain", "hf", "hf", "timm"]
+    assert infos["ours"].model_config == dataclasses.asdict(mae.config)
+    timm_file = every_format["timm"]
+    with pytest.raises(CheckpointError, match="encoder-only checkpoint: it has no MAE decoder"):
+        load_mae_checkpoint(timm_file)
+    with pytest.raises(CheckpointError, match="encoder-only checkpoint: it has no MAE decoder"):
+        pretrain.build_model(dataclasses.replace(pretrain.PRESETS["smoke"], init=str(timm_file)))
 
 
-def test_downstream_backbone_reads_every_format(mae, official_file, tmp_path):
+def test_downstream_backbone_reads_every_format(mae, every_format):
     pytest.importorskip("mmdet")
-    from downstream.backbone import encoder_state_dict
-    want, _ = encoder_state_dict(official_file)
-    for fmt in ("mmpretrain", "hf", "timm"):
-        convert(official_file, tmp_path / f"{fmt}.pth", fmt)
-        got, _ = encoder_state_dict(tmp_path / f"{fmt}.pth")
+    from downstream.backbone import backbone_info, encoder_state_dict
+    want, _ = encoder_state_dict(every_format["official"])
+    for fmt, path in every_format.items():
+        got, _ = encoder_state_dict(path)
         _same_tensors(got, want)
+        info = backbone_info(path)
+        assert (info.embed_dim, info.depth, info.num_heads, info.img_size) == (32, 2, 2, 32), fmt
 
 
 # ------------------------------------------------------------------------------------- the CLI

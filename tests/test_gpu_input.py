@@ -209,7 +209,7 @@ def test_prefetch_keeps_order_and_reraises_errors():
 def test_trainer_runs_on_the_jpeg_path(tmp_path, folder):
     import dataclasses
 
-    from mae.engine.loop import Trainer
+    from mae.engine.loop import Trainer, TrainHooks
     from mae.models import create_mae
     from mae.protocols import pretrain
 
@@ -223,7 +223,7 @@ def test_trainer_runs_on_the_jpeg_path(tmp_path, folder):
         imgs, _ = batch
         assert imgs.shape == (3, 3, 32, 32)
         return m(imgs, mask_ratio=0.75)[0], {}
-    result = Trainer(cfg, model, train_set, step_fn=step, collate_fn=collate, batch_transform=transform).fit()
+    result = Trainer(cfg, model, train_set, TrainHooks(step=step, collate=collate, prepare_batch=transform)).fit()
     assert result["finished"] and len(result["history"]) == 1
 
 

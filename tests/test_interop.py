@@ -4,12 +4,13 @@ import torch
 import torch.nn.functional as F
 
 from mae.engine.checkpoint import CheckpointError
-from mae.models.interop import (InteropError, checkpoint_kind, create_timm_encoder, export_timm, load_classifier,
-                                load_pretrained_encoder, load_timm_into_mae)
+from mae.models.inspect import NotAViTError, inspect_checkpoint
+from mae.models.interop import (InteropError, create_timm_encoder, export_timm, load_classifier, load_pretrained_encoder,
+                                load_timm_into_mae)
 from mae.models.mae import create_mae
 from mae.models.vit import create_vit
 
-torch.set_num_threads(1)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
@@ -33,14 +34,21 @@ def encoder_keys(sd):
     return {k for k in sd if not k.startswith(("decoder_", "mask_token"))}
 
 
-def test_checkpoint_kinds(mae):
+def kind(sd):
+    return inspect_checkpoint(sd).kind
+
+
+def test_checkpoint_kinds(mae, tmp_path):
     sd = mae.state_dict()
-    assert checkpoint_kind(sd) == "mae_pretrain"
-    assert checkpoint_kind(export_timm(mae)) == "encoder"
-    assert checkpoint_kind(create_vit("vit_smoke", num_classes=3).state_dict()) == "finetune"
-    assert checkpoint_kind(create_vit("vit_smoke", num_classes=3, head_type="bn_linear").state_dict()) == "linprobe"
-    with pytest.raises(InteropError, match="not a ViT/MAE checkpoint"):
-        checkpoint_kind({"conv1.weight": torch.zeros(1)})
+    assert kind(sd) == "mae_pretrain"
+    assert kind(export_timm(mae)) == "encoder"
+    assert kind(create_vit("vit_smoke", num_classes=3).state_dict()) == "finetune"
+    assert kind(create_vit("vit_smoke", num_classes=3, head_type="bn_linear").state_dict()) == "linprobe"
+    with pytest.raises(NotAViTError, match="not a ViT/MAE checkpoint"):
+        kind({"conv1.weight": torch.zeros(1)})
+    torch.save({"model": {"blocks.0.norm1.weight": torch.ones(2)}}, tmp_path / "no_patch_embed.pth")
+    with pytest.raises(InteropError, match="not a ViT/MAE checkpoint"):  # the loaders say it as an interop error
+        load_pretrained_encoder(create_vit("vit_smoke", num_classes=3), tmp_path / "no_patch_embed.pth")
 
 
 def test_timm_round_trip_features_equal(mae):
@@ -166,16 +174,18 @@ def test_timm_classifier_state_dict_loads_and_predicts_the_same():
     torch.testing.assert_close(ours(x), t(x), rtol=0, atol=0)
 
 
-def test_encoder_shape_reads_the_official_layout():
+def test_inspect_reads_the_official_layout():
     from mae.models import create_mae
-    from mae.models.interop import InteropError, block_count, encoder_shape
     sd = create_mae("mae_vit_smoke").state_dict()
-    s = encoder_shape(sd)
+    s = inspect_checkpoint(sd)
     assert (s.embed_dim, s.depth, s.patch_size, s.in_chans, s.grid, s.cls_token, s.mlp_ratio, s.img_size) == \
         (32, 2, 8, 3, 4, True, 4.0, 32)
-    assert block_count(sd, "decoder_blocks.") == 1
+    assert (s.decoder_embed_dim, s.decoder_depth, s.decoder_out_dim, s.num_heads, s.decoder_num_heads) == (32, 1, 192, 2, 2)
+    assert (s.kind, s.target, s.norm_pix, s.preset, s.encoder_mask_token) == ("mae_pretrain", "pixel", None,
+                                                                              "mae_vit_smoke", False)
     no_cls = {**sd, "pos_embed": sd["pos_embed"][:, 1:]}
-    assert encoder_shape(no_cls).cls_token is False and encoder_shape(no_cls).grid == 4
+    assert inspect_checkpoint(no_cls).cls_token is False and inspect_checkpoint(no_cls).grid == 4
     gap = {k: v for k, v in sd.items() if not k.startswith("blocks.0.")}
-    with pytest.raises(InteropError, match="non-contiguous blocks"):
-        encoder_shape(gap)
+    with pytest.raises(NotAViTError, match="non-contiguous blocks"):
+        inspect_checkpoint(gap)
+    assert inspect_checkpoint(sd, {"args": {"norm_pix_loss": True}}).target == "norm_pixel"

@@ -134,12 +134,10 @@ def test_killed_and_resumed_run_logs_what_the_uninterrupted_run_logs(tmp_path, m
         pass
 
     class CrashingTrainer(loop.Trainer):  # the process 'dies' at overall iteration 13 (mid epoch 1)
-        def __init__(self, *a, step_fn, **k):
-            def step(m, b):
-                if self.total_iters >= 13:
-                    raise Crash("killed")
-                return step_fn(m, b)
-            super().__init__(*a, step_fn=step, **k)
+        def train_step(self, m, b):
+            if self.total_iters >= 13:
+                raise Crash("killed")
+            return super().train_step(m, b)
 
     common = dict(monitor_every=1, ckpt_every_iters=2)
     ref = smoke_cfg(tmp_path / "ref", **common)

@@ -9,7 +9,7 @@ import mae.models
 import mae.models.mae as models_mae
 from mae.models import mae_config
 
-torch.set_num_threads(1)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def expected_params(d, depth, patch, img=224, dd=512, ddepth=8, chans=3):

@@ -1,5 +1,5 @@
 """Pre-emption: SIGTERM / SIGUSR1 to the whole process group (SLURM, torchrun) saves checkpoint-last.pth,
-exits with one line and status 75 (mae.engine.loop.EXIT_PREEMPTED), and ``--resume auto`` continues
+exits with one line and status 75 (mae.engine.preemption.EXIT_PREEMPTED), and ``--resume auto`` continues
 bitwise (CPU). Loader workers ignore the signals, so they do not die before the main process saves."""
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ import torch
 
 from mae.cli import build_config
 from mae.engine import checkpoint as ckpt
-from mae.engine import loop
+from mae.engine import loop, preemption
 from mae.protocols import pretrain
 
 REPO = Path(__file__).resolve().parents[1]
@@ -65,7 +65,7 @@ def test_sigterm_to_the_process_group_saves_exits_75_and_resumes_bitwise(tmp_pat
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
-    assert proc.returncode == loop.EXIT_PREEMPTED == 75, err[-3000:]
+    assert proc.returncode == preemption.EXIT_PREEMPTED == 75, err[-3000:]
     assert "Traceback" not in err and "killed by signal" not in err, err[-3000:]
     said = [line for line in err.splitlines() if "SIGTERM" in line]
     assert len(said) == 1 and said[0].startswith("[train] SIGTERM: saved ") and "--resume auto" in said[0]
@@ -92,12 +92,10 @@ class _SignalAt(loop.Trainer):
     """A Trainer that sends ``SIG`` to its own process at overall iteration ``AT`` (inside a step)."""
     SIG, AT = signal.SIGUSR1, 5
 
-    def __init__(self, *a, step_fn, **k):
-        def step(m, b):
-            if self.total_iters == self.AT:
-                os.kill(os.getpid(), self.SIG)
-            return step_fn(m, b)
-        super().__init__(*a, step_fn=step, **k)
+    def train_step(self, m, b):
+        if self.total_iters == self.AT:
+            os.kill(os.getpid(), self.SIG)
+        return super().train_step(m, b)
 
 
 @pytest.mark.parametrize("at", [5, 7])  # mid-epoch; an epoch's last step (saved after its epoch end)
@@ -106,11 +104,11 @@ def test_sigusr1_in_process_raises_preempted_and_restores_the_handlers(tmp_path,
     monkeypatch.setattr(pretrain, "Trainer", _SignalAt)
     cfg = dataclasses.replace(pretrain.PRESETS["smoke"], output_dir=str(tmp_path / "run"), progress=False,
                               num_workers=1, epochs=4)
-    before = {s: signal.getsignal(s) for s in loop.STOP_SIGNALS}
-    with pytest.raises(loop.Preempted) as e:
+    before = {s: signal.getsignal(s) for s in preemption.STOP_SIGNALS}
+    with pytest.raises(preemption.Preempted) as e:
         pretrain.run(cfg)
     assert e.value.code == 75 and e.value.signum == signal.SIGUSR1
-    assert {s: signal.getsignal(s) for s in loop.STOP_SIGNALS} == before
+    assert {s: signal.getsignal(s) for s in preemption.STOP_SIGNALS} == before
     state = ckpt.load_checkpoint(tmp_path / "run" / ckpt.LAST)
     assert (state["epoch"], state["iter"]) == ((1, 2) if at == 5 else (2, 0))
     assert "[train] SIGUSR1: saved" in capsys.readouterr().err
@@ -118,10 +116,10 @@ def test_sigusr1_in_process_raises_preempted_and_restores_the_handlers(tmp_path,
 
 def test_workers_ignore_the_stop_signals():
     """The loaders' worker_init_fn sets SIG_IGN (run here, then undone)."""
-    before = {s: signal.getsignal(s) for s in loop.STOP_SIGNALS}
+    before = {s: signal.getsignal(s) for s in preemption.STOP_SIGNALS}
     try:
-        loop.ignore_stop_signals(0)
-        assert all(signal.getsignal(s) is signal.SIG_IGN for s in loop.STOP_SIGNALS)
+        preemption.ignore_stop_signals(0)
+        assert all(signal.getsignal(s) is signal.SIG_IGN for s in preemption.STOP_SIGNALS)
         os.kill(os.getpid(), signal.SIGUSR1)  # would end this process otherwise
     finally:
         for s, h in before.items():

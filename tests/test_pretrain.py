@@ -39,6 +39,27 @@ def test_tiny_pretraining_lowers_the_loss(tmp_path):
     assert "decoder_pred.weight" in sd and "mask_token" in sd  # official layout in the file
 
 
+def test_checkpoints_record_the_model_config_and_old_ones_still_load(tmp_path):
+    """Beside the run's config, a checkpoint holds the model's own (MAEConfig): a loader builds the model from it,
+    without the protocol; a file written before that (run config only) loads as before."""
+    from mae.models.loader import load_mae_checkpoint
+    cfg = smoke_cfg(tmp_path, target="norm_pixel", decoder_embed_dim=16, save_init=True)
+    pretrain.run(cfg)
+    run = Path(cfg.output_dir)
+    model = pretrain.build_model(cfg)
+    for name in ("checkpoint-last.pth", pretrain.INIT_CHECKPOINT):
+        state = ckpt.load_checkpoint(run / name)
+        assert state["model_config"] == dataclasses.asdict(model.config) and state["model_config_class"] == "MAEConfig"
+    loaded = load_mae_checkpoint(run / "checkpoint-last.pth")
+    assert loaded.source == "ours" and loaded.model.config == model.config
+    state = ckpt.load_checkpoint(run / "checkpoint-last.pth")
+    old = {k: v for k, v in state.items() if not k.startswith("model_config")}  # as written before
+    ckpt.save_checkpoint(old, tmp_path / "old.pth")
+    again = load_mae_checkpoint(tmp_path / "old.pth")
+    assert again.model.config == model.config and again.train_mask_ratio == cfg.mask_ratio
+    assert all(torch.equal(v, again.model.state_dict()[k]) for k, v in loaded.model.state_dict().items())
+
+
 class _Crash(RuntimeError):
     pass
 
@@ -46,12 +67,10 @@ class _Crash(RuntimeError):
 def _crashing_trainer(at_iteration):
     """A Trainer whose process 'dies' (an exception) when it reaches overall iteration ``at_iteration``."""
     class CrashingTrainer(loop.Trainer):
-        def __init__(self, *a, step_fn, **k):
-            def step(m, b):
-                if self.total_iters >= at_iteration:
-                    raise _Crash("killed")
-                return step_fn(m, b)
-            super().__init__(*a, step_fn=step, **k)
+        def train_step(self, m, b):
+            if self.total_iters >= at_iteration:
+                raise _Crash("killed")
+            return super().train_step(m, b)
     return CrashingTrainer
 
 
@@ -82,11 +101,9 @@ def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(tmp_path, monkeypa
     cfg = smoke_cfg(tmp_path, data="synthetic:64", epochs=2, batch_size=8, ckpt_every_iters=2)
 
     class NaNTrainer(loop.Trainer):
-        def __init__(self, *a, step_fn, **k):
-            def step(m, b):
-                loss, metrics = step_fn(m, b)
-                return (loss * float("nan") if self.total_iters == 5 else loss), metrics
-            super().__init__(*a, step_fn=step, **k)
+        def train_step(self, m, b):
+            loss, metrics = super().train_step(m, b)
+            return (loss * float("nan") if self.total_iters == 5 else loss), metrics
 
     monkeypatch.setattr(pretrain, "Trainer", NaNTrainer)
     with pytest.raises(loop.NonFiniteLossError, match="loss is nan at epoch 0, iteration 5.*last good checkpoint"):
@@ -195,12 +212,13 @@ def test_deferred_loss_check_never_lets_a_nan_reach_a_checkpoint(tmp_path, monke
     cfg = smoke_cfg(tmp_path, data="synthetic:64", epochs=2, batch_size=8, ckpt_every_iters=2, log_every=4)
 
     class DeferredNaNTrainer(loop.Trainer):
-        def __init__(self, *a, step_fn, **k):
-            def step(m, b):
-                loss, metrics = step_fn(m, b)
-                return (loss * float("nan") if self.total_iters == 5 else loss), metrics
-            super().__init__(*a, step_fn=step, **k)
+        def __init__(self, *a, **k):
+            super().__init__(*a, **k)
             self.defer_loss_check = True
+
+        def train_step(self, m, b):
+            loss, metrics = super().train_step(m, b)
+            return (loss * float("nan") if self.total_iters == 5 else loss), metrics
 
     monkeypatch.setattr(pretrain, "Trainer", DeferredNaNTrainer)
     with pytest.raises(loop.NonFiniteLossError, match="loss is nan at epoch 0, iteration 5 "):
@@ -211,7 +229,7 @@ def test_deferred_loss_check_never_lets_a_nan_reach_a_checkpoint(tmp_path, monke
 
 
 def test_deferred_loss_check_gives_the_same_losses(tmp_path):
-    from mae.engine.loop import LossMonitor
+    from mae.engine.runlog import LossMonitor
     calls = []
     for deferred in (False, True):
         mon = LossMonitor(torch.device("cpu"), deferred, lambda v, i: calls.append((v, i)))

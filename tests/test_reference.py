@@ -1,11 +1,6 @@
 """The paper's reference numbers: every CSV loads with the schema and matches the paper's values."""
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # `reproduce` is not an installed package
-
 import math
 
 import pandas as pd

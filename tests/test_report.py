@@ -4,16 +4,12 @@ Every "ours" frame below is FABRICATED inside the test to exercise the code; non
 """
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # `reproduce` is not an installed package
-
 import json
 import math
 import os
 import socket
 import subprocess
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -218,8 +214,9 @@ def test_format_table_shows_ours_paper_and_verdicts():
     assert text.splitlines()[0] == "Table 1a"
     assert "scale=smoke" in text and "commit=abc1234" in text
     assert "ft_ours" in text and "ft_paper" in text and "84.90" in text
-    assert "verdict lin: best ours=8 paper=8 -> match; Spearman=+1.00 (n=3, scale=smoke)" in text
-    assert "verdict ft: best ours=8 paper=4, 8 -> match" in text
+    # one seed each, no seed spread, no image count: our best is the paper's, but not resolved vs the runner-up
+    assert "verdict lin: best ours=8 paper=8 -> match, not resolved; Spearman=+1.00 (n=3, scale=smoke)" in text
+    assert "verdict ft: best ours=8 paper=4, 8 -> match, not resolved" in text
 
 
 # --------------------------------------------------------------------------------- provenance
@@ -274,23 +271,63 @@ def test_verdict_all_tied_ours_is_not_a_match():
     assert v["lin"]["best_match"] is None and "tie" in v["lin"]["note"]
 
 
-def test_verdict_with_seed_std_reports_ties_and_outcome():
-    import pandas as pd
-
-    from reproduce.report import verdict
-    # the paper's best ft: decoder depth 2, 4, 8 (84.9); ours: 12 best, 8 within 2 seed std -> tie
+def _depth_rows(seeds12: list[float], seeds8: list[float]) -> "pd.DataFrame":
+    """Table 1a results with paired seeds for depth 8 (the paper's baseline) and 12, one seed elsewhere."""
     ref = pd.read_csv(Path(__file__).resolve().parents[1] / "reproduce/reference/table1a_decoder_depth.csv")
-    df = pd.DataFrame({"decoder_depth": ref["decoder_depth"], "ft_ours": [70.0, 75.0, 80.0, 89.0, 90.0],
-                       "ft_paper": ref["ft"], "ft_std_ours": [None, None, None, 1.0, None], "scale": "cpu"})
-    v = verdict(df, "table1a_decoder_depth")["ft"]
-    assert 12 not in v["best_paper"] and 8 in v["best_paper"]
-    assert v["seed_std"] == 1.0 and v["ties_ours"] == [8, 12] and v["outcome"] == "tie"
-    assert v["best_match"] is False
-    df.loc[df["decoder_depth"] == 8, "ft_ours"] = 85.0  # 5 points below the best: outside 2 std
-    v = verdict(df, "table1a_decoder_depth")["ft"]
-    assert v["ties_ours"] == [12] and v["outcome"] == "mismatch"
-    df.loc[df["decoder_depth"] == 8, "ft_ours"] = 95.0
-    assert verdict(df, "table1a_decoder_depth")["ft"]["outcome"] == "match"
+    fmt = lambda vals: ";".join(f"{i}:{v}" for i, v in enumerate(vals))  # noqa: E731
+    df = pd.DataFrame({"decoder_depth": ref["decoder_depth"], "ft_paper": ref["ft"],
+                       "paper_baseline": ref["baseline"], "scale": "cpu",
+                       "ft_ours": [70.0, 75.0, 80.0, sum(seeds8) / 3, sum(seeds12) / 3],
+                       "ft_seeds_ours": ["0:70", "0:75", "0:80", fmt(seeds8), fmt(seeds12)],
+                       "n_seeds_ours": [1, 1, 1, 3, 3]})
+    return df
+
+
+def test_verdict_outcome_rests_on_the_paired_interval():
+    from reproduce.report import verdict
+    # 12 - 8 per seed: +0.5, -0.3, +0.1 -> mean 0.1, sd 0.4, half-width t(2) 4.303 * 0.4 / sqrt(3) = 0.994
+    v = verdict(_depth_rows([89.5, 88.7, 90.1], [89.0, 89.0, 90.0]), "table1a_decoder_depth")["ft"]
+    assert v["best_ours"] == [12] and 8 in v["best_paper"] and v["best_match"] is False
+    c = v["best_vs_paper"]  # the paper's best setting we measured best (8) minus ours (12)
+    assert (c["paper_setting"], c["our_setting"]) == (8, 12)
+    assert c["delta"] == pytest.approx(-0.1) and c["hi"] - c["delta"] == pytest.approx(0.9934, abs=1e-3)
+    assert c["method"] == "paired t over 3 seeds" and v["outcome"] == "tie"  # inside +-2
+    s12 = v["settings"]["12"]
+    assert s12["call"] == "equal within +-2" and s12["vs"] == "baseline" and v["baseline"] == 8
+    # +6, +8, +4: mean 6, sd 2 -> [1.03, 10.97]: the paper's best is resolved worse -> mismatch
+    v = verdict(_depth_rows([95.0, 97.0, 94.0], [89.0, 89.0, 90.0]), "table1a_decoder_depth")["ft"]
+    assert v["outcome"] == "mismatch" and v["settings"]["12"]["call"] == "better"
+    assert v["settings"]["12"]["seeds_needed"] == 8  # (2.8016 * 2 / 2)^2 = 7.85
+    # +1, +3, -2: mean 0.67, sd 2.52 -> [-5.6, 6.9]: cannot tell
+    v = verdict(_depth_rows([90.0, 92.0, 88.0], [89.0, 89.0, 90.0]), "table1a_decoder_depth")["ft"]
+    assert v["outcome"] == "unresolved" and v["settings"]["12"]["call"] == "unresolved"
+    # one seed each (depth 1 vs the baseline's 3 seeds): the baseline's seed spread stands in
+    assert v["settings"]["1"]["method"] == "1 seed vs 3 seeds (their seed std)"
+
+
+def test_stats_intervals_by_hand():
+    from reproduce.stats import call_of, compare, seeds_needed
+    c = compare({0: 90.0, 1: 92.0, 2: 91.0}, {0: 88.0, 1: 89.0, 2: 90.0})  # d = 2, 3, 1
+    assert c.delta == pytest.approx(2.0) and c.sd == pytest.approx(1.0)
+    assert c.lo == pytest.approx(2.0 - 4.302653 / 3 ** 0.5, abs=1e-5) and c.call == "unresolved"  # [-0.48, 4.48]
+    assert compare({0: 93.0, 1: 95.0, 2: 94.0}, {0: 88.0, 1: 89.0, 2: 90.0}).call == "better"  # 5 +- 2.48
+    b = compare({0: 90.0}, {0: 80.0}, n_val=100)  # binomial: se = 100 * sqrt(.09/100 + .16/100) = 5
+    assert b.hi - b.delta == pytest.approx(1.959964 * 5.0) and b.call == "better" and "images" in b.method
+    assert call_of(-1.5, 1.9) == "equal within +-2" and call_of(-2.5, 1.0) == "unresolved"
+    assert call_of(0.1, 5) == "better" and call_of(-5, -0.1) == "worse"
+    assert seeds_needed(1.0) == 2 and seeds_needed(3.0) == 18  # ceil((2.8016 * 3 / 2)^2) = ceil(17.66)
+
+
+def test_a_chance_level_table_is_not_called_match():
+    """The smoke scale's Fig. 5: every setting at chance (a test of the plumbing, not of the paper)."""
+    ours = pd.DataFrame({"mask_ratio": [0.5, 0.75], "ft": [16.67, 16.67], "lin": [8.33, 16.0],
+                         "chance": [10.0, 10.0], "n_val": [12.0, 12.0]})
+    v = verdict(compare("fig5_masking_ratio", ours, "smoke", PROV), "fig5_masking_ratio")
+    assert v["lin"]["outcome"] == "n/a: at chance" and v["ft"]["outcome"] == "n/a: at chance"
+    ours["lin_margin"] = [None, -8.3]
+    ours["lin"] = [60.0, 80.0]
+    v = verdict(compare("fig5_masking_ratio", ours, "smoke", PROV), "fig5_masking_ratio")
+    assert v["lin"]["outcome"] == "n/a: no margin over the initialisation"
 
 
 def test_a_stated_paper_best_ranks_every_measured_setting():
@@ -298,10 +335,11 @@ def test_a_stated_paper_best_ranks_every_measured_setting():
     ratios = [0.1, 0.2, 0.5, 0.75, 0.8]
     ours = pd.DataFrame({"mask_ratio": ratios, "ft": [80.0, 81.0, 82.0, 83.0, 85.0],
                          "lin": [60.0, 61.0, 70.0, 72.0, 71.5], "lin_std": [None, None, None, 0.5, None],
-                         "ft_std": [None, None, None, 0.5, None]})
+                         "ft_std": [None, None, None, 0.5, None], "n_seeds": [1, 1, 1, 3, 1]})
     v = verdict(compare("fig5_masking_ratio", ours, "cpu", PROV), "fig5_masking_ratio")
     assert v["ft"]["best_paper"] == [0.75] and v["ft"]["best_ours"] == [0.8]
-    assert v["ft"]["outcome"] == "mismatch" and v["ft"]["ties_ours"] == [0.8]  # 83 is 2 below 85, > 2 std
-    assert v["lin"]["best_ours"] == [0.75] and v["lin"]["outcome"] == "match"
-    assert v["lin"]["ties_ours"] == [0.75, 0.8]  # 71.5 within 2 x 0.5 of 72
+    # 83 - 85 with the 75% row's 3-seed std 0.5: -2 +- 4.303 * 0.5 * sqrt(1 + 1/3) -> [-4.5, 0.5]: unresolved
+    assert v["ft"]["outcome"] == "unresolved" and v["ft"]["best_vs_paper"]["hi"] == pytest.approx(0.4842, abs=1e-3)
+    assert v["lin"]["best_ours"] == [0.75] and v["lin"]["outcome"] == "match, not resolved"  # 72 vs 71.5
+    assert v["lin"]["best_vs_runner_up"]["runner_up"] == 0.8
     assert "stated in its text" in v["lin"]["note"] and v["lin"]["n"] == 2  # Spearman still on common points

@@ -3,16 +3,12 @@ scales: CLI behaviour, plans at every scale, and one smoke run of everything wit
 and the ours-vs-paper columns checked. Smoke numbers are near chance: only the pipeline is tested."""
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))  # `reproduce` is not an installed package
-
 import json
 import math
 import os
 import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -23,6 +19,7 @@ from reproduce.reference import get_spec, load_reference
 from reproduce.report import PROVENANCE_COLUMNS, meta_path
 from reproduce.scales import get_scale
 
+ROOT = Path(__file__).resolve().parents[1]
 SCRIPTS = {"table1": table1, "table2": table2, "table3": table3, "fig7": fig7, "fig9": fig9}
 
 
@@ -183,7 +180,8 @@ def check_results(path: Path, table: str, expect: set[str]) -> pd.DataFrame:
     ref = load_reference(table)
     assert set(ref[spec.key].astype(str)) <= set(df[spec.key].astype(str))  # every paper row is there
     meta = json.loads(meta_path(path).read_text())
-    assert set(meta["verdicts"]) == measured and meta["scale"] == "smoke"
+    from reproduce.report import READOUT_METRICS
+    assert measured <= set(meta["verdicts"]) <= measured | set(READOUT_METRICS) and meta["scale"] == "smoke"
     assert meta["provenance"]["collected_by"]["command"]
     for v in meta["verdicts"].values():
         assert {"best_ours", "best_paper", "best_match", "spearman", "n"} <= set(v)

@@ -24,26 +24,28 @@ def _write(results: Path, verdicts: dict, rows: list[dict]) -> None:
     (results / "fig5_masking_ratio_cpu.meta.json").write_text(json.dumps(meta))
 
 
-def test_rows_carry_best_settings_ties_outcome_and_margin(tmp_path):
+def test_rows_carry_best_settings_outcome_interval_and_margin(tmp_path):
     res = tmp_path / "results"
-    rows = [{"mask_ratio": 0.5, "lin_ours": 80.0, "lin_margin_ours": None, "n_seeds_ours": 1},
-            {"mask_ratio": 0.75, "lin_ours": 81.0, "lin_margin_ours": 12.34, "lin_margin_std_ours": 0.56,
-             "n_seeds_ours": 3},
-            {"mask_ratio": 0.9, "lin_ours": None, "n_seeds_ours": 1}]
-    _write(res, {"lin": {"best_paper": [0.75], "best_ours": [0.75], "ties_ours": [0.5, 0.75], "outcome": "match",
-                         "spearman": 0.5, "n": 2, "seed_std": 0.7}}, rows)
+    rows = [{"mask_ratio": 0.5, "lin_ours": 80.0, "lin_paper": None, "lin_margin_ours": None, "n_seeds_ours": 1},
+            {"mask_ratio": 0.75, "lin_ours": 81.0, "lin_paper": 73.5, "lin_margin_ours": 12.34,
+             "lin_margin_std_ours": 0.56, "lin_seeds_ours": "0:80.5;1:81.0;2:81.5", "n_seeds_ours": 3,
+             "lin_vs_pixels_ours": -3.0, "paper_baseline": 1},
+            {"mask_ratio": 0.9, "lin_ours": None, "lin_paper": None, "n_seeds_ours": 1}]
+    # the meta's old verdict is not trusted: the scoreboard recomputes it from the CSV
+    _write(res, {"lin": {"best_paper": [0.75], "best_ours": [0.5], "outcome": "mismatch"}}, rows)
     (res / "benchmark.meta.json").write_text(json.dumps({"csv": "benchmark.csv", "scale": "cpu"}))  # not a table
     recs = summary.collect(res)
     assert len(recs) == 1
     r = recs[0]
-    assert (r["paper_best"], r["ours_best"], r["ties"], r["outcome"]) == ("0.75", "0.75", "0.5", "match")
-    assert (r["measured"], r["rows"], r["seeds"], r["margin"], r["spearman"]) == (2, 3, "3", "12.3 +- 0.6", "0.50")
+    assert (r["paper_best"], r["ours_best"], r["outcome"]) == ("0.75", "0.75", "match, not resolved")
+    assert r["interval"].startswith("+1.0 [") and r["interval"].endswith("(vs 0.5)")
+    assert (r["measured"], r["rows"], r["seeds"], r["margin"], r["vs_pixels"]) == (2, 3, "1-3", "12.3 +- 0.6", "-3.0")
     assert r["figure"] == ""
     (res / "figures").mkdir()
     (res / "figures" / "fig5_masking_ratio_cpu.png").write_bytes(b"png")
     text = summary.render(summary.collect(res))
-    assert "## Scale `cpu`" in text and "1 comparison(s): 1 match, 0 tie, 0 mismatch, 0 undecided." in text
-    assert "[figure](figures/fig5_masking_ratio_cpu.png)" in text and "abc1234 (cpu)" in text
+    assert "## Scale `cpu`" in text and "1 comparison(s): 0 match, 1 match, not resolved, 0 tie" in text
+    assert "[figure](figures/fig5_masking_ratio_cpu.png)" in text
 
 
 def test_check_fails_when_stale_and_passes_after_regeneration(tmp_path, capsys):

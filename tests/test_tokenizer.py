@@ -1,11 +1,6 @@
-"""The VQ tokenizer of Table 1d's token target (mae/tokenizer.py) and its cached training stage
-(reproduce/tokenizer.py)."""
+"""The VQ tokenizer of Table 1d's token target (mae/tokenizer.py), its protocol (mae/protocols/tokenizer.py,
+`mae tokenizer`) and its cached training stage (reproduce/tokenizer.py)."""
 from __future__ import annotations
-
-import sys
-from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # `reproduce` is not an installed package
 
 from dataclasses import replace
 
@@ -147,13 +142,14 @@ def test_token_target_trains_an_mae(tmp_path):
 
 
 def test_tokenizer_stage_trains_once_and_is_cached(tmp_path, capsys):
+    from mae.protocols import tokenizer as protocol
     from reproduce import tokenizer as stage
     out = tmp_path / "tok"
     assert stage.main(["--scale", "smoke", "--out", str(out)]) == 0
-    path = stage.tokenizer_path(out)
+    path = protocol.tokenizer_path(out)
     assert path.is_file() and (out / "metrics.json").is_file() and (out / "config.yaml").is_file()
     tok = load_tokenizer(path)
-    assert tok.config.patch_size == 8 and tok.vocab_size == stage.PRESETS["smoke"].vocab_size
+    assert tok.config.patch_size == 8 and tok.vocab_size == protocol.PRESETS["smoke"].vocab_size
     mtime = path.stat().st_mtime_ns
     capsys.readouterr()
     assert stage.main(["--scale", "smoke", "--out", str(out)]) == 0
@@ -166,9 +162,26 @@ def test_tokenizer_stage_trains_once_and_is_cached(tmp_path, capsys):
 
 
 def test_tokenizer_stage_metrics(tmp_path):
-    from reproduce import tokenizer as stage
-    cfg = replace(stage.PRESETS["smoke"], output_dir=str(tmp_path / "run"), epochs=2)
-    result = stage.run(cfg)
+    from mae.protocols import tokenizer as protocol
+    cfg = replace(protocol.PRESETS["smoke"], output_dir=str(tmp_path / "run"), epochs=2)
+    result = protocol.run(cfg)
     final = result["final"]
     assert result["finished"] and final["val_codes_used"] >= 1
     assert final["val_recon_mse"] > 0 and 1.0 <= final["val_perplexity"] <= cfg.vocab_size
+
+
+def test_tokenizer_is_a_protocol_of_the_cli_and_the_grid(tmp_path):
+    """`mae tokenizer` runs the protocol; the grid names its stage "tokenizer" with the scale's recipe unchanged."""
+    from mae import cli
+    from mae.protocols import PROTOCOLS
+    from mae.protocols import tokenizer as protocol
+    from reproduce.grid import protocol_module
+    from reproduce.scales import get_scale, tokenizer_cell
+    assert "tokenizer" in PROTOCOLS and protocol_module("tokenizer") is protocol
+    out = tmp_path / "run"
+    assert cli.main(["tokenizer", "--preset", "smoke", "--output_dir", str(out), "--epochs", "1"]) == 0
+    assert (out / protocol.TOKENIZER_FILE).is_file() and (out / "metrics.json").is_file()
+    stage = tokenizer_cell(get_scale("cpu")).stages[0]
+    assert (stage.name, stage.protocol, stage.local_only) == ("tokenizer", "tokenizer", True)
+    assert stage.config == replace(protocol.PRESETS["cpu"], progress=False, tensorboard=False, num_workers=0,
+                                   data="digits", img_size=16, log_every=1000)

@@ -7,7 +7,7 @@ from mae.models.mae import PRESETS as MAE_PRESETS
 from mae.models.mae import create_mae
 from mae.models.vit import PRESETS, ViTClassifier, create_vit, init_head, vit_config, vit_for_mae
 
-torch.set_num_threads(1)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_every_mae_preset_has_a_matching_classifier():

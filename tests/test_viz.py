@@ -1,4 +1,5 @@
-"""mae.viz: target inversion, the reconstruction panels, the renderer and checkpoint recognition."""
+"""mae.viz: target inversion, the reconstruction panels, the renderer; mae.models.loader: the model a checkpoint
+holds, for the figures."""
 from __future__ import annotations
 
 import math
@@ -11,6 +12,8 @@ import torch
 from mae.config import to_dict
 from mae.engine.checkpoint import CheckpointError, save_checkpoint
 from mae.masking import num_keep
+from mae.models.inspect import inspect_checkpoint
+from mae.models.loader import config_from_shapes, load_mae_checkpoint
 from mae.models import create_mae
 from mae.protocols.pretrain import PRESETS
 from mae.targets import fit_pca, normalize_patches
@@ -18,8 +21,6 @@ from mae.viz import (
     MASK_COLORS,
     MASK_FILL,
     denormalize_patches,
-    infer_mae_config,
-    load_mae_checkpoint,
     mask_noise,
     prediction_to_patches,
     reconstruct,
@@ -204,9 +205,11 @@ def test_infer_the_released_architectures_from_shapes():
     for name, patch in (("mae_vit_base_patch16", 16), ("mae_vit_huge_patch14", 14)):
         with torch.device("meta"):
             sd = create_mae(name).state_dict()
-        preset, over = infer_mae_config(sd, name, norm_pix=True)
-        assert preset == name and over["patch_size"] == patch and over["img_size"] == 224
-        assert over["target"] == "norm_pixel" and over["decoder_depth"] == 8 and over["decoder_embed_dim"] == 512
+        info = inspect_checkpoint(sd, label=name)
+        cfg = config_from_shapes(info, norm_pix=True)
+        assert info.preset == name and cfg.patch_size == patch and cfg.img_size == 224
+        assert cfg.target == "norm_pixel" and cfg.decoder_depth == 8 and cfg.decoder_embed_dim == 512
+        assert cfg == create_mae(name, target="norm_pixel").config  # heads too
 
 
 def test_wrong_kinds_of_checkpoint_are_named(tmp_path):
@@ -234,6 +237,6 @@ def test_unknown_widths_need_a_preset(tmp_path):
     torch.manual_seed(0)
     m = create_mae("mae_vit_smoke", embed_dim=48, num_heads=3)
     with pytest.raises(CheckpointError, match="encoder width 48"):
-        infer_mae_config(m.state_dict(), "odd.pth")
-    preset, over = infer_mae_config(m.state_dict(), "odd.pth", preset="mae_vit_smoke")
-    assert over["embed_dim"] == 48 and over["num_heads"] == 2  # heads taken from the named preset
+        config_from_shapes(inspect_checkpoint(m.state_dict(), label="odd.pth"))
+    cfg = config_from_shapes(inspect_checkpoint(m.state_dict(), label="odd.pth", preset="mae_vit_smoke"))
+    assert cfg.embed_dim == 48 and cfg.num_heads == 2  # heads taken from the named preset

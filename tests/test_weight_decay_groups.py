@@ -24,7 +24,7 @@ def groups_of_run(cfg: pretrain.Config, monkeypatch: pytest.MonkeyPatch) -> tupl
     """The model and the param groups ``pretrain.run`` hands to the Trainer (nothing is trained)."""
     seen = {}
 
-    def fake_trainer(cfg, model, train_set, *, param_groups, **kw):
+    def fake_trainer(cfg, model, train_set, hooks, *, param_groups, **kw):
         seen.update(model=model, groups=param_groups)
         raise _Captured
 

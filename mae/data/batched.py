@@ -140,7 +140,8 @@ def resized_crops(images: torch.Tensor, boxes: torch.Tensor, out: int, resize_to
         wy = resize_matrices(boxes[:, 0], boxes[:, 2], out, height)
         wx = resize_matrices(boxes[:, 1], boxes[:, 3], out, width)
     else:
-        zero, full_h, full_w = torch.zeros(len(boxes)), torch.full((len(boxes),), height), torch.full((len(boxes),), width)
+        b = len(boxes)
+        zero, full_h, full_w = torch.zeros(b), torch.full((b,), height), torch.full((b,), width)
         rows = boxes[:, 0][:, None] + torch.arange(out)[None, :]
         cols = boxes[:, 1][:, None] + torch.arange(out)[None, :]
         wy = torch.gather(resize_matrices(zero, full_h, resize_to, height), 1, rows[:, :, None].expand(-1, -1, height))
@@ -161,7 +162,8 @@ class BatchedImageSet(Dataset):
     def __init__(self, images: torch.Tensor, labels: Sequence[int] | torch.Tensor, *, img_size: int,
                  augmentation: str = "crop_rand", source: str = "", classes: Sequence[str] | None = None):
         if images.dtype != torch.uint8 or images.dim() != 4 or images.shape[1] != 3:
-            raise DataError(f"BatchedImageSet needs uint8 images (N, 3, H, W), got {images.dtype} {tuple(images.shape)}")
+            raise DataError(f"BatchedImageSet needs uint8 images (N, 3, H, W), got {images.dtype} "
+                            f"{tuple(images.shape)}")
         if augmentation not in BATCHED_AUGMENTATIONS:
             raise DataError(f"the batched input path implements the augmentations {', '.join(BATCHED_AUGMENTATIONS)}; "
                             f"{augmentation!r} needs --input_path pil")

@@ -49,6 +49,23 @@ def _parse_count(spec: str, name: str, default: int) -> int:
     return int(rest[1:])
 
 
+def parse_spec(spec: str | os.PathLike[str] | None) -> tuple[str, str]:
+    """(kind, name) of a dataset spec without building it: kind ``embedded`` (synthetic, digits, photos, with
+    a valid count) or ``folder`` (an existing directory); a clear :class:`DataError` otherwise."""
+    name = "embedded" if spec is None else os.fspath(spec).strip()
+    if name in ("embedded", "synthetic", "digits") or name.startswith("synthetic:"):
+        if name.startswith("synthetic"):
+            _parse_count(name, "synthetic", DEFAULT_SYNTHETIC_TRAIN)
+        return "embedded", name
+    if name == "photos" or name.startswith("photos:"):
+        _parse_count(name, "photos", DEFAULT_PHOTOS_TRAIN)
+        return "embedded", name
+    path = os.path.expanduser(name)
+    if not os.path.isdir(path):
+        raise DataError(f"dataset {name!r} is neither a known name nor an existing directory; {_SPEC_HELP}")
+    return "folder", path
+
+
 def build_dataset(
     spec: str | os.PathLike[str] | None,
     *,

@@ -2,11 +2,15 @@
 
 File layout (official-compatible): ``torch.save({'model': state_dict, 'optimizer': ..., 'scaler': ...,
 'epoch': ..., ...})``. ``model`` always holds the unwrapped model's state_dict with the official key
-names, so a released file loads here and our files load in the official code.
+names, so a released file loads here and our files load in the official code. Beside the protocol's
+config (``config``), a checkpoint records the model's own config (``model_config``: the MAEConfig /
+ViTConfig / TokenizerConfig it was built from, :func:`model_config_record`), so a loader builds the
+model without knowing the protocol; files written before it lack the entry and load as before.
 """
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import random
 import re
@@ -70,6 +74,15 @@ def atomic_write(path: str | Path, write: Callable[[BinaryIO], None]) -> Path:
 def save_checkpoint(state: dict[str, Any], path: str | Path) -> Path:
     """Write ``state`` atomically: a temp file in the same folder, fsync, then rename over ``path``."""
     return atomic_write(path, lambda f: torch.save(state, f))
+
+
+def model_config_record(model: nn.Module) -> dict[str, Any]:
+    """``{'model_config': {...}, 'model_config_class': name}`` of a model built from a config dataclass (its
+    ``config`` attribute), else ``{}``: the entries a checkpoint keeps beside the state_dict."""
+    cfg = getattr(model, "config", None)
+    if cfg is None or not dataclasses.is_dataclass(cfg) or isinstance(cfg, type):
+        return {}
+    return {"model_config": dataclasses.asdict(cfg), "model_config_class": type(cfg).__name__}
 
 
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:

@@ -311,7 +311,7 @@ class BatchDecoder:
 def trainer_hooks(root: str | os.PathLike[str], img_size: int, device: torch.device | str,
                   augmentation: str = "crop_rand", decode_on: str = "device",
                   ) -> tuple[EncodedImageDataset, Callable, BatchDecoder]:
-    """``(train_set, collate_fn, batch_transform)`` for ``Trainer(..., collate_fn=..., batch_transform=...)``:
+    """``(train_set, collate_fn, batch_transform)`` for the Trainer's ``TrainHooks(collate=..., prepare_batch=...)``:
     workers read bytes (``decode_on="worker"``: decode and crop too) and draw crops, the main process
     finishes the batch on ``device``; the step gets (imgs, labels)."""
     spec = CropSpec.from_augmentation(augmentation, img_size)

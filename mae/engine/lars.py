@@ -55,7 +55,7 @@ class LARS(Optimizer):
 
 
 def lars_factory(momentum: float = 0.9, trust_coefficient: float = 0.001) -> Callable[[list[dict[str, Any]], float], LARS]:
-    """``optimizer_factory`` for the Trainer: ``(param_groups, lr) -> LARS`` (weight decay from the groups)."""
+    """``TrainHooks.make_optimizer`` of the Trainer: ``(param_groups, lr) -> LARS`` (weight decay from the groups)."""
     def make(param_groups: list[dict[str, Any]], lr: float) -> LARS:
         return LARS(param_groups, lr=lr, momentum=momentum, trust_coefficient=trust_coefficient)
     return make

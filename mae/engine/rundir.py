@@ -27,7 +27,7 @@ RUN_OUTPUTS = ("checkpoint-*.pth", ".checkpoint-*.tmp", "metrics.json", "log.txt
                "recon-epoch*.png", "knn.png", "classifier.pth")
 #: fields that steer one invocation, not the recipe: a resume does not inherit them and they never
 #: make a run rewrite its config.yaml
-RUN_CONTROL = ("resume", "max_iters")
+RUN_CONTROL = ("resume", "max_iters", "threads")
 
 
 class RunDirError(ValueError):

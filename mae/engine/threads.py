@@ -58,7 +58,8 @@ def configure_openmp_env(environ: Any = None, modules: Any = None) -> dict[str, 
     env = os.environ if environ is None else environ
     mods = sys.modules if modules is None else modules
     user = _wait_from_env(env)
-    if user and env.get(MARKER) == "1" and env.get("GOMP_SPINCOUNT") == str(SPIN_COUNT) and not env.get("OMP_WAIT_POLICY"):
+    ours = env.get(MARKER) == "1" and env.get("GOMP_SPINCOUNT") == str(SPIN_COUNT) and not env.get("OMP_WAIT_POLICY")
+    if user and ours:
         found = {"omp_wait_policy": user, "omp_wait_from": "mae (inherited from the parent process)"}
     elif user:
         found = {"omp_wait_policy": user, "omp_wait_from": "environment"}
@@ -133,9 +134,9 @@ def apply_thread_policy(threads: int | None = None, announce: bool = False) -> d
         current = torch.get_num_threads()
         if current > cpus:  # e.g. a container's CPU quota below the cores torch sees
             torch.set_num_threads(cpus)
-            source = f"CPU quota of the container ({cpus})"
+            source = f"cut to the {cpus} CPU(s) available (affinity, container quota)"
         else:
-            source = "default: all cores" if current == cpus else "set in-process (torch.set_num_threads)"
+            source = "default: all cores" if current == cpus else f"torch's count ({current} of {cpus} CPUs)"
     out = {"threads": torch.get_num_threads(), "threads_from": source, **configure_openmp_env()}
     if announce:
         print(f"[threads] {out['threads']} thread(s) ({out['threads_from']}); OpenMP wait: "

@@ -1,4 +1,5 @@
-"""Models: the masked autoencoder and its ViT pieces.
+"""Models: the masked autoencoder and its ViT pieces, and their checkpoints (``inspect``: what a file holds;
+``formats``: the public layouts; ``loader``: checkpoint -> MAE; ``interop``: encoder -> classifier, timm).
 
 ``mae_vit_base_patch16`` / ``mae_vit_large_patch16`` / ``mae_vit_huge_patch14`` (and their
 ``*_dec512d8b`` spellings) build the release's architectures under the release's names and keyword

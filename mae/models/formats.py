@@ -37,7 +37,6 @@ a format) and :func:`convert` (file -> file, the ``mae convert`` command).
 """
 from __future__ import annotations
 
-import io
 import json
 import re
 from dataclasses import dataclass, field
@@ -47,6 +46,9 @@ from typing import Any, Mapping
 import torch
 
 from mae.engine.checkpoint import CheckpointError, atomic_write, extract_state_dict, load_checkpoint
+from mae.models.inspect import (DECODER_PREFIXES, HEAD_PREFIXES, MAE_ONLY_PREFIXES, OURS_ONLY_PREFIXES,
+                                CheckpointInfo, describe_keys, inspect_checkpoint, norm_pix_of)
+from mae.models.mae import LN_EPS
 
 FORMATS = ("official", "timm", "hf", "mmpretrain")
 TORCH_SUFFIXES = (".pth", ".pt", ".bin", ".ckpt", ".tar")
@@ -78,14 +80,13 @@ class Checkpoint:
     @property
     def norm_pix(self) -> bool | None:
         """Whether the file says it was trained with the per-patch normalised target (None: it does not say)."""
-        cfg = self.meta.get("config")
-        if isinstance(cfg, dict) and "target" in cfg:
-            return cfg["target"] == "norm_pixel" or (cfg["target"] == "pixel" and bool(cfg.get("norm_pix_loss")))
-        args = self.meta.get("args")
-        value = args.get("norm_pix_loss") if isinstance(args, dict) else getattr(args, "norm_pix_loss", None)
-        if value is None and isinstance(self.meta.get("hf_config"), dict):
-            value = self.meta["hf_config"].get("norm_pix_loss")
-        return None if value is None else bool(value)
+        return norm_pix_of(self.meta)
+
+    def inspect(self, *, preset: str | None = None, num_heads: int | None = None,
+                decoder_num_heads: int | None = None) -> CheckpointInfo:
+        """What this checkpoint holds (:func:`mae.models.inspect.inspect_checkpoint`)."""
+        return inspect_checkpoint(self.state_dict, self.meta, format=self.format, label=self.source, preset=preset,
+                                  num_heads=num_heads, decoder_num_heads=decoder_num_heads)
 
 
 # ----------------------------------------------------------------------------------- name tables
@@ -130,9 +131,6 @@ _TOP: dict[str, dict[str, tuple[str, ...]]] = {
                    "decoder_pos_embed": ("neck.decoder_pos_embed",), "decoder_norm": ("neck.ln1", "neck.decoder_norm"),
                    "decoder_pred": ("neck.decoder_pred",)},
 }
-# Keys of our MAE that no other format can hold (Table 1c encoder w/ [M], Table 1d PCA / token targets).
-_OURS_ONLY = ("encoder_mask_token", "target.")
-_DECODER = ("decoder_", "mask_token")
 
 
 def _split(key: str) -> tuple[str, str]:
@@ -143,11 +141,6 @@ def _split(key: str) -> tuple[str, str]:
 
 def _join(path: str, param: str) -> str:
     return f"{path}.{param}" if param else path
-
-
-def _abbrev(keys: list[str] | set[str], limit: int = 8) -> str:
-    keys = sorted(keys)
-    return ", ".join(keys[:limit]) + (f" ... (+{len(keys) - limit})" if len(keys) > limit else "")
 
 
 # -------------------------------------------------------------------------------------- detect
@@ -173,7 +166,7 @@ def detect_format(sd: Mapping[str, Any], label: str = "state_dict") -> str:
     raise CheckpointFormatError(
         f"{label} is not a ViT/MAE checkpoint in any known layout{hint}: no official/timm (patch_embed.proj, "
         f"blocks.*), Hugging Face ViTMAE (embeddings.patch_embeddings, encoder.layer.*) or mmpretrain "
-        f"(backbone.patch_embed.projection, backbone.layers.*) keys; first keys: {_abbrev(keys)}")
+        f"(backbone.patch_embed.projection, backbone.layers.*) keys; first keys: {describe_keys(keys)}")
 
 
 # ------------------------------------------------------------------------------------- import
@@ -232,7 +225,7 @@ def _import_foreign(sd: Mapping[str, torch.Tensor], fmt: str, label: str) -> tup
     if unknown:
         raise CheckpointFormatError(
             f"{label}: {len(unknown)} key(s) of its {fmt} network have no counterpart in the official MAE "
-            f"layout (another architecture, e.g. relative position bias or layer scale?): {_abbrev(unknown, 12)}")
+            f"layout (another architecture, e.g. relative position bias or layer scale?): {describe_keys(unknown, 12)}")
     return out, sorted(dropped)
 
 
@@ -319,7 +312,7 @@ def read_checkpoint(source: Source) -> Checkpoint:
     else:
         raise CheckpointFormatError(f"expected a checkpoint path or a state_dict, got {type(source).__name__}")
     sd, fmt, dropped = to_official(raw, label=label)
-    if fmt == "official" and not wrapped and not dropped and not any(k.startswith(_DECODER) for k in sd):
+    if fmt == "official" and not wrapped and not dropped and not any(k.startswith(DECODER_PREFIXES) for k in sd):
         fmt = "timm"  # a bare encoder / classifier state_dict: timm's own files look like this
     return Checkpoint(sd, meta, fmt, label, dropped)
 
@@ -334,12 +327,12 @@ def _unwrap(obj: dict[str, Any], label: str) -> tuple[dict[str, torch.Tensor], d
 
 # ------------------------------------------------------------------------------------- export
 def _refuse(fmt: str, sd: Mapping[str, torch.Tensor]) -> None:
-    ours = sorted(k for k in sd if k.startswith(_OURS_ONLY))
+    ours = sorted(k for k in sd if k.startswith(OURS_ONLY_PREFIXES))
     if ours:
         what = ("an encoder w/ [M] (Table 1c)" if "encoder_mask_token" in sd
                 else "a PCA / token reconstruction target (Table 1d)")
         raise CheckpointFormatError(
-            f"this MAE has {what} ({_abbrev(ours, 4)}), which the {fmt} layout cannot hold; export its "
+            f"this MAE has {what} ({describe_keys(ours, 4)}), which the {fmt} layout cannot hold; export its "
             "encoder with --to timm, or keep it --to official")
 
 
@@ -360,15 +353,15 @@ def export_state_dict(sd: Mapping[str, torch.Tensor], fmt: str) -> dict[str, tor
         if linprobe:
             raise CheckpointFormatError("a linear-probe classifier (BatchNorm + Linear head) has no timm equivalent; "
                                         "export the pre-trained encoder, or use --to official / mmpretrain")
-        return {k: v for k, v in sd.items() if not k.startswith(_DECODER + _OURS_ONLY)}
+        return {k: v for k, v in sd.items() if not k.startswith(MAE_ONLY_PREFIXES)}
     _refuse(fmt, sd)
     if fmt == "hf":
-        heads = sorted(k for k in sd if k.startswith(("head.", "fc_norm.")))
+        heads = sorted(k for k in sd if k.startswith(HEAD_PREFIXES))
         if heads:
             raise CheckpointFormatError(
-                f"transformers' ViTMAE has no classification head ({_abbrev(heads, 4)} in this checkpoint): export a "
-                "pre-training or encoder checkpoint, or the classifier with --to timm / official")
-    enc_prefix = "vit." if fmt == "hf" and any(k.startswith(_DECODER) for k in sd) else ""
+                f"transformers' ViTMAE has no classification head ({describe_keys(heads, 4)} in this checkpoint): "
+                "export a pre-training or encoder checkpoint, or the classifier with --to timm / official")
+    enc_prefix = "vit." if fmt == "hf" and any(k.startswith(DECODER_PREFIXES) for k in sd) else ""
     out: dict[str, torch.Tensor] = {}
     for key, value in sd.items():
         path, param = _split(key)
@@ -392,83 +385,29 @@ def export_state_dict(sd: Mapping[str, torch.Tensor], fmt: str) -> dict[str, tor
     return out
 
 
-# ------------------------------------------------------------------------- architecture facts
-def _heads_of_preset(name: str) -> tuple[int, int] | None:
-    from mae.models.mae import mae_config
-    from mae.models.vit import vit_config
-    for build in (mae_config, vit_config):
-        try:
-            c = build(name)
-        except ValueError:
-            continue
-        return c.num_heads, getattr(c, "decoder_num_heads", 16)
-    return None
-
-
-def infer_heads(sd: Mapping[str, torch.Tensor], meta: Mapping[str, Any] | None = None, preset: str | None = None,
-                label: str = "checkpoint") -> tuple[int, int]:
-    """(encoder heads, decoder heads): shapes do not show them, so they come from ``preset``, the
-    file's own config (ours: ``config``; the release: ``args.model``; Hugging Face: config.json), or
-    the only MAE preset with the same widths and depths."""
-    from mae.models.mae import PRESETS, mae_config
-    meta = meta or {}
-    if preset is not None:
-        heads = _heads_of_preset(preset)
-        if heads is None:
-            raise CheckpointFormatError(f"unknown preset {preset!r} (see mae.models.PRESETS)")
-        return heads
-    cfg = meta.get("config")
-    if isinstance(cfg, dict) and isinstance(cfg.get("model"), str) and _heads_of_preset(cfg["model"]):
-        enc, dec = _heads_of_preset(cfg["model"])  # type: ignore[misc]
-        return int(cfg.get("num_heads") or enc), int(cfg.get("decoder_num_heads") or dec)
-    args = meta.get("args")
-    name = args.get("model") if isinstance(args, dict) else getattr(args, "model", None)
-    if isinstance(name, str) and _heads_of_preset(name):
-        return _heads_of_preset(name)  # type: ignore[return-value]
-    hf = meta.get("hf_config")
-    if isinstance(hf, dict) and "num_attention_heads" in hf:
-        return int(hf["num_attention_heads"]), int(hf.get("decoder_num_attention_heads", 16))
-    d = sd["patch_embed.proj.weight"].shape[0]
-    depth = len({k.split(".")[1] for k in sd if k.startswith("blocks.")})
-    dd = sd["decoder_embed.weight"].shape[0] if "decoder_embed.weight" in sd else None
-    ddepth = len({k.split(".")[1] for k in sd if k.startswith("decoder_blocks.")})
-    hits = {(c.num_heads, c.decoder_num_heads) for c in map(mae_config, PRESETS)
-            if (c.embed_dim, c.depth) == (d, depth) and (dd is None or (c.decoder_embed_dim, c.decoder_depth) == (dd, ddepth))}
-    if dd is None:
-        hits = {(h, 16) for h, _ in hits}
-    if len(hits) != 1:
-        raise CheckpointFormatError(
-            f"{label}: cannot tell the number of attention heads of a ViT of width {d}, depth {depth}"
-            + (f" with a decoder {dd} wide, {ddepth} deep" if dd else "")
-            + " (the file does not say and no unique preset matches); pass --preset NAME or --num_heads / "
-            "--decoder_num_heads")
-    return hits.pop()
-
-
-def hf_config(sd: Mapping[str, torch.Tensor], num_heads: int, decoder_num_heads: int,
-              norm_pix_loss: bool = False, mask_ratio: float = 0.75) -> dict[str, Any]:
-    """The ``config.json`` of a transformers ViTMAE model with this (official-name) state_dict's shapes."""
-    w = sd["patch_embed.proj.weight"]
-    d, c, p = int(w.shape[0]), int(w.shape[1]), int(w.shape[2])
-    n = sd["pos_embed"].shape[1] - 1
-    side = int(round(n ** 0.5))
-    if side * side != n:
-        raise CheckpointFormatError(f"pos_embed {tuple(sd['pos_embed'].shape)} is not a square grid plus a cls row")
-    has_decoder = "decoder_embed.weight" in sd
+# ------------------------------------------------------------------------- Hugging Face config
+def hf_config(sd: Mapping[str, torch.Tensor], info: CheckpointInfo, norm_pix_loss: bool = False,
+              mask_ratio: float = 0.75) -> dict[str, Any]:
+    """The ``config.json`` of a transformers ViTMAE model for this (official-name) state_dict, whose
+    architecture ``info`` describes (its heads included: :meth:`CheckpointInfo.heads` raises without them)."""
+    num_heads, decoder_num_heads = info.heads()
+    if info.grid is None or not info.cls_token:
+        shape = tuple(sd["pos_embed"].shape) if "pos_embed" in sd else None
+        raise CheckpointFormatError(f"pos_embed {shape} is not a square grid plus a cls row")
     cfg: dict[str, Any] = {
-        "architectures": ["ViTMAEForPreTraining" if has_decoder else "ViTMAEModel"], "model_type": "vit_mae",
-        "hidden_size": d, "num_hidden_layers": len({k.split(".")[1] for k in sd if k.startswith("blocks.")}),
+        "architectures": ["ViTMAEForPreTraining" if info.has_decoder else "ViTMAEModel"], "model_type": "vit_mae",
+        "hidden_size": info.embed_dim, "num_hidden_layers": info.depth,
         "num_attention_heads": int(num_heads), "intermediate_size": int(sd["blocks.0.mlp.fc1.weight"].shape[0]),
         "hidden_act": "gelu", "hidden_dropout_prob": 0.0, "attention_probs_dropout_prob": 0.0,
-        "initializer_range": 0.02, "layer_norm_eps": 1e-6, "image_size": side * p, "patch_size": p,
-        "num_channels": c, "qkv_bias": "blocks.0.attn.qkv.bias" in sd, "mask_ratio": mask_ratio,
-        "norm_pix_loss": bool(norm_pix_loss)}
-    if has_decoder:
-        dd = int(sd["decoder_embed.weight"].shape[0])
-        cfg.update(decoder_hidden_size=dd, decoder_num_attention_heads=int(decoder_num_heads),
-                   decoder_num_hidden_layers=len({k.split(".")[1] for k in sd if k.startswith("decoder_blocks.")}),
+        "initializer_range": 0.02, "layer_norm_eps": LN_EPS, "image_size": info.img_size,
+        "patch_size": info.patch_size, "num_channels": info.in_chans, "qkv_bias": "blocks.0.attn.qkv.bias" in sd,
+        "mask_ratio": mask_ratio, "norm_pix_loss": bool(norm_pix_loss)}
+    if info.has_decoder:
+        cfg.update(decoder_hidden_size=info.decoder_embed_dim, decoder_num_attention_heads=int(decoder_num_heads),
+                   decoder_num_hidden_layers=info.decoder_depth,
                    decoder_intermediate_size=int(sd["decoder_blocks.0.mlp.fc1.weight"].shape[0]))
-    for name, heads, width in (("encoder", num_heads, d), ("decoder", decoder_num_heads, cfg.get("decoder_hidden_size"))):
+    for name, heads, width in (("encoder", num_heads, info.embed_dim),
+                               ("decoder", decoder_num_heads, info.decoder_embed_dim)):
         if width and width % heads:
             raise CheckpointFormatError(f"{name} width {width} is not divisible by {heads} heads")
     return cfg
@@ -497,7 +436,7 @@ def _write_weights(sd: Mapping[str, torch.Tensor], path: Path) -> Path:
     return atomic_write(path, lambda f: torch.save(dict(sd), f))
 
 
-_KEEP_META = ("config", "config_class", "args", "epoch")
+_KEEP_META = ("config", "config_class", "model_config", "model_config_class", "args", "epoch")
 
 
 def write_checkpoint(ckpt: Checkpoint, dst: str | Path, fmt: str, *, num_heads: int | None = None,
@@ -506,8 +445,8 @@ def write_checkpoint(ckpt: Checkpoint, dst: str | Path, fmt: str, *, num_heads: 
     """Write ``ckpt`` (official names) to ``dst`` in ``fmt``, atomically (see the module docstring for files).
 
     Only a Hugging Face folder needs more than the weights: its config.json's head counts (``num_heads``
-    / ``decoder_num_heads``, else :func:`infer_heads` with ``preset``) and ``norm_pix_loss`` (else
-    what the file says, else off).
+    / ``decoder_num_heads``, else ``preset``'s, else what :func:`mae.models.inspect.inspect_checkpoint`
+    reads) and ``norm_pix_loss`` (else what the file says, else off).
     """
     return _write(ckpt, export_state_dict(ckpt.state_dict, fmt), dst, fmt, num_heads, decoder_num_heads, preset,
                   norm_pix_loss)
@@ -532,13 +471,16 @@ def _write(ckpt: Checkpoint, out: dict[str, torch.Tensor], dst: str | Path, fmt:
     if fmt == "timm" or not is_folder:
         return _write_weights(out, dst)
     # a Hugging Face model folder: config.json + weights
-    if num_heads is None or (decoder_num_heads is None and "decoder_embed.weight" in ckpt.state_dict):
-        h, dh = infer_heads(ckpt.state_dict, ckpt.meta, preset, ckpt.source)
-        num_heads = num_heads or h
-        decoder_num_heads = decoder_num_heads or dh
-    ours = ckpt.meta.get("config") if isinstance(ckpt.meta.get("config"), dict) else {}
-    cfg = hf_config(ckpt.state_dict, num_heads, decoder_num_heads or 16, norm_pix_loss=bool(ckpt.norm_pix if norm_pix_loss is None else norm_pix_loss),
-                    mask_ratio=float(ours.get("mask_ratio", 0.75)))
+    try:
+        info = ckpt.inspect(preset=preset, num_heads=num_heads, decoder_num_heads=decoder_num_heads)
+        ours = ckpt.meta.get("config") if isinstance(ckpt.meta.get("config"), dict) else {}
+        cfg = hf_config(ckpt.state_dict, info, norm_pix_loss=bool(ckpt.norm_pix if norm_pix_loss is None
+                                                                    else norm_pix_loss),
+                        mask_ratio=float(ours.get("mask_ratio", 0.75)))
+    except CheckpointFormatError:
+        raise
+    except CheckpointError as e:  # heads the file does not say: an error of this conversion
+        raise CheckpointFormatError(str(e)) from e
     dst.mkdir(parents=True, exist_ok=True)
     weights = dst / (HF_WEIGHTS[0] if _have_safetensors() else HF_WEIGHTS[1])
     _write_weights(out, weights)
@@ -563,7 +505,7 @@ class ConvertReport:
 
     def summary(self) -> str:
         s = f"{self.src} ({self.src_format}) -> {self.dst} ({self.dst_format}): {self.tensors} tensors"
-        return s + (f"; dropped {len(self.dropped)} ({_abbrev(self.dropped, 4)})" if self.dropped else "")
+        return s + (f"; dropped {len(self.dropped)} ({describe_keys(self.dropped, 4)})" if self.dropped else "")
 
 
 def convert(src: Source, dst: str | Path, to: str, *, preset: str | None = None, num_heads: int | None = None,
@@ -574,6 +516,6 @@ def convert(src: Source, dst: str | Path, to: str, *, preset: str | None = None,
     ckpt = read_checkpoint(src)
     exported = export_state_dict(ckpt.state_dict, to)
     written = _write(ckpt, exported, dst, to, num_heads, decoder_num_heads, preset, norm_pix_loss)
-    dropped = ckpt.dropped + (sorted(k for k in ckpt.state_dict if k.startswith(_DECODER + _OURS_ONLY))
+    dropped = ckpt.dropped + (sorted(k for k in ckpt.state_dict if k.startswith(MAE_ONLY_PREFIXES))
                               if to == "timm" else [])
     return ConvertReport(ckpt.source, str(written), ckpt.format, to, len(exported), dropped)

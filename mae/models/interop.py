@@ -1,7 +1,7 @@
 """Moving weights between checkpoint formats (MAE Sec. 4 / Appendix A: a pre-trained encoder is the
 start of every transfer protocol).
 
-Formats handled (``kind`` as returned by :func:`checkpoint_kind`):
+Kinds of checkpoint (``kind`` as :func:`mae.models.inspect.inspect_checkpoint` reads it):
 
 * ``mae_pretrain``: an MAE pre-training state_dict, ours or the official ``{'model': sd}`` release
   (encoder + ``decoder_*`` + ``mask_token``).
@@ -13,8 +13,9 @@ Formats handled (``kind`` as returned by :func:`checkpoint_kind`):
 * ``linprobe``: the official linear-probe classifier (``head.0`` BatchNorm + ``head.1`` Linear).
 
 Files of the other public layouts (timm, Hugging Face ViTMAE, mmpretrain) are renamed to the official
-one on reading by :mod:`mae.models.formats`, the single place that maps names, so every entry point
-below takes them too.
+one on reading by :mod:`mae.models.formats`, the single place that maps names, and read by
+:mod:`mae.models.inspect`, the single place that tells what a file holds, so every entry point below
+takes them too.
 
 Entry points: :func:`load_pretrained_encoder` (start fine-tuning / probing from a pre-trained
 encoder, like the official ``--finetune``), :func:`load_classifier` (evaluate or continue a
@@ -23,7 +24,6 @@ Every error names the file, the keys and the shapes that do not fit.
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
@@ -34,14 +34,11 @@ import torch.nn as nn
 
 from mae.engine.checkpoint import CheckpointError, load_state_dict_checked
 from mae.models.formats import CheckpointFormatError, read_checkpoint
+from mae.models.inspect import (ENCODER_PREFIXES, HEAD_PREFIXES, MAE_ONLY_PREFIXES, CheckpointInfo, NotAViTError,
+                                block_count, describe_keys)
 from mae.models.mae import MAEConfig, MaskedAutoencoderViT, mae_config
 from mae.models.pos_embed import interpolate_pos_embed
 from mae.models.vit import TIMM_NAMES, ViTClassifier, ViTConfig, init_head, timm_kwargs, vit_config_from_mae
-
-KINDS = ("mae_pretrain", "encoder", "finetune", "linprobe")
-ENCODER_PREFIXES = ("cls_token", "pos_embed", "patch_embed.", "blocks.", "norm.")
-# Keys of the MAE model that are not part of the encoder a classifier or timm can hold.
-MAE_ONLY_PREFIXES = ("decoder_", "mask_token", "encoder_mask_token", "target.")
 
 Source = str | Path | Mapping[str, Any]
 
@@ -64,96 +61,27 @@ class LoadReport:
     def summary(self) -> str:
         s = f"{self.source}: {self.kind} checkpoint, {len(self.loaded)} tensors loaded"
         if self.dropped:
-            s += f", {len(self.dropped)} dropped ({_abbrev(self.dropped)})"
+            s += f", {len(self.dropped)} dropped ({describe_keys(self.dropped)})"
         if self.new:
-            s += f", new: {_abbrev(self.new)}"
+            s += f", new: {describe_keys(self.new)}"
         if self.pos_embed_resized:
             (a, b), (c, d) = self.pos_embed_resized
             s += f", pos_embed resized {a}x{b} -> {c}x{d}"
         return s
 
 
-def _abbrev(keys: list[str], limit: int = 6) -> str:
-    return ", ".join(keys[:limit]) + (f" ... (+{len(keys) - limit})" if len(keys) > limit else "")
-
-
 # ------------------------------------------------------------------------------ reading
-def read_state_dict(source: Source) -> tuple[dict[str, torch.Tensor], str]:
-    """(state_dict with official names, label) from a checkpoint path or folder, a checkpoint dict or a
+def read_state_dict(source: Source) -> tuple[dict[str, torch.Tensor], CheckpointInfo]:
+    """(state_dict with official names, what it holds) from a checkpoint path or folder, a checkpoint dict or a
     bare state_dict, in any format of :mod:`mae.models.formats` (official, timm, Hugging Face, mmpretrain)."""
     if not isinstance(source, (str, Path, Mapping)):
         raise InteropError(f"expected a checkpoint path or a state_dict, got {type(source).__name__}")
     try:
         ckpt = read_checkpoint(source)
-    except CheckpointFormatError as e:
+        info = ckpt.inspect()
+    except (CheckpointFormatError, NotAViTError) as e:
         raise InteropError(str(e)) from e
-    return ckpt.state_dict, ckpt.source
-
-
-def checkpoint_kind(sd: Mapping[str, torch.Tensor], label: str = "state_dict") -> str:
-    """One of :data:`KINDS`, from the keys alone (raises for anything that is not a ViT / MAE)."""
-    if any(k.startswith(("decoder_", "mask_token")) for k in sd):
-        return "mae_pretrain"
-    if "head.1.weight" in sd or "head.0.running_mean" in sd:
-        return "linprobe"
-    if "head.weight" in sd:
-        return "finetune"
-    if "patch_embed.proj.weight" in sd and any(k.startswith("blocks.") for k in sd):
-        return "encoder"
-    raise InteropError(f"{label} is not a ViT/MAE checkpoint: no patch_embed.proj.weight / blocks.* keys "
-                       f"(first keys: {_abbrev(sorted(sd), 8)})")
-
-
-@dataclass(frozen=True)
-class EncoderShape:
-    """What a ViT/MAE state_dict's tensor shapes say about its encoder (head counts they do not show)."""
-
-    embed_dim: int
-    depth: int
-    patch_size: int
-    in_chans: int
-    grid: int | None  # side of the square position table (None without a pos_embed)
-    cls_token: bool  # whether the position table has a cls row
-    mlp_ratio: float | None
-
-    @property
-    def img_size(self) -> int | None:
-        return None if self.grid is None else self.grid * self.patch_size
-
-
-def block_count(sd: Mapping[str, torch.Tensor], prefix: str = "blocks.") -> int:
-    """Number of ``<prefix><i>.*`` blocks; the indices must be 0..n-1."""
-    ids = {int(k[len(prefix):].split(".")[0]) for k in sd
-           if k.startswith(prefix) and k[len(prefix):].split(".")[0].isdigit()}
-    if ids and ids != set(range(len(ids))):
-        raise InteropError(f"non-contiguous {prefix}* blocks: {sorted(ids)}")
-    return len(ids)
-
-
-def encoder_shape(sd: Mapping[str, torch.Tensor], label: str = "state_dict") -> EncoderShape:
-    """Width, depth, patch size, channels, grid and MLP ratio of the encoder in ``sd``."""
-    w = sd.get("patch_embed.proj.weight")
-    if w is None or w.ndim != 4 or w.shape[2] != w.shape[3]:
-        shape = None if w is None else tuple(w.shape)
-        raise InteropError(f"{label}: patch_embed.proj.weight is {shape}, expected (D, C, p, p) - not a ViT/MAE checkpoint")
-    depth = block_count(sd, "blocks.")
-    if not depth:
-        raise InteropError(f"{label}: no blocks.* keys - not a ViT/MAE encoder")
-    grid, cls = None, True
-    pos = sd.get("pos_embed")
-    if pos is not None:
-        if pos.ndim != 3:
-            raise InteropError(f"{label}: pos_embed has shape {tuple(pos.shape)}, expected (1, [1+]L, D)")
-        for prefix in (1, 0):
-            side = math.isqrt(max(pos.shape[1] - prefix, 0))
-            if side * side == pos.shape[1] - prefix:
-                grid, cls = side, prefix == 1
-                break
-        else:
-            raise InteropError(f"{label}: pos_embed {tuple(pos.shape)} is not a square grid (+ a cls row)")
-    fc1 = sd.get("blocks.0.mlp.fc1.weight")
-    return EncoderShape(embed_dim=int(w.shape[0]), depth=depth, patch_size=int(w.shape[2]), in_chans=int(w.shape[1]),
-                        grid=grid, cls_token=cls, mlp_ratio=None if fc1 is None else fc1.shape[0] / w.shape[0])
+    return ckpt.state_dict, info
 
 
 def _resize_pos_embed(sd: dict[str, torch.Tensor], grid: tuple[int, int], embed_dim: int, label: str
@@ -181,9 +109,9 @@ def _resize_pos_embed(sd: dict[str, torch.Tensor], grid: tuple[int, int], embed_
 def _fail(label: str, model: nn.Module, what: str, missing: list[str], unexpected: list[str]) -> InteropError:
     parts = [f"{label} does not fit {type(model).__name__} ({what})"]
     if missing:
-        parts.append(f"missing in checkpoint ({len(missing)}): {_abbrev(missing, 12)}")
+        parts.append(f"missing in checkpoint ({len(missing)}): {describe_keys(missing, 12)}")
     if unexpected:
-        parts.append(f"unexpected in checkpoint ({len(unexpected)}): {_abbrev(unexpected, 12)}")
+        parts.append(f"unexpected in checkpoint ({len(unexpected)}): {describe_keys(unexpected, 12)}")
     return InteropError("; ".join(parts))
 
 
@@ -212,8 +140,8 @@ def load_pretrained_encoder(model: ViTClassifier, source: Source, *, allow_finet
     classifier is refused unless ``allow_finetuned`` (intermediate fine-tuning), since using one by
     mistake silently changes what an experiment measures.
     """
-    sd, label = read_state_dict(source)
-    kind = checkpoint_kind(sd, label)
+    sd, info = read_state_dict(source)
+    label, kind = info.label, info.kind
     if kind in ("finetune", "linprobe") and not allow_finetuned:
         raise InteropError(
             f"{label} is a {kind} checkpoint (it has {'head.1.weight' if kind == 'linprobe' else 'head.weight'}), "
@@ -229,7 +157,7 @@ def load_pretrained_encoder(model: ViTClassifier, source: Source, *, allow_finet
     sd = {k: sd[k] for k in keep}
     resized = _resize_pos_embed(sd, _grid(model), cfg.embed_dim, label)
     missing, unexpected = _load(model, sd, label)
-    expected_new = {k for k in model.state_dict() if k.startswith(("head.", "fc_norm."))}
+    expected_new = {k for k in model.state_dict() if k.startswith(HEAD_PREFIXES)}
     bad_missing = sorted(set(missing) - expected_new)
     if bad_missing or unexpected:
         raise _fail(label, model, _what(sd, cfg.depth), bad_missing, unexpected)
@@ -244,8 +172,8 @@ def load_classifier(model: ViTClassifier, source: Source) -> LoadReport:
     Only ``pos_embed`` may differ (resized to the model's resolution); anything else that does not
     fit raises, with a hint when the pooling or the head type of the model is the wrong one.
     """
-    sd, label = read_state_dict(source)
-    kind = checkpoint_kind(sd, label)
+    sd, info = read_state_dict(source)
+    label, kind = info.label, info.kind
     if kind == "mae_pretrain":
         raise InteropError(f"{label} is an MAE pre-training checkpoint (it has decoder/mask_token keys), not a "
                            "fine-tuned classifier: start fine-tuning or probing from it (--finetune / "
@@ -330,15 +258,15 @@ def load_timm_into_mae(model: MaskedAutoencoderViT, source: Source) -> LoadRepor
     (``fc_norm`` instead of a final ``norm``) is refused: its tokens were never normalised by the
     ``norm`` the MAE encoder applies, so nothing correct can be loaded there.
     """
-    sd, label = read_state_dict(source)
-    kind = checkpoint_kind(sd, label)
+    sd, info = read_state_dict(source)
+    label, kind = info.label, info.kind
     if kind == "mae_pretrain":
         raise InteropError(f"{label} is an MAE pre-training checkpoint, not a timm state_dict: load it with "
                            "load_state_dict_checked(model, sd) directly")
     if "norm.weight" not in sd and "fc_norm.weight" in sd:
         raise InteropError(f"{label} pools with fc_norm (global average pooling) and has no final norm.*: the "
                            "MAE encoder needs norm.weight / norm.bias")
-    dropped = sorted(k for k in sd if k.startswith(("head.", "fc_norm.")))
+    dropped = sorted(k for k in sd if k.startswith(HEAD_PREFIXES))
     sd = {k: v for k, v in sd.items() if k not in dropped}
     resized = _resize_pos_embed(sd, _grid(model), model.config.embed_dim, label)
     missing, unexpected = _load(model, sd, label)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, fields, replace
 from functools import partial
-from typing import Any
+from typing import Any, Mapping
 
 import torch
 import torch.nn as nn
@@ -276,6 +276,27 @@ class MaskedAutoencoderViT(nn.Module):
         pred = self.forward_decoder(latent, ids_restore)
         loss = self.forward_loss(imgs, pred, mask)
         return loss, pred, mask
+
+
+#: fields of a pre-training recipe (mae.protocols.pretrain.Config) that are MAEConfig fields as they are
+RECIPE_FIELDS = ("img_size", "mask_strategy", "loss_on", "encoder_mask_token", "pca_components")
+#: recipe fields that override the preset's only when set (None keeps the preset's)
+RECIPE_OPTIONAL_FIELDS = ("decoder_depth", "decoder_embed_dim", "decoder_num_heads")
+
+
+def recipe_overrides(recipe: Mapping[str, Any]) -> dict[str, Any]:
+    """The MAEConfig overrides that a pre-training recipe's fields ask of its preset (``recipe['model']``).
+
+    ``norm_pix_loss`` (the release's flag) with ``target='pixel'`` means ``target='norm_pixel'``. Fields
+    the recipe lacks keep the preset's values (a checkpoint's config from before a field existed).
+    """
+    target = recipe.get("target", "pixel")
+    if recipe.get("norm_pix_loss") and target == "pixel":
+        target = "norm_pixel"
+    over: dict[str, Any] = {k: recipe[k] for k in RECIPE_FIELDS if k in recipe}
+    over["target"] = target
+    over.update({k: recipe[k] for k in RECIPE_OPTIONAL_FIELDS if recipe.get(k) is not None})
+    return over
 
 
 def create_mae(name: str = "mae_vit_base_patch16", *, tokenizer: nn.Module | None = None, **overrides: Any) -> MaskedAutoencoderViT:

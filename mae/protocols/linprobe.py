@@ -22,9 +22,9 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from mae.config import TrainConfig, opt
-from mae.engine.checkpoint import save_checkpoint
+from mae.engine.checkpoint import model_config_record, save_checkpoint
 from mae.engine.lars import lars_factory
-from mae.engine.loop import Trainer, resolve_amp, resolve_device, seed_everything
+from mae.engine.loop import Trainer, TrainHooks, resolve_amp, resolve_device, seed_everything
 from mae.engine.optim import param_groups_weight_decay
 from mae.models.vit import ViTClassifier, create_vit, init_head
 from mae.protocols.features import FeatureHead, extract_features
@@ -73,15 +73,19 @@ class Config(TrainConfig):
 
 
 _PAPER = Config(recipe_batch=16384, num_workers=10, data="/path/to/imagenet", img_size=224)  # --data is required
+# LARS moves each weight by lr * 0.001 of its norm per step: the paper's lr is 6.4 (blr 0.1 at batch
+# 16384) over ~7k steps; the small presets take the same lr.
+# (the small presets keep torchvision's crop, with which they were measured)
+#: the cpu scale's probe (reproduce/scales.py uses it as it is): cls token, 90 epochs on cached features (a minute
+#: on a CPU), quiet; no --finetune (the grid gives each cell its pre-training's checkpoint)
+CPU_BASELINE = Config(model="vit_micro_patch4_32", img_size=16, data="digits", cache_features=True, augment=False,
+                      epochs=90, warmup_epochs=10, batch_size=256, blr=6.4, num_workers=0, crop="torchvision",
+                      progress=False, tensorboard=False, log_every=1000, output_dir="outputs/linprobe_demo")
 PRESETS: dict[str, Config] = {
-    # LARS moves each weight by lr * 0.001 of its norm per step: the paper's lr is 6.4 (blr 0.1 at batch
-    # 16384) over ~7k steps; the small presets take the same lr.
-    # (the small presets keep torchvision's crop, with which they were measured)
-    # after `mae pretrain` (preset demo): a minute on a CPU thanks to the feature cache
-    # (the cpu scale's probe: cls token, 90 epochs on cached features; `--finetune ""` probes the untrained encoder)
-    "demo": Config(model="vit_micro_patch4_32", img_size=16, data="digits", finetune="outputs/demo/checkpoint-last.pth",
-                   cache_features=True, augment=False, epochs=90, warmup_epochs=10, batch_size=256, blr=6.4,
-                   num_workers=0, output_dir="outputs/linprobe_demo", log_every=20, crop="torchvision"),
+    # after `mae pretrain` (preset demo): the cpu scale's probe of the demo checkpoint (`--finetune ""` probes the
+    # untrained encoder)
+    "demo": replace(CPU_BASELINE, finetune="outputs/demo/checkpoint-last.pth", progress=True, tensorboard=True,
+                    log_every=20),
     "smoke": Config(model="vit_smoke", img_size=32, data="synthetic:64", epochs=1, warmup_epochs=0, batch_size=16,
                     num_workers=0, output_dir="outputs/linprobe_smoke", log_every=1, tensorboard=False, progress=False,
                     crop="torchvision"),
@@ -128,11 +132,12 @@ def run(cfg: Config) -> dict[str, Any]:
     train_tf = linprobe_transform(cfg.img_size, True, crop=cfg.crop) if augment else eval_transform(cfg.img_size)
     train_set, val_set, nb = classification_data(cfg, train_tf, nb_classes=cfg.nb_classes)
     model = build_model(cfg, nb)
-    common = dict(step_fn=_step, optimizer_factory=lars_factory(cfg.momentum, cfg.trust_coefficient),
-                  best_metric="acc1")
+    lars = lars_factory(cfg.momentum, cfg.trust_coefficient)
     if not cfg.cache_features:
-        trainer = Trainer(cfg, model, train_set, param_groups=param_groups_weight_decay(model, cfg.weight_decay),
-                          eval_fn=lambda m, epoch: evaluate(m, val_set, eval_bs, cfg.num_workers), **common)
+        hooks = TrainHooks(step=_step, make_optimizer=lars, evaluate=lambda t, epoch: evaluate(
+            t.model_without_ddp, val_set, eval_bs, cfg.num_workers))
+        trainer = Trainer(cfg, model, train_set, hooks, best_metric="acc1",
+                          param_groups=param_groups_weight_decay(model, cfg.weight_decay))
         return trainer.fit()
 
     device = resolve_device(cfg.device)
@@ -140,11 +145,14 @@ def run(cfg: Config) -> dict[str, Any]:
     train_feats = extract_features(model, train_set, eval_bs, cfg.num_workers, device, amp)
     val_feats = extract_features(model, val_set, eval_bs, cfg.num_workers, device, amp)
     head = FeatureHead(model.head)
-    trainer = Trainer(cfg, head, train_feats, param_groups=param_groups_weight_decay(head, cfg.weight_decay),
-                      eval_fn=lambda m, epoch: evaluate(m, val_feats, eval_bs), **common)
+    hooks = TrainHooks(step=_step, make_optimizer=lars,
+                       evaluate=lambda t, epoch: evaluate(t.model_without_ddp, val_feats, eval_bs))
+    trainer = Trainer(cfg, head, train_feats, hooks, best_metric="acc1",
+                      param_groups=param_groups_weight_decay(head, cfg.weight_decay))
     result = trainer.fit()
     if result.get("finished") and int(os.environ.get("RANK", 0)) == 0:
         # the Trainer's checkpoints hold the head only; this file is the whole classifier (official layout)
-        save_checkpoint({"model": model.state_dict(), "epoch": cfg.epochs - 1, "final": result["final"]},
+        save_checkpoint({"model": model.state_dict(), "epoch": cfg.epochs - 1, "final": result["final"],
+                         **model_config_record(model)},
                         cfg.run_dir / CLASSIFIER_FILE)
     return result

@@ -13,7 +13,7 @@ paper's Table 9 values, ``finetune.RECIPES["paper"]``), whose epoch count the pa
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, fields, replace
 from typing import Any
 
 from mae.config import opt
@@ -64,10 +64,14 @@ def freeze_for_partial(model: ViTClassifier, tune_blocks: float) -> list[str]:
 
 
 _PAPER = Config(recipe_batch=1024, num_workers=10, data="/path/to/imagenet", img_size=224)  # --data is required
+#: the cpu scale's partial fine-tuning (Fig. 9; reproduce/scales.py uses it as it is): its fine-tuning recipe
+#: (finetune.CPU_BASELINE), tuning the last block
+CPU_BASELINE = Config(**{**{f.name: getattr(finetune.CPU_BASELINE, f.name) for f in fields(finetune.Config)},
+                         "output_dir": "outputs/partial_demo"}, tune_blocks=1)
 PRESETS: dict[str, Config] = {
-    "demo": Config(model="vit_micro_patch4_32", img_size=16, data="digits", finetune="outputs/demo/checkpoint-last.pth",
-                   tune_blocks=1, epochs=15, warmup_epochs=2, batch_size=64, blr=5e-3, drop_path=0.1, num_workers=0,
-                   mixup=0.0, cutmix=0.0, reprob=0.0, rand_aug=None, output_dir="outputs/partial_demo", log_every=10),
+    # after `mae pretrain` (preset demo): the cpu scale's recipe on the demo checkpoint
+    "demo": replace(CPU_BASELINE, finetune="outputs/demo/checkpoint-last.pth", progress=True, tensorboard=True,
+                    log_every=10),
     "smoke": Config(model="vit_smoke", img_size=32, data="synthetic:64", tune_blocks=1, epochs=1, warmup_epochs=0,
                     batch_size=16, blr=1e-3, drop_path=0.0, num_workers=0, output_dir="outputs/partial_smoke",
                     log_every=1, tensorboard=False, progress=False),

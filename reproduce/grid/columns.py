@@ -149,6 +149,7 @@ def aggregate_seeds(rows: Any, key: str, metrics: Sequence[str] = ()) -> Any:
                 else:
                     r[c] = ", ".join(dict.fromkeys(x.strip() for v in vals for x in v.split(", ")))
         r["seed"] = ",".join(str(int(x)) for x in g["seed"].dropna())
-        r["n_seeds"] = len(g)
+        measured = [c for c in metrics if c in g.columns]
+        r["n_seeds"] = int(g[measured].notna().any(axis=1).sum()) if measured else len(g)  # seeds with a number
         out.append(r)
     return pd.DataFrame(out)

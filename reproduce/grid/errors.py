@@ -3,10 +3,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from mae.data.builder import DataError, parse_spec
+
 METRICS_FILE = "metrics.json"
 LAST_CHECKPOINT = "checkpoint-last.pth"
 LAUNCHERS = ("local", "torchrun", "slurm")
-MAE_PROTOCOLS = ("pretrain", "finetune", "linprobe", "partial", "readout")
+MAE_PROTOCOLS = ("pretrain", "finetune", "linprobe", "partial", "readout", "tokenizer")
 DEFAULT_WORK_DIR = "outputs/reproduce"
 
 
@@ -22,7 +24,9 @@ def resolve_data(scale: str, data: str | None, check: bool = True) -> str | None
                             "the paper's recipes are not run on stand-in data")
         if check and not Path(data).expanduser().is_dir():
             raise GridError(f"--data {data}: no such directory (expected ImageNet-1K with train/ and val/)")
-    elif data and check and not (data in ("embedded", "digits") or data.startswith(("synthetic", "photos"))):
-        if not Path(data).expanduser().is_dir():
-            raise GridError(f"--data {data}: neither an embedded set (synthetic[:N], digits, photos[:N]) nor a folder")
+    elif data and check:
+        try:  # mae.data's own spec parser, not a second one
+            parse_spec(data)
+        except DataError as e:
+            raise GridError(f"--data {data}: {e}") from None
     return data

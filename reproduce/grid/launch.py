@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from mae.config import save_config
+from mae.engine.threads import child_env
 from reproduce.grid.errors import MAE_PROTOCOLS, GridError
 from reproduce.grid.model import Cell, GridResult, SlurmOptions, Stage, StageResult
 from reproduce.grid.errors import METRICS_FILE
@@ -54,7 +55,9 @@ def _run_in_process(stage: Stage, cfg: Any) -> None:
 def _run_torchrun(stage: Stage, cfg: Any, nproc_per_node: int) -> None:
     config_path = Path(cfg.output_dir) / "config.yaml"
     cmd = stage_command(stage, config_path, "torchrun", nproc_per_node)
-    env = dict(os.environ)
+    # each of the stage's processes gets its share of the cores (unless OMP_NUM_THREADS says otherwise)
+    share = None if "OMP_NUM_THREADS" in os.environ else max(1, (os.cpu_count() or 1) // nproc_per_node)
+    env = child_env(share)
     env["PYTHONPATH"] = os.pathsep.join([str(REPO_ROOT), *filter(None, [env.get("PYTHONPATH")])])
     print(f"[grid]   $ {shlex.join(cmd)}", flush=True)
     proc = subprocess.run(cmd, env=env, check=False)  # this cwd: relative --data paths keep their meaning

@@ -80,7 +80,7 @@ def identity_diff(recorded: dict[str, Any], planned: dict[str, Any], config_cls:
     A config field the record lacks matches when the planned value is the field's default (a field
     added to the code after the run, whose default keeps the old behaviour)."""
     out = []
-    if recorded.get("protocol") != planned["protocol"]:
+    if _protocol(recorded.get("protocol")) != _protocol(planned["protocol"]):
         out.append(f"protocol: {recorded.get('protocol')} -> {planned['protocol']}")
     old, new = recorded.get("config", {}), planned["config"]
     defaults: dict[str, Any] = {}
@@ -104,6 +104,14 @@ def identity_diff(recorded: dict[str, Any], planned: dict[str, Any], config_cls:
         if a != b:
             out.append(f"input {k}: {a} -> {b}")
     return out
+
+
+#: protocol names a stage was recorded under before the protocol moved (same code, same config)
+PROTOCOL_ALIASES = {"reproduce.tokenizer": "tokenizer", "mae.protocols.tokenizer": "tokenizer"}
+
+
+def _protocol(name: Any) -> Any:
+    return PROTOCOL_ALIASES.get(name, name)
 
 
 def write_identity(run_dir: Path, identity: dict[str, Any], **extra: Any) -> None:
