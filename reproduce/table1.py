@@ -161,18 +161,26 @@ def mask_token_rows(grid: GridResult) -> list[dict[str, Any]]:
 
 
 def loss_scope_rows(grid: GridResult) -> list[dict[str, Any]]:
-    """Sec. 3: ft (and lin) with the loss on all patches minus the masked-only baseline (pixel target;
-    the mean over its seeds)."""
-    import numpy as np
+    """Sec. 3: ft (and lin) with the loss on all patches minus the masked-only baseline (pixel target), paired
+    by seed (seed s of each; one row per seed, averaged by the driver), with the paired interval of ft_delta."""
+    from reproduce.stats import compare as compare_seeds
     rows = cell_rows(grid, standard_columns)
-    a = next((r for r in rows if "loss_on" in r), None)
-    if a is None:
-        return []
-    masked = [r for r in rows if r.get("target") == "pixel"]
-    m = {k: float(np.mean([r[k] for r in masked])) for k in ("ft", "lin")} if masked else {}
-    nan = float("nan")
-    return [{"loss_on": "all", "ft_delta": a["ft"] - m.get("ft", nan), "lin_delta": a["lin"] - m.get("lin", nan),
-             "ft_all": a["ft"], "ft_masked": m.get("ft", nan), "lin_all": a["lin"], "lin_masked": m.get("lin", nan)}]
+    seed = lambda r: int(r.get("seed", 0) or 0)  # noqa: E731
+    masked = {seed(r): r for r in rows if r.get("target") == "pixel"}
+    pairs = [(r, masked[seed(r)]) for r in rows if "loss_on" in r and seed(r) in masked]
+    out = []
+    for a, m in pairs:
+        prov = {k: ", ".join(dict.fromkeys(str(x[k]) for x in (a, m) if x.get(k))) for k in ("commit", "device", "command")}
+        prov["date"] = max(str(a.get("date", "")), str(m.get("date", "")))  # the stages' own provenance, not ours
+        out.append({"loss_on": "all", "seed": seed(a), "ft_delta": a["ft"] - m["ft"], "lin_delta": a["lin"] - m["lin"],
+                    "ft_all": a["ft"], "ft_masked": m["ft"], "lin_all": a["lin"], "lin_masked": m["lin"], **prov})
+    if len(out) >= 2:  # the paired interval of each delta, on every row (the driver averages the rows)
+        for metric in ("ft", "lin"):
+            c = compare_seeds({r["seed"]: r[f"{metric}_all"] for r in out}, {r["seed"]: r[f"{metric}_masked"] for r in out})
+            for r in out:
+                r.update({f"{metric}_delta_lo": c.lo, f"{metric}_delta_hi": c.hi})
+                r[f"{metric}_delta_call"] = c.call
+    return out
 
 
 def reports(part: str) -> list[Report]:
