@@ -29,7 +29,6 @@ import csv
 import datetime as dt
 import json
 import os
-import platform
 import shlex
 import statistics
 import subprocess
@@ -39,6 +38,8 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
+
+from mae.provenance import cpu_model, git_commit, versions
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_SETTINGS = ("torch_default", "mae", "passive", "threads1", "spin10000")
@@ -67,40 +68,15 @@ def setting_env(name: str) -> dict[str, str]:
 
 # ----------------------------------------------------------------------------------------------- provenance
 def cpu_name() -> str:
-    """The CPU model as lscpu says it (``/proc/cpuinfo``, then ``platform`` where lscpu is missing)."""
-    try:
-        out = subprocess.run(["lscpu"], capture_output=True, text=True, timeout=10, check=False).stdout
-        for line in out.splitlines():
-            if line.startswith("Model name:"):
-                return line.split(":", 1)[1].strip()
-    except (OSError, subprocess.TimeoutExpired):
-        pass
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
+    """The CPU model (mae.provenance: the one place that reads it)."""
+    return cpu_model()
 
 
 def provenance(argv: Sequence[str]) -> dict[str, Any]:
-    try:
-        commit = subprocess.run(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"], capture_output=True,
-                                text=True, timeout=10, check=False).stdout.strip() or "unknown"
-        dirty = subprocess.run(["git", "-C", str(REPO), "status", "--porcelain", "--untracked-files=no"],
-                               capture_output=True, text=True, timeout=10, check=False).stdout.strip()
-        commit += "-dirty" if dirty and commit != "unknown" else ""
-    except (OSError, subprocess.TimeoutExpired):
-        commit = "unknown"
-    try:
-        import torch
-        torch_version = torch.__version__
-    except ImportError:
-        torch_version = "unavailable"
+    """A bench row's provenance: CPU, cores, versions, commit (with -dirty), UTC date, command."""
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    return {"cpu": cpu_name(), "cores": cores,
-            "torch": torch_version, "python": platform.python_version(), "commit": commit,
+    v = versions()
+    return {"cpu": cpu_model(), "cores": cores, "torch": v["torch"], "python": v["python"], "commit": git_commit(),
             "date": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
             "command": shlex.join(["python", *[str(a) for a in argv]])}
 

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import shlex
 import statistics
 import sys
@@ -70,13 +69,9 @@ def time_items(get: Callable[[int], Any], indices: Sequence[int], repeats: int) 
 
 
 def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
+    """The CPU model (mae.provenance: the one place that reads it)."""
+    from mae.provenance import cpu_model
+    return cpu_model()
 
 
 def measure(root: str, paths: Sequence[str], *, img_size: int = 224, images: int = 500, repeats: int = 3,
