@@ -211,6 +211,11 @@ def _cpu() -> Scale:
       (m9 on 16 px digits), 86.1% pre-trained without it: RandAugment is off at this scale.
     - one cell (pre-train 90 s + probe 30 s + fine-tune 65 s) is about 3 minutes; two grid
       processes at one thread each run 1.4x more cells per hour than one at two threads.
+    - the 3-seed rerun (2026-12-06, two grid processes at one thread each, stage wall times from their
+      metrics.json): late in the run, with nothing else on the machine, a cell took about 2.5 minutes per
+      process (pre-train 80-115 s, fine-tune 36 s, probe 12 s, readouts 3-4 s); the baseline's controls
+      add about 7 minutes per seed (the 55-epoch scratch fine-tune: 380 s while shared). Early on, beside
+      test runs, a cell took about 6 minutes.
     - profile of a pre-training step (bench/profile_cell.py, one thread, machine shared): data 8%,
       encoder 10%, decoder 23%, backward 55%, optimiser 4%; 291 ms per batch of 128.
     """

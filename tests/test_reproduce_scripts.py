@@ -283,3 +283,17 @@ def test_aggregate_seeds_mean_std_and_count():
     assert out.at[1, "ft"] == 82.0 and out.at[1, "ft_std"] == pytest.approx(2.0) and out.at[1, "n_seeds"] == 3
     assert out.at[1, "seed"] == "0,1,2" and out.at[2, "n_seeds"] == 1 and math.isnan(out.at[2, "ft_std"])
     assert out.at[1, "ft_seeds"] == "0:80.0000;1:82.0000;2:84.0000" and out.at[2, "ft_seeds"] == "0:70.0000"
+
+
+def test_a_default_smoke_run_never_touches_the_committed_results(tmp_path, monkeypatch):
+    """`python reproduce/table1.py --part ...` (default scale smoke, default --out / --work-dir) writes into
+    ./outputs, which git ignores, and leaves results/ as it was."""
+    from reproduce import table1
+    root = Path(__file__).resolve().parents[1]
+    before = {p.name: p.stat().st_mtime_ns for p in (root / "results").iterdir()}
+    monkeypatch.chdir(tmp_path)
+    assert table1.main(["--part", "mask_token", "--only", "encoder_mask_token=with"]) == 0
+    assert (tmp_path / "outputs" / "results" / "table1c_mask_token_smoke.csv").is_file()
+    assert {p.name: p.stat().st_mtime_ns for p in (root / "results").iterdir()} == before
+    ignored = subprocess.run(["git", "-C", str(root), "check-ignore", "-q", "outputs/results/x.csv"], check=False)
+    assert ignored.returncode == 0  # a default run from the checkout leaves `git status` clean
