@@ -40,7 +40,7 @@ from bench.cpu_threads import REPO, demo_command, provenance, rate_of, run_env, 
 PATHS = ("pil", "batched")
 COLUMNS = ("input", "threads", "img_per_s", "vs_step", "img_per_cpu_s", "cpu_vs_step", "step_ms", "step_before",
            "step_after", "epochs_rated", "omp_wait_policy", "preset", "epochs", "batch_size", "extra", "load_before",
-           "cpu", "cores", "torch", "python", "commit", "date", "command")
+           "scale", "cpu", "cores", "torch", "python", "commit", "date", "command")
 
 
 def step_rate(preset: str, extra: Sequence[str], warmup: int, repeats: int) -> dict[str, Any]:

@@ -44,8 +44,8 @@ from mae.provenance import cpu_model, git_commit, versions
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_SETTINGS = ("torch_default", "mae", "passive", "threads1", "spin10000")
 COLUMNS = ("setting", "env", "mode", "run", "img_per_s", "vs_alone", "vs_torch_default_alone", "epochs_rated",
-           "timed_out", "wall_s", "threads", "omp_wait_policy", "preset", "epochs", "extra", "load_before", "cpu",
-           "cores", "torch", "python", "commit", "date", "command")
+           "timed_out", "wall_s", "threads", "omp_wait_policy", "preset", "epochs", "extra", "load_before", "scale",
+           "cpu", "cores", "torch", "python", "commit", "date", "command")
 #: environment variables a setting may set; every run starts with them removed
 CONTROLLED = ("OMP_NUM_THREADS", "OMP_WAIT_POLICY", "GOMP_SPINCOUNT", "MAE_OMP_POLICY", "MKL_NUM_THREADS",
               "MAE_SET_GOMP_SPINCOUNT", "KMP_BLOCKTIME")
@@ -76,7 +76,7 @@ def provenance(argv: Sequence[str]) -> dict[str, Any]:
     """A bench row's provenance: CPU, cores, versions, commit (with -dirty), UTC date, command."""
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     v = versions()
-    return {"cpu": cpu_model(), "cores": cores, "torch": v["torch"], "python": v["python"], "commit": git_commit(),
+    return {"scale": "cpu", "cpu": cpu_model(), "cores": cores, "torch": v["torch"], "python": v["python"], "commit": git_commit(),
             "date": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
             "command": shlex.join(["python", *[str(a) for a in argv]])}
 

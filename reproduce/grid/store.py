@@ -53,14 +53,18 @@ def identity_hash(protocol: str, config: dict[str, Any], inputs: dict[str, str])
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
-def read_identity(run_dir: str | Path) -> dict[str, Any] | None:
-    path = Path(run_dir) / IDENTITY_FILE
+def _read_json(path: Path, fix: str) -> dict[str, Any] | None:
+    """A run directory's JSON file, None when absent; a clear error (with ``fix``) when it is not JSON."""
     if not path.is_file():
         return None
     try:
         return json.loads(path.read_text())
     except json.JSONDecodeError as e:
-        raise GridError(f"{path} is not valid JSON ({e}); delete it and pass --adopt, or --rerun-changed") from None
+        raise GridError(f"{path} is not valid JSON ({e}); {fix}") from None
+
+
+def read_identity(run_dir: str | Path) -> dict[str, Any] | None:
+    return _read_json(Path(run_dir) / IDENTITY_FILE, "delete it and pass --adopt, or --rerun-changed")
 
 
 def planned_identity(root: Path, cell: Cell, stage: Stage) -> dict[str, Any]:
@@ -156,13 +160,7 @@ def stage_status(run_dir: str | Path) -> str:
 
 
 def read_metrics(run_dir: str | Path) -> dict[str, Any] | None:
-    path = Path(run_dir) / METRICS_FILE
-    if not path.is_file():
-        return None
-    try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError as e:
-        raise GridError(f"{path} is not valid JSON ({e}); delete it to rerun the stage") from None
+    return _read_json(Path(run_dir) / METRICS_FILE, "delete it to rerun the stage")
 
 
 def resolve_stage_config(root: Path, cell: Cell, stage: Stage) -> Any:
