@@ -7,7 +7,8 @@
 One pre-training (the Table 1 baseline of the scale, a helper cell shared by every row), then per row:
 0 blocks = the linear probe (as in the paper), 0.5 = only the MLP sub-block of the last block, k blocks =
 the last k blocks + final norm + head (mae/protocols/partial.py), all blocks = end-to-end fine-tuning.
-Rows 0 and "all" read the baseline's own probe and fine-tune (run once, for Table 1 and here). The key
+Rows 0 and "all" read the baseline's own probe and fine-tune (run once, for Table 1 and here). With
+``--seeds``, seed s of every row starts from the baseline's seed-s pre-training (paired seeds). The key
 column keeps the paper's block counts (of ViT-L's 24); at smaller scales the same fraction of the
 encoder's blocks is tuned (``tuned_blocks_used_ours``).
 Results: <out>/fig9_partial_ft_<scale>.csv.
@@ -26,15 +27,16 @@ PRETRAIN_CELL = BASELINE_CELL  # the baseline's pre-training, shared with Table 
 
 
 def build_cells(scale: Scale) -> list[Cell]:
-    """The baseline cell (pre-training, linear probe, fine-tuning: the same runs as Table 1's baseline),
-    then one cell per row; rows 0 and "all blocks" read the baseline's probe / fine-tune, not a rerun."""
+    """The baseline cell (pre-training, linear probe, fine-tuning: the same runs as Table 1's baseline, with
+    its seeds), then one cell per row; rows 0 and "all blocks" read the baseline's probe / fine-tune, not a rerun."""
     from reproduce.reference import load_reference
     paper_keys = [float(k) for k in load_reference(TABLE)["tuned_blocks"].tolist()]
     full = max(paper_keys)
     src = {"finetune": Ref("pretrain")}
     cells = [Cell(PRETRAIN_CELL, {}, [Stage("pretrain", "pretrain", scale.pretrain),
                                       Stage("linprobe", "linprobe", scale.linprobe, inputs=src),
-                                      Stage("finetune", "finetune", scale.finetune, inputs=src)], report=False)]
+                                      Stage("finetune", "finetune", scale.finetune, inputs=src)],
+                  report=False, seeds=tuple(scale.seeds))]
     src = {"finetune": Ref("pretrain", cell=PRETRAIN_CELL)}
     for k in paper_keys:
         ours = scale.partial_blocks[k]

@@ -273,6 +273,32 @@ def test_cpu_scale_plans_with_a_shared_seeded_baseline(tmp_path, capsys):
     assert not (tmp_path / "work").exists()
 
 
+def test_fig9_seeds_pair_each_row_with_the_baselines_own_seed():
+    """--seeds: seed s of every Fig. 9 row tunes the baseline's seed-s pre-training, and rows 0 / all read
+    the seed-s probe / fine-tune (paired), not seed 0's encoder under another fine-tuning seed."""
+    from reproduce.grid import with_seeds
+    from reproduce.scales import get_scale
+    cells = with_seeds(fig9.build_cells(get_scale("cpu")), lambda c: tuple(dict.fromkeys([*(c.seeds or ()), 0, 1])))
+    by = {c.name: c for c in cells}
+    assert {"baseline", "baseline_seed1", "baseline_seed2"} <= set(by) and not by["baseline_seed1"].report
+    part = by["tuned_blocks_1_seed1"].stage("partial")
+    assert part.inputs["finetune"].cell == "baseline_seed1" and part.config.seed == 1
+    assert by["tuned_blocks_1"].stage("partial").inputs["finetune"].cell == "baseline"
+    assert by["tuned_blocks_0_seed1"].reads.cell == "baseline_seed1" and by["tuned_blocks_0_seed1"].info["seed"] == 1
+    assert by["tuned_blocks_24_seed1"].reads.stage == "finetune"
+    assert by["tuned_blocks_24_seed1"].reads.cell == "baseline_seed1"
+
+
+def test_a_seed_the_input_cell_does_not_run_is_refused():
+    from reproduce.grid import Cell, GridError, Ref, Stage, with_seeds
+    from reproduce.scales import get_scale
+    scale = get_scale("smoke")
+    base = Cell("base", {}, [Stage("pretrain", "pretrain", scale.pretrain)], report=False, seeds=(0,))
+    row = Cell("row", {"k": 1}, [Stage("ft", "finetune", scale.finetune, inputs={"finetune": Ref("pretrain", cell="base")})])
+    with pytest.raises(GridError, match="seed 1 reads cell 'base'"):
+        with_seeds([base, row], lambda c: c.seeds if c.name == "base" else (0, 1))
+
+
 def test_aggregate_seeds_mean_std_and_count():
     import pandas as pd
 

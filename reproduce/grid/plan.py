@@ -14,7 +14,7 @@ import yaml
 from mae.config import from_dict, to_dict
 from reproduce.grid.errors import GridError, MAE_PROTOCOLS
 from reproduce.grid.launch import stage_command
-from reproduce.grid.model import Cell
+from reproduce.grid.model import Cell, Ref
 from reproduce.grid.store import check_identity, ref_path, stage_dir
 
 
@@ -190,20 +190,39 @@ def seeded_name(name: str, seed: int, first: int) -> str:
 
 
 def with_seeds(cells: Sequence[Cell], seeds_of: Any) -> list[Cell]:
-    """Every reported cell with stages, once per seed of ``seeds_of(cell)`` (a sequence of ints; the first
-    keeps the cell's name). Seed ``s`` of every setting sets ``seed = s`` on each stage, so paired settings
-    share initialisation, data order and mask noise wherever the switch allows. Inputs within the cell
-    follow it; inputs from helper cells (a tokenizer) stay shared."""
+    """Every seeded cell, once per seed of ``seeds_of(cell)`` (a sequence of ints; the first keeps the
+    cell's name). A cell is seeded when it has stages and is reported or has seeds of its own (a shared
+    pre-training); seed ``s`` sets ``seed = s`` on each stage, so paired settings share initialisation,
+    data order and mask noise wherever the switch allows. Inputs follow the seed: within the cell, and
+    from another seeded cell (seed ``s`` reads that cell's seed ``s``); inputs from unseeded helper cells
+    (a tokenizer) stay shared. A reported cell that only reads a seeded cell's stage is repeated per seed."""
+    plan = {c.name: list(seeds_of(c)) for c in cells if c.stages and (c.report or c.seeds)}
+
+    def follow(ref: Ref, s: int, who: str) -> Ref:
+        if ref.cell is None or ref.cell not in plan:
+            return ref
+        if s not in plan[ref.cell]:
+            raise GridError(f"cell {who}: seed {s} reads cell {ref.cell!r}, which runs seeds "
+                            f"{', '.join(map(str, plan[ref.cell]))} only")
+        return replace(ref, cell=seeded_name(ref.cell, s, plan[ref.cell][0]))
+
     out: list[Cell] = []
     for c in cells:
-        seeds = list(seeds_of(c)) if c.report and c.stages else []
-        if not seeds:
+        if c.name in plan and plan[c.name]:
+            seeds = plan[c.name]
+            for s in seeds:
+                name = seeded_name(c.name, s, seeds[0])
+                stages = [replace(st, config=replace(st.config, seed=s),
+                                  inputs={k: follow(r, s, name) for k, r in st.inputs.items()}) for st in c.stages]
+                out.append(Cell(name, dict(c.key), stages, info={**c.info, "seed": s}, report=c.report))
+        elif c.report and c.reads is not None and c.reads.cell in plan:
+            seeds = list(seeds_of(c))
+            for s in seeds:
+                name = seeded_name(c.name, s, seeds[0])
+                out.append(Cell(name, dict(c.key), [], info={**c.info, "seed": s}, report=True,
+                                reads=follow(c.reads, s, name)))
+        else:
             out.append(c)
-            continue
-        for s in seeds:
-            stages = [replace(st, config=replace(st.config, seed=s)) for st in c.stages]
-            out.append(Cell(seeded_name(c.name, s, seeds[0]), dict(c.key), stages, info={**c.info, "seed": s},
-                            report=c.report))
     return out
 
 
