@@ -18,7 +18,7 @@ from typing import Any
 from mae.config import SCALES
 from mae.engine.threads import apply_thread_policy
 from reproduce.grid import (DEFAULT_WORK_DIR, LAUNCHERS, Cell, GridError, GridResult, SlurmOptions, aggregate_seeds,
-                            apply_overrides, parse_only, parse_seeds, parse_set, run_grid, with_seeds)
+                            apply_overrides, only_text, parse_only, parse_seeds, parse_set, run_grid, with_seeds)
 from reproduce.scales import get_scale
 
 SMOKE_OUT = "outputs/results"
@@ -48,7 +48,8 @@ def add_grid_args(parser: argparse.ArgumentParser, default_out: str = "results")
     parser.add_argument("--work-dir", default=DEFAULT_WORK_DIR,
                         help=f"run directories: <work-dir>/<table>_<scale>/<cell>/<stage> (default: {DEFAULT_WORK_DIR})")
     parser.add_argument("--only", action="append", metavar="KEY=VALUE",
-                        help="run only the cell(s) with this setting (repeatable), e.g. --only decoder_depth=8")
+                        help="run only the cell(s) with this setting (repeatable: different keys must all match, "
+                             "values of one key any), e.g. --only decoder_depth=8")
     parser.add_argument("--set", action="append", metavar="[STAGE.]FIELD=VALUE", dest="overrides",
                         help="override a config field of every stage (or one stage kind), e.g. pretrain.epochs=10, "
                              "finetune.accum_iter=4, device=cpu (repeatable)")
@@ -173,7 +174,7 @@ def run_jobs(jobs: Sequence[TableJob], args: argparse.Namespace, echo: Callable[
     if only and len(jobs) > 1:
         jobs = [j for j in jobs if set(only) <= {k for c in j.cells if c.report for k in c.key}]
         if not jobs:
-            raise GridError(f"--only {', '.join(f'{k}={v}' for k, v in only.items())}: no selected table has "
+            raise GridError(f"--only {only_text(only)}: no selected table has "
                             f"the key(s) {sorted(only)}")
     n_csv = sum(len(j.reports) for j in jobs)
     if args.out and Path(args.out).suffix == ".csv" and n_csv > 1:

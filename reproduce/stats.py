@@ -15,7 +15,7 @@ difference of their accuracies and a 95% interval for it, chosen by what was mea
 
 The call: ``better`` / ``worse`` (the interval excludes 0), ``equal within +-X`` (the interval lies inside
 +-X points; X = :data:`EQUIVALENCE_MARGIN`), else ``unresolved``; ``seeds_needed`` is the number of paired
-seeds that would resolve a 2-point difference (80% power, two-sided 5%) at the observed spread.
+seeds that would resolve a 2-point difference (80% power, two-sided 5%, t quantiles) at the observed spread.
 """
 from __future__ import annotations
 
@@ -81,11 +81,20 @@ def call_of(lo: float, hi: float, margin: float = EQUIVALENCE_MARGIN) -> str:
     return "unresolved"
 
 
-def seeds_needed(sd_diff: float, points: float = RESOLVE_POINTS) -> int | None:
-    """Paired seeds that detect a ``points`` difference with 80% power at the two-sided 5% level."""
+def seeds_needed(sd_diff: float, points: float = RESOLVE_POINTS, limit: int = 1000) -> int | None:
+    """Paired seeds that detect a ``points`` difference with 80% power at the two-sided 5% level: the
+    smallest n >= 2 with (t(0.975, n-1) + t(0.8, n-1)) * sd / sqrt(n) <= points (t quantiles, not the
+    normal ones, so that a count said to resolve never falls below what the paired t interval needs);
+    None when the spread is unknown or more than ``limit`` seeds would be needed."""
     if not math.isfinite(sd_diff):
         return None
-    return max(2, math.ceil((_Z_POWER * sd_diff / points) ** 2))
+    if sd_diff <= 0:
+        return 2
+    lo = max(2, math.ceil((_Z_POWER * sd_diff / points) ** 2))  # the normal approximation never overshoots
+    for n in range(lo, limit + 1):
+        if (t_quantile(n - 1) + t_quantile(n - 1, 0.8)) * sd_diff / math.sqrt(n) <= points:
+            return n
+    return None
 
 
 def compare(a: dict[int, float], b: dict[int, float], *, a_std: float = float("nan"), b_std: float = float("nan"),

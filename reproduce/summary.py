@@ -168,6 +168,7 @@ def collect(results_dir: str | Path) -> list[dict[str, Any]]:
                 "vs_pixels": _margin(df, f"{metric}_vs_pixels") if len(df) else "-",
                 "csv": csv.name, "figure": f"figures/{figure.name}" if figure.is_file() else "",
                 "commits": [c for c in commits if c],
+                "settings": v.get("settings") or {}, "baseline": v.get("baseline"), "key": spec.key,
             })
     order = {s: i for i, s in enumerate(SCALE_ORDER)}
     records.sort(key=lambda r: (order.get(r["scale"], len(order)), r["table"], r["metric"]))
@@ -212,6 +213,56 @@ def controls_table(results_dir: str | Path, scale: str) -> list[str]:
 
 
 OUTCOMES = ("match", "match, not resolved", "tie", "mismatch", "unresolved")
+SETTING_METRICS = ("ft", "lin", "lbfgs", "knn", "shot1", "shot3", "shot10")
+_SHORT_CALL = {"better": "better", "worse": "worse", "unresolved": "?"}
+
+
+def _call_cell(c: dict[str, Any] | None) -> str:
+    if not c or c.get("delta") is None or not math.isfinite(c["delta"]):
+        return "-"
+    call = str(c.get("call", ""))
+    short = "=" if call.startswith("equal") else _SHORT_CALL.get(call, call)
+    text = f"{c['delta']:+.1f} {short}"
+    return f"**{text}**" if call in ("better", "worse") else text
+
+
+def settings_table(rows: list[dict[str, Any]]) -> list[str]:
+    """Every setting against its table's baseline, one column per metric (the paired difference and its
+    call), and which readouts resolve it; a setting that no readout resolves says so: that is a result."""
+    by_table: dict[str, dict[str, dict[str, Any]]] = {}
+    for r in rows:
+        if r["settings"]:
+            by_table.setdefault(r["table"], {})[r["metric"]] = r
+    if not by_table:
+        return []
+    metrics = [m for m in SETTING_METRICS if any(m in t for t in by_table.values())]
+    lines = ["### Every setting against the baseline\n",
+             "Our setting minus the baseline (mean paired difference over seeds, points): **better** / **worse** "
+             "when its 95% interval excludes 0, `=` when it lies within +-2, `?` unresolved. *Resolved by* names "
+             "the metrics that resolve the setting (a difference, or equality within +-2); where none does, "
+             "that is the result at this scale, with the fewest paired seeds that would resolve a 2-point "
+             "difference on any metric (80% power).\n",
+             "| table / figure | setting (vs baseline) | seeds | " + " | ".join(metrics) + " | resolved by |",
+             "|---|---|---|" + "---|" * len(metrics) + "---|"]
+    for table, per_metric in by_table.items():
+        first = next(iter(per_metric.values()))
+        names = list(dict.fromkeys(k for r in per_metric.values() for k in r["settings"]))
+        for name in names:
+            cs = {m: per_metric[m]["settings"].get(name) if m in per_metric else None for m in metrics}
+            resolved = [f"{m} {c['call']}" for m, c in cs.items() if c and c.get("call") in ("better", "worse")]
+            equal = [m for m, c in cs.items() if c and str(c.get("call", "")).startswith("equal")]
+            n = max((int(c.get("n") or 0) for c in cs.values() if c), default=0)
+            parts = [", ".join(resolved)] if resolved else []
+            if equal:
+                parts.append("equal within +-2 on " + ", ".join(equal))
+            if not parts:
+                need = [(int(c["seeds_needed"]), m) for m, c in cs.items() if c and c.get("seeds_needed")]
+                parts.append("none: no readout resolves it at these seeds"
+                             + (f"; {min(need)[0]} paired seeds would resolve 2 points on {min(need)[1]}" if need else ""))
+            verdict = "; ".join(parts)
+            lines.append(f"| `{table}` | {first['key']}={name} (vs {_fmt_value(first['baseline'])}) | {n} | "
+                         + " | ".join(_call_cell(cs[m]) for m in metrics) + f" | {verdict} |")
+    return lines + [""]
 
 
 def render(records: list[dict[str, Any]], results_dir: str | Path | None = None) -> str:
@@ -236,8 +287,10 @@ def render(records: list[dict[str, Any]], results_dir: str | Path | None = None)
             lines.append(f"| {r['label']} (`{r['table']}`) | {r['metric']} | {r['measured']}/{r['rows']} "
                          f"| {r['seeds']} | {r['paper_best']} | {r['ours_best']} | {r['outcome']} | {r['interval']} "
                          f"| {r['spearman']} | {r['margin']} | {r['vs_pixels']} | {files} |")
+        lines.append("")
+        lines += settings_table(rows)
         commits = sorted({c for r in rows for c in r["commits"]})
-        lines.append(f"\nMeasured at commit(s): {', '.join(commits) or '-'}; each CSV's rows carry the provenance "
+        lines.append(f"Measured at commit(s): {', '.join(commits) or '-'}; each CSV's rows carry the provenance "
                      "their stages wrote when they ran (commit, device, date, command).\n")
     return "\n".join(lines)
 

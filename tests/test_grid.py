@@ -205,6 +205,10 @@ def test_only_selects_cells_and_their_helper_cells(tmp_path):
     assert [c.name for c in grid.select_cells(cells, ["k=.5"])] == ["shared", "k0.5"]  # numeric match
     assert [c.name for c in grid.select_cells(cells, ["mode=a"])] == ["shared", "k0.5", "k4"]
     assert [c.name for c in grid.select_cells(cells, {"mode": "a", "k": "4"})] == ["shared", "k4"]
+    # one key given twice: either value (a setting and its baseline); keys still all have to match
+    assert [c.name for c in grid.select_cells(cells, ["k=1", "k=4"])] == ["shared", "k1", "k4"]
+    assert [c.name for c in grid.select_cells(cells, ["k=1", "k=4", "mode=a"])] == ["shared", "k4"]
+    assert grid.parse_only(["k=1", "k=4", "k=1"]) == {"k": ("1", "4")}
     assert grid.select_cells(cells, None) == cells
     with pytest.raises(GridError, match=r"unknown key 'depth'; keys of this table: k, mode"):
         grid.select_cells(cells, ["depth=8"])

@@ -297,7 +297,8 @@ def test_verdict_outcome_rests_on_the_paired_interval():
     # +6, +8, +4: mean 6, sd 2 -> [1.03, 10.97]: the paper's best is resolved worse -> mismatch
     v = verdict(_depth_rows([95.0, 97.0, 94.0], [89.0, 89.0, 90.0]), "table1a_decoder_depth")["ft"]
     assert v["outcome"] == "mismatch" and v["settings"]["12"]["call"] == "better"
-    assert v["settings"]["12"]["seeds_needed"] == 8  # (2.8016 * 2 / 2)^2 = 7.85
+    # t quantiles: n = 9: (2.306 + 0.889) * 2 / 3 = 2.13 > 2; n = 10: (2.262 + 0.883) * 2 / sqrt(10) = 1.99
+    assert v["settings"]["12"]["seeds_needed"] == 10
     # +1, +3, -2: mean 0.67, sd 2.52 -> [-5.6, 6.9]: cannot tell
     v = verdict(_depth_rows([90.0, 92.0, 88.0], [89.0, 89.0, 90.0]), "table1a_decoder_depth")["ft"]
     assert v["outcome"] == "unresolved" and v["settings"]["12"]["call"] == "unresolved"
@@ -315,7 +316,9 @@ def test_stats_intervals_by_hand():
     assert b.hi - b.delta == pytest.approx(1.959964 * 5.0) and b.call == "better" and "images" in b.method
     assert call_of(-1.5, 1.9) == "equal within +-2" and call_of(-2.5, 1.0) == "unresolved"
     assert call_of(0.1, 5) == "better" and call_of(-5, -0.1) == "worse"
-    assert seeds_needed(1.0) == 2 and seeds_needed(3.0) == 18  # ceil((2.8016 * 3 / 2)^2) = ceil(17.66)
+    # n = 4: (3.182 + 0.978) * 1 / 2 = 2.08 > 2; n = 5: (2.776 + 0.941) / sqrt(5) = 1.66 <= 2
+    assert seeds_needed(1.0) == 5 and seeds_needed(0.0) == 2 and seeds_needed(float("nan")) is None
+    assert seeds_needed(3.0) == 20 and seeds_needed(100.0) is None  # more than 1000 seeds: None
 
 
 def test_a_chance_level_table_is_not_called_match():

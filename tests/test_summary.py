@@ -57,3 +57,24 @@ def test_check_fails_when_stale_and_passes_after_regeneration(tmp_path, capsys):
     assert "out of date" in capsys.readouterr().err
     assert summary.main(["--results", str(res)]) == 0
     assert summary.main(["--results", str(res), "--check"]) == 0
+
+
+def test_every_setting_row_says_which_readouts_resolve_it_or_that_none_does():
+    """Issue: a setting that no readout resolves is stated as the result, with the seeds that would."""
+    def rec(metric, settings):
+        return {"table": "fig5_masking_ratio", "metric": metric, "key": "mask_ratio", "baseline": 0.75,
+                "settings": settings}
+    worse = {"delta": -8.5, "lo": -13.6, "hi": -3.4, "n": 3, "call": "worse", "seeds_needed": 4}
+    equal = {"delta": 0.1, "lo": -0.9, "hi": 1.1, "n": 3, "call": "equal within +-2", "seeds_needed": 3}
+    unres = {"delta": -1.3, "lo": -6.0, "hi": 3.4, "n": 3, "call": "unresolved", "seeds_needed": 9}
+    unres_knn = {**unres, "seeds_needed": 6}
+    lines = summary.settings_table([rec("ft", {"0.9": worse, "0.1": unres, "0.5": equal}),
+                                    rec("knn", {"0.9": unres, "0.1": unres_knn, "0.5": unres})])
+    header = next(line for line in lines if line.startswith("| table"))
+    assert header.split(" | ")[3:5] == ["ft", "knn"]  # only the metrics measured, in the fixed order
+    row = {line.split(" | ")[1]: line for line in lines if line.startswith("| `fig5")}
+    assert row["mask_ratio=0.9 (vs 0.75)"].endswith("| **-8.5 worse** | -1.3 ? | ft worse |")
+    assert row["mask_ratio=0.5 (vs 0.75)"].endswith("| +0.1 = | -1.3 ? | equal within +-2 on ft |")
+    assert row["mask_ratio=0.1 (vs 0.75)"].endswith(
+        "| none: no readout resolves it at these seeds; 6 paired seeds would resolve 2 points on knn |")
+    assert summary.settings_table([rec("ft", {})]) == []

@@ -27,7 +27,7 @@ from reproduce.grid.errors import (DEFAULT_WORK_DIR, LAST_CHECKPOINT, LAUNCHERS,
                                    resolve_data)
 from reproduce.grid.launch import CellJob, execute_stage, protocol_module, stage_command, stage_lock
 from reproduce.grid.model import Cell, GridResult, Ref, SlurmOptions, Stage, StageResult
-from reproduce.grid.plan import (apply_overrides, check_grid, describe_plan, parse_only, parse_seeds, parse_set,
+from reproduce.grid.plan import (apply_overrides, check_grid, describe_plan, only_text, parse_only, parse_seeds, parse_set,
                                  select_cells, seeded_name, with_seeds)
 from reproduce.grid.runner import collect, reconcile, run_grid
 from reproduce.grid.store import (IDENTITY_FILE, check_identity, grid_root, planned_identity, read_identity,

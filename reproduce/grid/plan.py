@@ -27,34 +27,51 @@ def _same_value(a: Any, text: str) -> bool:
         return False
 
 
-def parse_only(items: Sequence[str] | None) -> dict[str, str]:
-    """``["decoder_depth=8", ...]`` -> ``{"decoder_depth": "8"}``; a clear error on a bad item."""
-    out: dict[str, str] = {}
+def parse_only(items: Sequence[str] | None) -> dict[str, Any]:
+    """``["decoder_depth=8", ...]`` -> ``{"decoder_depth": "8"}``; a key given twice keeps both values
+    (``mask_ratio=0.1 mask_ratio=0.75`` -> ``("0.1", "0.75")``: either matches); a clear error on a bad item."""
+    out: dict[str, Any] = {}
     for item in items or ():
         if "=" not in item or not item.split("=", 1)[0].strip():
             raise GridError(f"--only expects KEY=VALUE (e.g. decoder_depth=8), got {item!r}")
-        k, v = item.split("=", 1)
-        out[k.strip()] = v.strip()
+        k, v = (x.strip() for x in item.split("=", 1))
+        if k in out:
+            prev = out[k] if isinstance(out[k], tuple) else (out[k],)
+            out[k] = tuple(dict.fromkeys((*prev, v)))
+        else:
+            out[k] = v
     return out
 
 
-def select_cells(cells: Sequence[Cell], only: dict[str, str] | Sequence[str] | None) -> list[Cell]:
-    """The reported cells matching every KEY=VALUE of ``only`` plus the helper cells they depend on."""
+def _values(v: Any) -> tuple[Any, ...]:
+    return tuple(v) if isinstance(v, (tuple, list)) else (v,)
+
+
+def only_text(only: dict[str, Any]) -> str:
+    """``--only`` as the user wrote it, for messages."""
+    return " ".join(f"{k}={x}" for k, v in only.items() for x in _values(v))
+
+
+def select_cells(cells: Sequence[Cell], only: dict[str, Any] | Sequence[str] | None) -> list[Cell]:
+    """The reported cells matching ``only`` (every key; any of a key's values) plus the helper cells they
+    depend on."""
     only = parse_only(only) if not isinstance(only, dict) else only
     if not only:
         return list(cells)
     reported = [c for c in cells if c.report]
     keys = sorted({k for c in reported for k in c.key})
-    for k, v in only.items():
-        if k not in keys:
-            raise GridError(f"--only {k}={v}: unknown key {k!r}; keys of this table: {', '.join(keys) or '-'}")
-        values = [c.key[k] for c in reported if k in c.key]
-        if not any(_same_value(x, v) for x in values):
-            shown = ", ".join(dict.fromkeys(str(x) for x in values))
-            raise GridError(f"--only {k}={v}: no cell has {k}={v}; values: {shown}")
-    chosen = [c for c in reported if all(k in c.key and _same_value(c.key[k], v) for k, v in only.items())]
+    for k, vs in only.items():
+        for v in _values(vs):
+            if k not in keys:
+                raise GridError(f"--only {k}={v}: unknown key {k!r}; keys of this table: {', '.join(keys) or '-'}")
+            values = [c.key[k] for c in reported if k in c.key]
+            if not any(_same_value(x, v) for x in values):
+                shown = ", ".join(dict.fromkeys(str(x) for x in values))
+                raise GridError(f"--only {k}={v}: no cell has {k}={v}; values: {shown}")
+    chosen = [c for c in reported
+              if all(k in c.key and any(_same_value(c.key[k], v) for v in _values(vs)) for k, vs in only.items())]
     if not chosen:
-        raise GridError(f"--only {only}: no cell matches all of them")
+        raise GridError(f"--only {only_text(only)}: no cell matches all of them")
     by_name = {c.name: c for c in cells}
     needed: dict[str, Cell] = {}
 
