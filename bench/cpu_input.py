@@ -35,7 +35,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from bench.cpu_threads import REPO, demo_command, provenance, rate_of, run_env, write_csv
+from bench.cpu_threads import REPO, demo_command, rate_of, run_env, write_bench
 
 PATHS = ("pil", "batched")
 COLUMNS = ("input", "threads", "img_per_s", "vs_step", "img_per_cpu_s", "cpu_vs_step", "step_ms", "step_before",
@@ -209,11 +209,7 @@ def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
         raise SystemExit(f"unknown input path(s) {bad}; choose from {PATHS}")
     threads = [int(t) for t in args.threads.split(",") if t.strip()]
     rows = measure(threads, paths, args.preset, args.epochs, extra, args.warmup, args.repeats)
-    prov = provenance(["bench/cpu_input.py", *argv])
-    for r in rows:
-        r.update(prov)
-    out = write_csv(rows, args.out, COLUMNS)
-    print(f"[bench] wrote {out}")
+    write_bench(rows, args.out, COLUMNS, "bench/cpu_input.py", argv)
     return rows
 
 

@@ -95,6 +95,17 @@ def write_csv(rows: list[dict[str, Any]], path: str | Path, columns: Sequence[st
     return path
 
 
+def write_bench(rows: list[dict[str, Any]], path: str | Path, columns: Sequence[str], script: str,
+                argv: Sequence[str]) -> Path:
+    """Stamp every row with the run's provenance (``script`` + ``argv`` as the command), write the CSV."""
+    prov = provenance([script, *argv])
+    for r in rows:
+        r.update(prov)
+    out = write_csv(rows, path, columns)
+    print(f"[bench] wrote {out}")
+    return out
+
+
 # ------------------------------------------------------------------------------------------------ the runs
 def demo_command(out_dir: Path, preset: str, epochs: int, extra: Sequence[str] = ()) -> list[str]:
     return [sys.executable, "-m", "mae", "pretrain", "--preset", preset, "--epochs", str(epochs),
@@ -206,12 +217,8 @@ def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
     for s in settings:
         setting_env(s)  # fail early on a bad name
     rows = measure(settings, args.preset, args.epochs, args.timeout, args.shared, shlex.split(args.extra))
-    prov = provenance([str(Path(__file__).relative_to(REPO)) if Path(__file__).is_relative_to(REPO) else __file__,
-                       *argv])
-    for r in rows:
-        r.update(prov)
-    out = write_csv(rows, args.out, COLUMNS)
-    print(f"[bench] wrote {out}")
+    here = Path(__file__)
+    write_bench(rows, args.out, COLUMNS, str(here.relative_to(REPO)) if here.is_relative_to(REPO) else str(here), argv)
     return rows
 
 
