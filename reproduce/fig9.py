@@ -18,7 +18,7 @@ from __future__ import annotations
 from dataclasses import replace
 from typing import Any
 
-from reproduce.grid import Cell, GridResult, Ref, Stage, acc, train_seconds
+from reproduce.grid import Cell, GridResult, Ref, Stage, acc, cell_rows, train_seconds
 from reproduce.driver import Report, TableJob, script_main
 from reproduce.scales import ABLATIONS_ROOT, BASELINE_CELL, Scale
 
@@ -53,14 +53,14 @@ def build_cells(scale: Scale) -> list[Cell]:
     return cells
 
 
+def columns(cell: Cell, grid: GridResult) -> dict[str, Any]:
+    r = grid.reported(cell)
+    return {"ft": acc(r), "ft_best": acc(r, "best"), "time_s": train_seconds(r)}
+
+
 def rows(grid: GridResult) -> list[dict[str, Any]]:
-    out = []
-    for c in grid.cells:
-        if not c.report:
-            continue
-        r = grid.reported(c)
-        out.append({**c.key, **c.info, "ft": acc(r), "ft_best": acc(r, "best"), "time_s": train_seconds(r)})
-    return out
+    """One row per reported cell (with the provenance its stage wrote when it ran)."""
+    return cell_rows(grid, columns)
 
 
 def build_jobs(args: Any, scale: Scale) -> list[TableJob]:

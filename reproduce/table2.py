@@ -26,8 +26,10 @@ import torch
 
 from mae.config import opt, save_config, to_dict
 from mae.flops import forward_flops
-from reproduce.grid import Cell, GridError, GridResult, Stage, acc
+from mae.provenance import stage_provenance as run_provenance
+from reproduce.grid import Cell, GridError, GridResult, Stage, acc, stage_provenance
 from reproduce.driver import Report, TableJob, script_main
+from reproduce.report import atomic_write_text
 
 TABLE = "table2_wallclock"
 
@@ -115,12 +117,14 @@ def run(cfg: TimingConfig) -> dict[str, Any]:
     out = Path(cfg.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     save_config(cfg, out / "config.yaml")
+    t0 = time.time()
     final = measure(cfg)
     print(f"[table2] {cfg.model} w/{'' if cfg.encoder_mask_token else 'o'} [M], decoder {cfg.decoder_depth}: "
           f"{final['s_per_iter'] * 1e3:.1f} ms/step, {final['img_per_s']:.0f} img/s, {final['gflops']:.2f} GFLOPs")
-    result = {"history": [], "final": final, "best": {}, "finished": True, "config": to_dict(cfg)}
+    result = {"history": [], "final": final, "best": {}, "finished": True, "config": to_dict(cfg),
+              "provenance": run_provenance(seed=cfg.seed, wall_s=time.time() - t0)}
     if int(os.environ.get("RANK", 0)) == 0:  # one writer if started in every process of a job
-        (out / "metrics.json").write_text(json.dumps(result, indent=1))
+        atomic_write_text(out / "metrics.json", json.dumps(result, indent=1))
     return result
 
 
@@ -151,7 +155,7 @@ def rows(grid: GridResult) -> list[dict[str, Any]]:
         m = (r.metrics or {}).get("final", {}) if r else {}
         row = {"setting": c.key["setting"], **c.info, "time_h": acc(r, metric="time_h"),
                "s_per_iter": acc(r, metric="s_per_iter"), "img_per_s": acc(r, metric="img_per_s"),
-               "gflops": acc(r, metric="gflops"), "measured_on": m.get("device_name", "")}
+               "gflops": acc(r, metric="gflops"), "measured_on": m.get("device_name", ""), **stage_provenance([r])}
         if row["time_h"] == row["time_h"]:  # not NaN
             hours[c.key["setting"]] = row["time_h"]
             gflops[c.key["setting"]] = row["gflops"]

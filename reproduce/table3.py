@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from reproduce.grid import Cell, GridResult, Stage, acc, train_seconds
+from reproduce.grid import Cell, GridResult, Stage, acc, stage_provenance, train_seconds
 from reproduce.driver import Report, TableJob, script_main
 from reproduce.scales import Scale, pretrain_eval_cell
 
@@ -43,8 +43,10 @@ def build_cells(scale: Scale) -> list[Cell]:
 
 
 def rows(grid: GridResult) -> list[dict[str, Any]]:
-    """One row per method; a column per model (ft_<model>, lin_<model>) as in the paper's table."""
+    """One row per method; a column per model (ft_<model>, lin_<model>) as in the paper's table, with the
+    provenance the method's stages wrote when they ran."""
     by_method: dict[str, dict[str, Any]] = {}
+    ran: dict[str, list[Any]] = {}
     for c in grid.cells:
         method, column = c.key["method"], c.key["model"]
         row = by_method.setdefault(method, {"method": method})
@@ -52,10 +54,11 @@ def rows(grid: GridResult) -> list[dict[str, Any]]:
         ft = grid.get(c.name, "finetune")
         row[f"ft_{column}"] = acc(ft)
         row[f"ft_time_s_{column}"] = train_seconds(ft)
+        ran.setdefault(method, []).extend(grid.get(c.name, s.name) for s in c.stages)
         if method == "mae":
             row[f"lin_{column}"] = acc(grid.get(c.name, "linprobe"))
             row[f"pretrain_time_s_{column}"] = train_seconds(grid.get(c.name, "pretrain"))
-    return list(by_method.values())
+    return [{**row, **stage_provenance(ran[m])} for m, row in by_method.items()]
 
 
 def build_jobs(args: Any, scale: Scale) -> list[TableJob]:

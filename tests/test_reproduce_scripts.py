@@ -250,6 +250,16 @@ def test_every_script_at_smoke_scale(tmp_path, capsys):
     assert fig7.main(["--collect", *dirs(tmp_path)]) == 0
     assert (res / "fig7_schedule_smoke.csv").is_file() and "running" not in capsys.readouterr().out
 
+    # every script's rows carry the provenance their stages wrote, never the collecting process's
+    for m in (tmp_path / "work").rglob("metrics.json"):
+        d = json.loads(m.read_text())
+        m.write_text(json.dumps({**d, "provenance": {**d.get("provenance", {}), "commit": "aaa1111", "dirty": False}}))
+    for mod, table, metric in ((table2, "table2_wallclock", "time_h"), (table3, "table3_comparison", "ft_vit_base"),
+                               (fig7, "fig7_schedule", "ft"), (fig9, "fig9_partial_ft", "ft")):
+        assert mod.main(["--collect", *dirs(tmp_path)]) == 0
+        df = pd.read_csv(res / f"{table}_smoke.csv")
+        assert set(df.loc[df[f"{metric}_ours"].notna(), "commit"]) == {"aaa1111"}, table
+
 
 def test_table2_gpu_batches_are_per_encoder_and_shared_by_its_rows():
     """On a GPU each encoder's rows share one batch (speedups compare within an encoder): 128 for ViT-L, 64 for ViT-H."""

@@ -22,7 +22,7 @@ A run reads plan -> launch -> collect, one module each:
 The script driver (flags, CSVs) is ``reproduce/driver.py``; the verdicts ``reproduce/report.py``.
 """
 from reproduce.grid.columns import (READOUT_COLUMNS, acc, aggregate_seeds, cell_rows, readout_columns,
-                                    standard_columns, train_seconds)
+                                    stage_provenance, standard_columns, train_seconds)
 from reproduce.grid.errors import (DEFAULT_WORK_DIR, LAST_CHECKPOINT, LAUNCHERS, MAE_PROTOCOLS, METRICS_FILE, GridError,
                                    resolve_data)
 from reproduce.grid.launch import CellJob, execute_stage, protocol_module, stage_command, stage_lock
