@@ -8,15 +8,17 @@ One cell per schedule length of the paper (the key column keeps the paper's epoc
 actually run at this scale are in ``epochs_used_ours``). The warm-up is the baseline's, capped at 40%
 of short schedules (the paper: 40 warm-up epochs, also for 100). Results: <out>/fig7_schedule_<scale>.csv,
 with the paper's plotted points (approx) and the independent mmselfsup reproduction beside ours.
+Each schedule has its own scratch control (``ft_scratch``): the fine-tuning recipe from random weights for
+that schedule's pre-training + fine-tuning epochs, so a longer schedule is never credited for training longer.
 """
 from __future__ import annotations
 
 from dataclasses import replace
 from typing import Any
 
-from reproduce.grid import Cell, GridResult, cell_rows, standard_columns
+from reproduce.grid import Cell, GridResult, Stage, cell_rows, standard_columns
 from reproduce.driver import Report, TableJob, script_main
-from reproduce.scales import ABLATIONS_ROOT, Scale, pretrain_eval_cell, with_shared_baseline
+from reproduce.scales import ABLATIONS_ROOT, Scale, is_baseline, pretrain_eval_cell, with_shared_baseline
 
 TABLE = "fig7_schedule"
 
@@ -27,8 +29,12 @@ def build_cells(scale: Scale) -> list[Cell]:
     for paper_epochs in load_reference(TABLE)["epochs"].tolist():
         ours = scale.schedule[int(paper_epochs)]
         pre = replace(scale.pretrain, epochs=ours, warmup_epochs=scale.warmup_for(ours))
-        cells.append(pretrain_eval_cell(scale, f"epochs_{paper_epochs}", {"epochs": int(paper_epochs)}, pre,
-                                        info={"epochs_used": ours}))
+        cell = pretrain_eval_cell(scale, f"epochs_{paper_epochs}", {"epochs": int(paper_epochs)}, pre,
+                                  info={"epochs_used": ours})
+        if not is_baseline(scale, cell):  # the baseline's own controls come with the shared baseline
+            cell.stages.append(Stage("finetune_scratch", "finetune",
+                                     replace(scale.finetune, epochs=ours + scale.finetune.epochs)))
+        cells.append(cell)
     return cells
 
 

@@ -23,7 +23,7 @@ import textwrap
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 import matplotlib
 
@@ -124,15 +124,30 @@ def _ours_std(res: OursResult | None, key: str, metric: str, index: pd.Index) ->
     return std.reindex(index).fillna(0.0).to_numpy(dtype=float)
 
 
-def _controls(res: OursResult | None, key: str, metric: str) -> list[tuple[float, str]]:
+def _controls(res: OursResult | None, key: str, metric: str) -> list[tuple[pd.Series, str]]:
+    """(values by setting, label) of each control of ``metric`` that was measured: one value (the baseline's)
+    or one per setting (Fig. 7's scratch control, trained as long as each schedule in all)."""
     out = []
     for col, label in CONTROLS.get(metric, ()):
         if col == "lin_init" and res is not None and res.df is not None and "knn_init_ours" not in res.df.columns:
             label = "probe, classifier-initialised ViT"  # results made before the starting-weights control
         values = _ours_series(res, key, col)
         if len(values):
-            out.append((float(values.iloc[0]), label))
+            out.append((values, label))
     return out
+
+
+def _draw_control(ax: plt.Axes, values: pd.Series, label: str, style: str, color: str,
+                  x_of: Any = None) -> None:
+    """One value: a horizontal line; one per setting: a curve through the settings (``x_of`` maps keys to x)."""
+    if len(values) == 1 or x_of is None:
+        v = float(values.iloc[0])
+        ax.axhline(v, ls=style, lw=0.8, color=color, alpha=0.7, label=f"ours: {label} ({v:.1f})")
+        return
+    x = np.array([x_of(k) for k in values.index], dtype=float)
+    order = np.argsort(x)
+    ax.plot(x[order], values.to_numpy(dtype=float)[order], ls=style, lw=0.8, marker=".", color=color, alpha=0.7,
+            label=f"ours: {label} (per setting)")
 
 
 # -------------------------------------------------------------------------------------- drawing
@@ -243,10 +258,10 @@ def draw_curves(fig: plt.Figure, spec: TableSpec, ref: pd.DataFrame, res: OursRe
             err = _ours_std(res, key, m, ours.index)[order]
             ax2 = _twin_ours(ax, xo[order], ours.to_numpy()[order], f"ours ({res.scale})", m, err)
             controls = _controls(res, key, m)
-            for (value, label), style in zip(controls, ("--", ":")):  # widen the axis to show the margins
-                ax2.axhline(value, ls=style, lw=0.8, color=OURS_COLOR, alpha=0.7, label=f"ours: {label} ({value:.1f})")
+            for (values, label), style in zip(controls, ("--", ":")):  # widen the axis to show the margins
+                _draw_control(ax2, values, label, style, OURS_COLOR, x_of=float)
             if controls:
-                _zoom(ax2, np.concatenate([ours.to_numpy(), [v for v, _ in controls]]))
+                _zoom(ax2, np.concatenate([ours.to_numpy(), *[v.to_numpy(dtype=float) for v, _ in controls]]))
             twin.append(ax2)
         _legend(ax, *twin)
 
@@ -290,10 +305,11 @@ def draw_bars(fig: plt.Figure, spec: TableSpec, ref: pd.DataFrame, res: OursResu
             err = _ours_std(res, key, m, pd.Index(keys))
             _bars(axes[1, j], labels, ours, OURS_COLOR, base, f"ours ({res.scale}): {m}"
                   + (" (error bar: +- 1 seed std)" if np.any(err > 0) else ""), err)
-            for (value, label), style in zip(_controls(res, key, m), ("--", ":")):
-                axes[1, j].axhline(value, ls=style, lw=0.8, color="gray", label=f"{label} ({value:.1f})")
-            if _controls(res, key, m):
-                _zoom(axes[1, j], np.concatenate([ours, [v for v, _ in _controls(res, key, m)]]))
+            controls = _controls(res, key, m)
+            for (values, label), style in zip(controls, ("--", ":")):
+                _draw_control(axes[1, j], values, label, style, "gray", x_of=lambda k: keys.index(k))
+            if controls:
+                _zoom(axes[1, j], np.concatenate([ours, *[v.to_numpy(dtype=float) for v, _ in controls]]))
                 axes[1, j].legend(fontsize=6, loc="lower right")
 
 

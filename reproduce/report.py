@@ -234,6 +234,24 @@ def _first(df: pd.DataFrame, col: str) -> float:
     return float(v.iloc[0]) if len(v) else float("nan")
 
 
+def baseline_rows(ours: pd.DataFrame) -> pd.DataFrame:
+    """The baseline's row(s): the paper's baseline, else the row that carries the baseline's initialisation
+    controls (``lin_init``); every row when neither is known."""
+    if "paper_baseline" in ours.columns and (ours["paper_baseline"] == 1).any():
+        return ours[ours["paper_baseline"] == 1]
+    if "lin_init_ours" in ours.columns:
+        init = pd.to_numeric(ours["lin_init_ours"], errors="coerce").notna()
+        if init.any():
+            return ours[init]
+    return ours
+
+
+def _baseline_value(ours: pd.DataFrame, col: str) -> float:
+    """``col`` of the baseline row; of the first row that has it when the baseline lacks it."""
+    v = _first(baseline_rows(ours), col)
+    return v if math.isfinite(v) else _first(ours, col)
+
+
 def _interval_outcome(ours: pd.DataFrame, key: str, m: str, higher: bool, res: dict[str, Any]) -> None:
     """Per-setting intervals vs the baseline row, and the table outcome from the paper's best vs ours
     (reproduce/stats.py): match / tie (equal within +-X) / mismatch (the paper's best is resolved worse) /
@@ -251,7 +269,7 @@ def _interval_outcome(ours: pd.DataFrame, key: str, m: str, higher: bool, res: d
             c = _comparison(row, base, m, n_val)
             res["settings"][str(_jsonable(row[key]))] = {**c.as_dict(), "vs": "baseline"}
     best = float(vals.max() if higher else vals.min())
-    margin = _first(ours, f"{m}_margin_ours")
+    margin = _baseline_value(ours, f"{m}_margin_ours")  # per-setting controls (Fig. 7's scratch) aside
     if at_chance(best, _first(ours, "chance_ours"), n_val):
         res["outcome"] = "n/a: at chance"
         return

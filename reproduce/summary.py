@@ -24,7 +24,7 @@ from typing import Any
 import pandas as pd
 
 from reproduce.reference import get_spec
-from reproduce.report import atomic_write_text, outcome
+from reproduce.report import atomic_write_text, baseline_rows, outcome
 
 SUMMARY_FILE = "README.md"
 SCALE_ORDER = ("paper", "mini", "cpu", "smoke")
@@ -77,11 +77,13 @@ def _fmt_num(v: Any, digits: int = 2) -> str:
 
 
 def _margin(df: pd.DataFrame, name: str) -> str:
-    """``lin_margin`` (+- its std) of the row that carries it (the baseline), or ``-``."""
+    """``<m>_margin`` (+- its std) of the baseline row (reproduce.report.baseline_rows), or ``-``."""
     col = f"{name}_ours"
     if col not in df.columns:
         return "-"
-    vals = pd.to_numeric(df[col], errors="coerce").dropna()
+    vals = pd.to_numeric(baseline_rows(df)[col], errors="coerce").dropna()
+    if vals.empty:  # the baseline lacks it: the first row that has it
+        vals = pd.to_numeric(df[col], errors="coerce").dropna()
     if vals.empty:
         return "-"
     i = vals.index[0]

@@ -283,6 +283,20 @@ def test_cpu_scale_plans_with_a_shared_seeded_baseline(tmp_path, capsys):
     assert not (tmp_path / "work").exists()
 
 
+def test_fig7_schedules_each_have_a_scratch_control_as_long_as_they_train():
+    """Fig. 7: every schedule's scratch control trains for its pre-training + fine-tuning epochs; the
+    baseline's comes with the shared baseline's controls (one stage of that name per cell)."""
+    from reproduce.scales import get_scale
+    scale = get_scale("cpu")
+    cells = fig7.build_jobs(None, scale)[0].cells
+    for c in cells:
+        names = [s.name for s in c.stages]
+        assert names.count("finetune_scratch") == 1, c.name
+        scratch = c.stage("finetune_scratch").config
+        assert scratch.epochs == c.stage("pretrain").config.epochs + scale.finetune.epochs, c.name
+        assert not c.stage("finetune_scratch").inputs and scratch.finetune in (None, "")
+
+
 def test_fig9_seeds_pair_each_row_with_the_baselines_own_seed():
     """--seeds: seed s of every Fig. 9 row tunes the baseline's seed-s pre-training, and rows 0 / all read
     the seed-s probe / fine-tune (paired), not seed 0's encoder under another fine-tuning seed."""
