@@ -19,7 +19,8 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
 def git_commit(repo: str | Path | None = None) -> str:
-    """Short commit of ``repo`` (default: this checkout), with ``-dirty`` when tracked files changed.
+    """Short commit of ``repo`` (default: this checkout), with ``-dirty`` when tracked files changed;
+    changes under ``results/`` (measured outputs that a running grid rewrites, not code) do not count.
 
     ``"unknown"`` outside a git work tree, without any commit, or when git is not installed.
     """
@@ -36,7 +37,7 @@ def git_commit(repo: str | Path | None = None) -> str:
     if head is None or head.returncode != 0 or not head.stdout.strip():
         return "unknown"
     commit = head.stdout.strip()
-    status = git("status", "--porcelain", "--untracked-files=no")
+    status = git("status", "--porcelain", "--untracked-files=no", "--", ".", ":(exclude)results")
     if status is not None and status.returncode == 0 and status.stdout.strip():
         commit += "-dirty"
     return commit

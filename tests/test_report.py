@@ -250,6 +250,14 @@ def test_provenance_fields_and_git_states(tmp_path, monkeypatch):
     assert report.git_commit(repo) == head
     (repo / "new.txt").write_text("untracked files do not make the tree dirty\n")
     assert report.git_commit(repo) == head
+    (repo / "results").mkdir()
+    (repo / "results" / "t_cpu.csv").write_text("a\n")
+    _git(repo, "add", "results/t_cpu.csv")
+    _git(repo, "commit", "-q", "-m", "results")
+    head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=repo, capture_output=True,
+                          text=True, check=True).stdout.strip()
+    (repo / "results" / "t_cpu.csv").write_text("b\n")  # a grid rewriting its results: not a code change
+    assert report.git_commit(repo) == head
     (repo / "f.txt").write_text("b\n")
     assert report.git_commit(repo) == f"{head}-dirty"
 
