@@ -103,7 +103,7 @@ def _ours_series(res: OursResult | None, key: str, metric: str) -> pd.Series:
 
 # the baseline's controls drawn beside our metric (grid.columns.standard_columns): the same readout of the
 # weights pre-training starts from, of the raw pixels, the fine-tuning recipe from scratch
-CONTROLS = {"lin": (("lin_init", "probe, starting weights"),), "ft": (("ft_scratch", "fine-tune from scratch"),),
+CONTROLS = {"lin": (("lin_init", "probe, starting weights"),), "ft": (("ft_scratch", "fine-tune from scratch, as many epochs in all"),),
             "knn": (("knn_init", "kNN, starting weights"), ("knn_pixels", "kNN, raw pixels")),
             "shot10": (("shot10_init", "10-shot, starting weights"), ("shot10_pixels", "10-shot, raw pixels"))}
 #: readouts drawn as extra panels when a results file has them; the paper's side is its linear probe

@@ -269,7 +269,13 @@ def _interval_outcome(ours: pd.DataFrame, key: str, m: str, higher: bool, res: d
             c = _comparison(row, base, m, n_val)
             res["settings"][str(_jsonable(row[key]))] = {**c.as_dict(), "vs": "baseline"}
     best = float(vals.max() if higher else vals.min())
-    margin = _baseline_value(ours, f"{m}_margin_ours")  # per-setting controls (Fig. 7's scratch) aside
+    # the margin over the control: our best setting's own where it has one (Fig. 7: a scratch run per
+    # schedule, as long in all), else the baseline's
+    b_own = ours.loc[vals.idxmax() if higher else vals.idxmin()]
+    own = pd.to_numeric(pd.Series([b_own.get(f"{m}_margin_ours")]), errors="coerce").iloc[0]
+    margin = float(own) if own == own else _baseline_value(ours, f"{m}_margin_ours")
+    if own == own and b_own.name not in baseline_rows(ours).index:
+        res["margin_of"] = _jsonable(b_own[key])  # not the baseline's: the scoreboard names the setting
     if at_chance(best, _first(ours, "chance_ours"), n_val):
         res["outcome"] = "n/a: at chance"
         return

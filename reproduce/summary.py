@@ -76,12 +76,16 @@ def _fmt_num(v: Any, digits: int = 2) -> str:
     return f"{float(v):.{digits}f}"
 
 
-def _margin(df: pd.DataFrame, name: str) -> str:
-    """``<m>_margin`` (+- its std) of the baseline row (reproduce.report.baseline_rows), or ``-``."""
+def _margin(df: pd.DataFrame, name: str, setting: Any = None, key: str | None = None) -> str:
+    """``<m>_margin`` (+- its std) of the baseline row (reproduce.report.baseline_rows), or of ``setting``
+    (the verdict's, when our best setting has a control of its own, e.g. Fig. 7's scratch), or ``-``."""
     col = f"{name}_ours"
     if col not in df.columns:
         return "-"
-    vals = pd.to_numeric(baseline_rows(df)[col], errors="coerce").dropna()
+    rows = baseline_rows(df)
+    if setting is not None and key in df.columns:
+        rows = df[df[key].astype(str) == str(setting)]
+    vals = pd.to_numeric(rows[col], errors="coerce").dropna()
     if vals.empty:  # the baseline lacks it: the first row that has it
         vals = pd.to_numeric(df[col], errors="coerce").dropna()
     if vals.empty:
@@ -91,7 +95,7 @@ def _margin(df: pd.DataFrame, name: str) -> str:
     text = f"{vals.iloc[0]:.1f}"
     if std is not None and not (isinstance(std, float) and math.isnan(std)):
         text += f" +- {std:.1f}"
-    return text
+    return text + (f" ({_fmt_value(setting)})" if setting is not None else "")
 
 
 def _seeds(df: pd.DataFrame) -> str:
@@ -166,7 +170,7 @@ def collect(results_dir: str | Path) -> list[dict[str, Any]]:
                 "spearman": _fmt_num(v.get("spearman")), "n": v.get("n", 0),
                 "measured": _measured_rows(df, metric) if len(df) else 0,
                 "rows": len(df), "seeds": _seed_range(df) if len(df) else "-",
-                "margin": _margin(df, f"{metric}_margin") if len(df) else "-",
+                "margin": _margin(df, f"{metric}_margin", v.get("margin_of"), spec.key) if len(df) else "-",
                 "vs_pixels": _margin(df, f"{metric}_vs_pixels") if len(df) else "-",
                 "csv": csv.name, "figure": f"figures/{figure.name}" if figure.is_file() else "",
                 "commits": [c for c in commits if c],

@@ -43,7 +43,11 @@ STAMP="$VENV/.mae-install-$(hash_deps)-ds$DOWNSTREAM-dev$DEV"
 if [ -f "$STAMP" ]; then
   echo "[install] $VENV is up to date ($(basename "$STAMP"))"
   # editable install points at this checkout; re-point it when the venv is shared between clones
-  if ! "$VENV/bin/python" -c "import mae, sys; sys.exit(0 if mae.__file__.startswith('$ROOT/') else 1)" 2>/dev/null; then
+  # (-I and cd /: neither this folder nor PYTHONPATH may stand in for the installed packages)
+  if ! (cd / && "$VENV/bin/python" -I -c "
+import sys, bench, downstream, mae, reproduce
+sys.exit(0 if all(m.__file__.startswith('$ROOT/') for m in (bench, downstream, mae, reproduce)) else 1)") 2>/dev/null; then
+    echo "[install] re-pointing the editable install at $ROOT"
     "$VENV/bin/python" -m pip install -q --no-deps --no-build-isolation -e "$ROOT"
   fi
   exit 0

@@ -66,10 +66,10 @@ def test_paper_scale_plans_pick_the_recipe_of_their_table(tmp_path):
         ft = [s for s in stages(cells, "finetune") if s.name != "finetune_scratch"]
         assert ft and all(same_recipe(s.config, table9_l) for s in ft), name
         assert all(values(s.config) == TABLE9["vit_large"] for s in ft), name
-        # the baseline's scratch control: the same recipe for pre-training + fine-tuning epochs
-        scratch = [s for s in stages(cells, "finetune") if s.name == "finetune_scratch"]
+        # scratch controls: the same recipe for the cell's pre-training + fine-tuning epochs
+        scratch = [(c, s) for c in cells for s in c.stages if s.name == "finetune_scratch"]
         assert all(same_recipe(replace(s.config, epochs=table9_l.epochs), table9_l)
-                   and s.config.epochs == scale.pretrain.epochs + table9_l.epochs for s in scratch), name
+                   and s.config.epochs == c.stage("pretrain").config.epochs + table9_l.epochs for c, s in scratch), name
         assert all(s.config.decay_tokens for s in stages(cells, "pretrain")), name
         lin = stages(cells, "linprobe")
         assert lin and all(s.config.crop == "release" and s.config.augment for s in lin), name
