@@ -8,9 +8,11 @@ pre-trainings on 2 cores: 15% of a solo run's img/s each, bench/README.md). The 
 1. **Wait policy** (:func:`configure_openmp_env`, called at the top of ``mae/__init__.py``, before torch
    is imported: the OpenMP runtime reads its environment once, when torch loads it). Unless the user set
    ``OMP_WAIT_POLICY`` or ``GOMP_SPINCOUNT``, set ``GOMP_SPINCOUNT=1000``: a thread spins only briefly
-   before it sleeps. Measured (bench/cpu_threads.py, results/bench_cpu_threads.csv): as fast as the
-   default alone, and an even share when two runs share the cores; ``OMP_WAIT_POLICY=PASSIVE`` (no spin)
-   also shares fairly but costs a solo run ~20%. When torch was imported before ``mae`` (a script that
+   before it sleeps. Measured (bench/cpu_threads.py, results/bench_cpu_threads.csv, bench/README.md):
+   two runs sharing the cores each keep ~3/4 of a solo run's rate (torch's default: ~1/5); alone it read
+   103% of torch's default by hand but 60-84% in the latest bench rerun (not yet explained;
+   ``MAE_OMP_POLICY=off`` restores torch's defaults); ``OMP_WAIT_POLICY=PASSIVE`` (no spin) also shares
+   fairly. When torch was imported before ``mae`` (a script that
    imports torch first), the runtime already runs with its defaults; that is recorded, not hidden.
 2. **Thread count** (:func:`apply_thread_policy`, called by the ``mae`` command line, by the Trainer's
    setup and by the grid for its workers): an explicit ``--threads N`` wins; else ``OMP_NUM_THREADS``
