@@ -271,11 +271,11 @@ def _interval_outcome(ours: pd.DataFrame, key: str, m: str, higher: bool, res: d
     best = float(vals.max() if higher else vals.min())
     # the margin over the control: our best setting's own where it has one (Fig. 7: a scratch run per
     # schedule, as long in all), else the baseline's
-    b_own = ours.loc[vals.idxmax() if higher else vals.idxmin()]
-    own = pd.to_numeric(pd.Series([b_own.get(f"{m}_margin_ours")]), errors="coerce").iloc[0]
+    b_row = ours.loc[vals.idxmax() if higher else vals.idxmin()]  # our best setting's row
+    own = pd.to_numeric(pd.Series([b_row.get(f"{m}_margin_ours")]), errors="coerce").iloc[0]
     margin = float(own) if own == own else _baseline_value(ours, f"{m}_margin_ours")
-    if own == own and b_own.name not in baseline_rows(ours).index:
-        res["margin_of"] = _jsonable(b_own[key])  # not the baseline's: the scoreboard names the setting
+    if own == own and b_row.name not in baseline_rows(ours).index:
+        res["margin_of"] = _jsonable(b_row[key])  # not the baseline's: the scoreboard names the setting
     if at_chance(best, _first(ours, "chance_ours"), n_val):
         res["outcome"] = "n/a: at chance"
         return
@@ -289,7 +289,6 @@ def _interval_outcome(ours: pd.DataFrame, key: str, m: str, higher: bool, res: d
             return
         rv = rest[f"{m}_ours"].astype(float)
         r_row = rest.loc[rv.idxmax() if higher else rv.idxmin()]
-        b_row = ours.loc[vals.idxmax() if higher else vals.idxmin()]
         c = _comparison(b_row, r_row, m, n_val, _noise(ours, m))
         res["best_vs_runner_up"] = {**c.as_dict(), "runner_up": _jsonable(r_row[key])}
         res["outcome"] = "match" if c.call in ("better", "worse") else "match, not resolved"
@@ -300,7 +299,6 @@ def _interval_outcome(ours: pd.DataFrame, key: str, m: str, higher: bool, res: d
         return
     pv = paper_rows[f"{m}_ours"].astype(float)
     p_row = paper_rows.loc[pv.idxmax() if higher else pv.idxmin()]
-    b_row = ours.loc[vals.idxmax() if higher else vals.idxmin()]
     c = _comparison(p_row, b_row, m, n_val, _noise(ours, m))
     res["best_vs_paper"] = {**c.as_dict(), "paper_setting": _jsonable(p_row[key]), "our_setting": _jsonable(b_row[key])}
     res["outcome"] = ("mismatch" if c.call in ("worse", "better") else "tie" if c.call.startswith("equal")

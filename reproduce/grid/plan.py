@@ -61,10 +61,11 @@ def select_cells(cells: Sequence[Cell], only: dict[str, Any] | Sequence[str] | N
     reported = [c for c in cells if c.report]
     keys = sorted({k for c in reported for k in c.key})
     for k, vs in only.items():
+        if k not in keys:
+            raise GridError(f"--only {k}={_values(vs)[0]}: unknown key {k!r}; keys of this table: "
+                            f"{', '.join(keys) or '-'}")
+        values = [c.key[k] for c in reported if k in c.key]
         for v in _values(vs):
-            if k not in keys:
-                raise GridError(f"--only {k}={v}: unknown key {k!r}; keys of this table: {', '.join(keys) or '-'}")
-            values = [c.key[k] for c in reported if k in c.key]
             if not any(_same_value(x, v) for x in values):
                 shown = ", ".join(dict.fromkeys(str(x) for x in values))
                 raise GridError(f"--only {k}={v}: no cell has {k}={v}; values: {shown}")
