@@ -249,7 +249,11 @@ def main(argv: list[str] | None = None) -> int:
     if cmd not in available:
         print(f"mae: unknown command {cmd!r}; choose one of {', '.join(available)}", file=sys.stderr)
         return 2
-    code, result = guarded(f"mae {cmd}", run_protocol, cmd, rest)
+    from mae.engine import distributed
+    try:
+        code, result = guarded(f"mae {cmd}", run_protocol, cmd, rest)
+    finally:  # under torchrun: leave the process group before exit (a live gloo group can abort the process)
+        distributed.cleanup()
     if code:
         return code
     final = result.get("final", {}) if isinstance(result, dict) else {}

@@ -159,10 +159,17 @@ class CellJob:
             submitit.helpers.TorchDistributedEnvironment().export(set_cuda_visible_devices=False)
         except (ImportError, RuntimeError):  # single task or no submitit context: plain local run
             pass
+        from mae.engine import distributed
         out = {}
-        for s in self.cell.stages:
-            r = execute_stage(self.root, self.cell, s, "local")
-            out[s.name] = r.status
+        try:
+            for s in self.cell.stages:
+                r = execute_stage(self.root, self.cell, s, "local")
+                out[s.name] = r.status
+        finally:
+            # the stages share the process group the first one joined; leaving it before exit matters:
+            # a gloo group still alive at interpreter exit can abort the process
+            # ("terminate called without an active exception") after every stage finished
+            distributed.cleanup()
         return out
 
     def checkpoint(self) -> Any:
