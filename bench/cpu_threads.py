@@ -2,6 +2,7 @@
 
     python bench/cpu_threads.py                       # -> results/bench_cpu_threads.csv (a few minutes on 2 cores)
     python bench/cpu_threads.py --settings mae,torch_default --epochs 5
+    python bench/cpu_threads.py --settings torch_default,mae,spin3000 --repeats 3   # interleaved rounds
 
 Each setting is an environment for ``python -m mae pretrain --preset demo --epochs E`` (the kNN monitor,
 figures and TensorBoard off; they do not count in the img/s anyway). ``alone``: one run; ``shared``: two
@@ -16,8 +17,10 @@ images / elapsed time. Settings (``mae`` is what ``mae`` does by default, mae/en
 - ``threads1``: ``OMP_NUM_THREADS=1``
 - ``spinN``: all cores, ``GOMP_SPINCOUNT=N`` (e.g. ``spin300``, ``spin10000``)
 
-Columns: ``setting``, ``env``, ``mode`` (alone / shared), ``run``, ``img_per_s``, ``vs_alone`` (this
-setting's shared rate over its alone rate), ``vs_torch_default_alone``, ``epochs_rated``, ``timed_out``,
+Columns: ``setting``, ``env``, ``mode`` (alone / shared), ``repeat`` (the round, ``--repeats``: every
+round runs every setting, each round in an order rotated by one), ``run``, ``img_per_s``, ``vs_alone``
+(this setting's shared rate over its alone rate in the same round), ``vs_torch_default_alone`` (over
+the median of torch's default alone), ``epochs_rated``, ``timed_out``,
 ``wall_s``, ``threads`` / ``omp_wait_policy`` (what the run logged), ``load_before`` (1-minute load
 average before the runs started: the machine's other work), then provenance (``cpu`` from lscpu,
 ``cores``, ``torch``, ``python``, ``commit``, ``date``, ``command``).
@@ -43,7 +46,7 @@ from mae.provenance import cpu_model, git_commit, versions
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_SETTINGS = ("torch_default", "mae", "passive", "threads1", "spin10000")
-COLUMNS = ("setting", "env", "mode", "run", "img_per_s", "vs_alone", "vs_torch_default_alone", "epochs_rated",
+COLUMNS = ("setting", "env", "mode", "repeat", "run", "img_per_s", "vs_alone", "vs_torch_default_alone", "epochs_rated",
            "timed_out", "wall_s", "threads", "omp_wait_policy", "preset", "epochs", "extra", "load_before", "scale",
            "cpu", "cores", "torch", "python", "commit", "date", "command")
 #: environment variables a setting may set; every run starts with them removed
@@ -170,29 +173,58 @@ def run_together(n: int, setting: dict[str, str], preset: str, epochs: int, time
         return rows
 
 
+def rotated(settings: Sequence[str], repeat: int) -> list[str]:
+    """The settings in the order of round ``repeat``: each round starts one setting later, so a drift of
+    the machine (other tenants, clocks) over the rounds falls on every setting alike."""
+    k = repeat % len(settings) if settings else 0
+    return [*settings[k:], *settings[:k]]
+
+
 def measure(settings: Sequence[str], preset: str = "demo", epochs: int = 5, timeout: float = 150.0,
-            shared: bool = True, extra: Sequence[str] = ()) -> list[dict[str, Any]]:
+            shared: bool = True, extra: Sequence[str] = (), repeats: int = 1) -> list[dict[str, Any]]:
+    """Every setting alone (and shared) once per round, ``repeats`` rounds in rotated order.
+
+    ``vs_alone``: a shared run over its setting's alone run of the same round; ``vs_torch_default_alone``:
+    over the median of torch's default alone over the rounds."""
     rows: list[dict[str, Any]] = []
-    for name in settings:
-        env = setting_env(name)
-        modes = [("alone", 1)] + ([("shared", 2)] if shared else [])
-        alone = None
-        for mode, n in modes:
-            load = os.getloadavg()[0]
-            for r in run_together(n, env, preset, epochs, timeout, extra):
-                r.update(setting=name, env=" ".join(f"{k}={v}" for k, v in env.items()) or "(none)", mode=mode,
-                         preset=preset, epochs=epochs, extra=" ".join(extra), load_before=round(load, 2))
-                if mode == "alone":
-                    alone = r["img_per_s"]
-                r["vs_alone"] = r["img_per_s"] / alone if alone else ""
-                rows.append(r)
-                print(f"[bench] {name:14s} {mode:6s} run {r['run']}: {r['img_per_s']:7.1f} img/s"
-                      f"{' (timed out)' if r['timed_out'] else ''}  threads {r['threads']}, "
-                      f"wait {r['omp_wait_policy'] or '?'}  (load before {load:.2f})", flush=True)
-    base = next((r["img_per_s"] for r in rows if r["setting"] == "torch_default" and r["mode"] == "alone"), None)
+    for rep in range(repeats):
+        for name in rotated(settings, rep):
+            env = setting_env(name)
+            modes = [("alone", 1)] + ([("shared", 2)] if shared else [])
+            alone = None
+            for mode, n in modes:
+                load = os.getloadavg()[0]
+                for r in run_together(n, env, preset, epochs, timeout, extra):
+                    r.update(setting=name, env=" ".join(f"{k}={v}" for k, v in env.items()) or "(none)", mode=mode,
+                             repeat=rep, preset=preset, epochs=epochs, extra=" ".join(extra),
+                             load_before=round(load, 2))
+                    if mode == "alone":
+                        alone = r["img_per_s"]
+                    r["vs_alone"] = r["img_per_s"] / alone if alone else ""
+                    rows.append(r)
+                    print(f"[bench] round {rep} {name:14s} {mode:6s} run {r['run']}: {r['img_per_s']:7.1f} img/s"
+                          f"{' (timed out)' if r['timed_out'] else ''}  threads {r['threads']}, "
+                          f"wait {r['omp_wait_policy'] or '?'}  (load before {load:.2f})", flush=True)
+    base_runs = [r["img_per_s"] for r in rows if r["setting"] == "torch_default" and r["mode"] == "alone"]
+    base = statistics.median(base_runs) if base_runs else None
     for r in rows:
         r["vs_torch_default_alone"] = r["img_per_s"] / base if base else ""
     return rows
+
+
+def summary(rows: Sequence[dict[str, Any]]) -> list[str]:
+    """One line per setting and mode: median img/s and vs torch's default alone over the rounds, and the range."""
+    lines = []
+    keys = list(dict.fromkeys((r["setting"], r["mode"]) for r in rows))
+    for name, mode in keys:
+        rates = [r["img_per_s"] for r in rows if (r["setting"], r["mode"]) == (name, mode)]
+        rel = [r["vs_torch_default_alone"] for r in rows if (r["setting"], r["mode"]) == (name, mode)
+               and r["vs_torch_default_alone"] != ""]
+        line = f"{name:14s} {mode:6s} median {statistics.median(rates):7.1f} img/s [{min(rates):.0f}, {max(rates):.0f}]"
+        if rel:
+            line += f", {statistics.median(rel):.0%} of torch's default alone"
+        lines.append(line + f" ({len(rates)} runs)")
+    return lines
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -203,6 +235,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--epochs", type=int, default=5, help="epochs per run (rated: 2..E)")
     p.add_argument("--timeout", type=float, default=150.0, help="seconds before a (collapsing) run is stopped")
     p.add_argument("--no-shared", dest="shared", action="store_false", help="only the solo runs")
+    p.add_argument("--repeats", type=int, default=1,
+                   help="rounds over the settings, each in rotated order (a noisy machine: 3 or more)")
     p.add_argument("--extra", default="", help="more mae pretrain flags, e.g. '--data synthetic:64'")
     p.add_argument("--out", default=str(REPO / "results" / "bench_cpu_threads.csv"))
     return p
@@ -216,7 +250,12 @@ def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
     settings = [s.strip() for s in args.settings.split(",") if s.strip()]
     for s in settings:
         setting_env(s)  # fail early on a bad name
-    rows = measure(settings, args.preset, args.epochs, args.timeout, args.shared, shlex.split(args.extra))
+    if args.repeats < 1:
+        raise SystemExit("--repeats must be >= 1")
+    rows = measure(settings, args.preset, args.epochs, args.timeout, args.shared, shlex.split(args.extra),
+                   args.repeats)
+    for line in summary(rows):
+        print(f"[bench] {line}")
     here = Path(__file__)
     write_bench(rows, args.out, COLUMNS, str(here.relative_to(REPO)) if here.is_relative_to(REPO) else str(here), argv)
     return rows

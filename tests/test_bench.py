@@ -232,6 +232,32 @@ def test_cpu_threads_bench_at_toy_size(tmp_path):
         cpu_threads.setting_env("fastest")
 
 
+def test_cpu_threads_rounds_rotate_and_summarise(monkeypatch):
+    """--repeats: every round runs every setting, each round starts one later; vs torch's default alone is
+    over its median across rounds; shared runs compare with their own round's alone run."""
+    from bench import cpu_threads
+    assert [cpu_threads.rotated(["a", "b", "c"], r) for r in range(4)] == [
+        ["a", "b", "c"], ["b", "c", "a"], ["c", "a", "b"], ["a", "b", "c"]]
+    rate = {("torch_default", 1): [100.0, 300.0], ("mae", 1): [90.0, 80.0], ("mae", 2): [40.0, 30.0],
+            ("torch_default", 2): [20.0, 10.0]}
+    calls: list[tuple[str, int]] = []
+
+    def fake(n, env, *a, **k):
+        name = "torch_default" if env else "mae"
+        calls.append((name, n))
+        x = rate[(name, n)].pop(0)
+        return [{"run": i, "img_per_s": x, "timed_out": False, "threads": 2, "omp_wait_policy": ""} for i in range(n)]
+    monkeypatch.setattr(cpu_threads, "run_together", fake)
+    rows = cpu_threads.measure(["torch_default", "mae"], shared=True, repeats=2)
+    assert [c for c in calls if c[1] == 1] == [("torch_default", 1), ("mae", 1), ("mae", 1), ("torch_default", 1)]
+    assert [r["repeat"] for r in rows if r["mode"] == "alone"] == [0, 0, 1, 1]
+    base = 200.0  # median of torch's default alone over the rounds (100, 300)
+    assert [r["vs_torch_default_alone"] for r in rows if r["setting"] == "mae" and r["mode"] == "alone"] == [90 / base, 80 / base]
+    assert {r["vs_alone"] for r in rows if r["setting"] == "mae" and r["mode"] == "shared" and r["repeat"] == 1} == {30 / 80}
+    lines = cpu_threads.summary(rows)
+    assert lines[0].startswith("torch_default  alone  median   200.0 img/s [100, 300], 100%")
+
+
 def test_cpu_input_bench_at_toy_size(tmp_path):
     """bench/cpu_input.py: the synthetic step and each input path end to end, vs_step = their ratio."""
     from bench import cpu_input
