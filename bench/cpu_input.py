@@ -36,6 +36,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.cpu_threads import REPO, demo_command, rate_of, run_env, write_bench
+from mae.provenance import require_same_checkout
 
 PATHS = ("pil", "batched")
 COLUMNS = ("input", "threads", "img_per_s", "vs_step", "img_per_cpu_s", "cpu_vs_step", "step_ms", "step_before",
@@ -194,6 +195,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
+    require_same_checkout()
     extra = shlex.split(args.extra)
     if args._e2e:
         end_to_end(args._e2e, args.mae_argv)

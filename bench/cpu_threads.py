@@ -42,7 +42,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from mae.provenance import cpu_model, git_commit, versions
+from mae.provenance import cpu_model, git_commit, require_same_checkout, versions
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_SETTINGS = ("torch_default", "mae", "passive", "threads1", "spin10000")
@@ -245,6 +245,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
+    require_same_checkout()
     if args.epochs < 2:
         raise SystemExit("--epochs must be >= 2 (epoch 1 is the warm-up)")
     settings = [s.strip() for s in args.settings.split(",") if s.strip()]

@@ -119,6 +119,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    from mae.provenance import require_same_checkout
+    require_same_checkout()
     from reproduce.report import provenance
     paths = [t.strip() for t in args.paths.split(",") if t.strip()]
     bad = [t for t in paths if t not in PATHS]

@@ -39,6 +39,7 @@ from bench.flops import peak_tflops
 from mae.engine.optim import adamw, param_groups_weight_decay, scaled_lr
 from mae.engine.speed import FEATURES, FastPathConfig, adamw_fused_arg, apply_fast_path
 from mae.flops import step_flops
+from mae.provenance import require_same_checkout
 from mae.models.mae import PRESETS, create_mae, mae_config
 
 REPO = Path(__file__).resolve().parents[1]
@@ -522,6 +523,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    require_same_checkout()
     from reproduce.report import provenance
 
     dev = resolve_device(args.device)

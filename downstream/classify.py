@@ -464,6 +464,9 @@ def write_comparison(spec: TransferSet, row: str, model: str, cfg: Any, result: 
 def main(argv: Sequence[str] | None = None) -> int:
     """CLI entry: input errors become one line on stderr and exit status 2 (MAE_DEBUG=1: traceback)."""
     from mae.cli import guarded
+    from mae.provenance import require_same_checkout
+
+    require_same_checkout()
     from mae.models.interop import InteropError
 
     return guarded("classify", run, argv, extra_errors=(ClassifyError, InteropError))[0]

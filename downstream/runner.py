@@ -325,6 +325,8 @@ def main(task: Task, argv: list[str] | None = None, description: str = "") -> pd
     """Parse flags, check inputs, resolve the recipe for the world size, train + evaluate, write the
     comparison CSV; returns it (rank 0), or the resolved recipe with ``--dry-run``."""
     args = build_parser(description, task).parse_args(argv)
+    from mae.provenance import require_same_checkout
+    require_same_checkout()
     work_dir = Path(args.work_dir or REPO / "outputs" / "downstream" / f"{task.name}_{args.scale}").resolve()
     if args.scale == "paper" and not args.data:  # an input error like the others: one line, exit status 2
         from downstream.checks import DatasetError

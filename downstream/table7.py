@@ -336,6 +336,9 @@ def run(argv: Sequence[str] | None = None) -> pd.DataFrame:
 def main(argv: Sequence[str] | None = None) -> int:
     """CLI entry: input errors become one line on stderr and exit status 2."""
     from mae.cli import guarded
+    from mae.provenance import require_same_checkout
+
+    require_same_checkout()
 
     return guarded("table7", run, argv, extra_errors=(Table7Error,))[0]
 

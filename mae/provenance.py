@@ -43,6 +43,46 @@ def git_commit(repo: str | Path | None = None) -> str:
     return commit
 
 
+def checkout_of(path: str | Path) -> Path | None:
+    """The checkout of this project that holds ``path``: its nearest folder with ``.git`` and
+    ``mae/__init__.py``; None outside one (an installed package, a venv, a temporary file)."""
+    try:
+        p = Path(path).resolve()
+    except OSError:
+        return None
+    for d in (p, *p.parents):
+        if (d / ".git").exists() and (d / "mae" / "__init__.py").is_file():
+            return d
+    return None
+
+
+def other_checkout(script: str | Path | None = None) -> Path | None:
+    """The checkout of the running script (default ``sys.argv[0]``) when it is *another* checkout than the
+    one ``mae`` is imported from (a virtual environment installed from a second clone); else None.
+
+    Then the script's own recipes would run on the other checkout's code and every row would carry that
+    checkout's commit: a label that is not true."""
+    script = sys.argv[0] if script is None else script
+    if not script or not str(script).endswith(".py"):
+        return None
+    here = checkout_of(script)
+    return here if here is not None and here != checkout_of(REPO_ROOT / "mae" / "__init__.py") else None
+
+
+def require_same_checkout(prog: str | None = None, script: str | Path | None = None) -> None:
+    """Stop (exit 2, nothing run) when :func:`other_checkout` finds a mismatch; say how to fix it.
+
+    Called first by every script of ``reproduce/``, ``bench/`` and ``downstream/`` that writes results."""
+    there = other_checkout(script)
+    if there is None:
+        return
+    name = prog or Path(str(script or sys.argv[0])).name
+    raise SystemExit(f"{name}: error: this script is in {there} but imports mae from {REPO_ROOT} (the Python "
+                     f"environment was installed from that checkout), so its results would carry the other "
+                     f"checkout's code and commit. Run `bash scripts/install.sh` in {there} (it re-points the "
+                     f"environment), or run with PYTHONPATH={there}.")
+
+
 def cpu_model() -> str:
     """The CPU's model name (``/proc/cpuinfo``; ``platform.processor()`` elsewhere)."""
     try:

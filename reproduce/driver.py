@@ -17,6 +17,7 @@ from typing import Any
 
 from mae.config import SCALES
 from mae.engine.threads import apply_thread_policy
+from mae.provenance import require_same_checkout
 from reproduce.grid import (DEFAULT_WORK_DIR, LAUNCHERS, Cell, GridError, GridResult, SlurmOptions, aggregate_seeds,
                             apply_overrides, only_text, parse_only, parse_seeds, parse_set, run_grid, with_seeds)
 from reproduce.scales import get_scale
@@ -210,6 +211,7 @@ def script_main(doc: str, build_jobs: Callable[[argparse.Namespace, Any], list[T
         extra_args(parser)
     add_grid_args(parser)
     args = parser.parse_args(argv)
+    require_same_checkout(parser.prog)
     if args.nproc_per_node < 1:
         parser.error("--nproc-per-node must be >= 1")
     try:

@@ -399,6 +399,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
+    from mae.provenance import require_same_checkout
+    require_same_checkout()
     if "--rebuild" in argv:  # no --fig / --ckpt needed
         p = argparse.ArgumentParser(description="redraw every recorded reconstruction figure")
         p.add_argument("--rebuild", action="store_true")

@@ -9,6 +9,7 @@ import math
 import os
 import socket
 import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -373,3 +374,33 @@ def test_the_no_margin_check_reads_the_baselines_control_not_another_rows():
     assert verdict(df, "fig7_schedule")["ft"]["outcome"] != no_margin
     df.loc[3, "ft_margin_ours"] = -0.5
     assert verdict(df, "fig7_schedule")["ft"]["outcome"] == no_margin
+
+
+def fake_checkout(root: Path) -> Path:
+    """Another clone of this project: a folder with .git and mae/__init__.py."""
+    (root / ".git").mkdir(parents=True)
+    (root / "mae").mkdir()
+    (root / "mae" / "__init__.py").write_text("")
+    (root / "reproduce").mkdir()
+    script = root / "reproduce" / "table3.py"
+    script.write_text("")
+    return script
+
+
+def test_a_script_of_another_checkout_than_the_imported_mae_is_refused(tmp_path, monkeypatch):
+    """A venv installed from clone A runs clone B's script: B's recipes on A's code, rows labelled with A's
+    commit. Refused before anything runs; this checkout's scripts, `python -m` and loose files pass."""
+    from mae import provenance
+    script = fake_checkout(tmp_path / "clone")
+    assert provenance.other_checkout(script) == (tmp_path / "clone").resolve()
+    with pytest.raises(SystemExit, match=r"table3.py: error: this script is in .*clone but imports mae from "):
+        provenance.require_same_checkout(script=script)
+    assert provenance.other_checkout(provenance.REPO_ROOT / "reproduce" / "table3.py") is None
+    loose = tmp_path / "x.py"
+    loose.write_text("")
+    assert provenance.other_checkout(loose) is None and provenance.other_checkout("-m") is None
+    # a reproduce script stops before planning anything
+    from reproduce import table3
+    monkeypatch.setattr(sys, "argv", [str(script), "--scale", "smoke", "--dry-run"])
+    with pytest.raises(SystemExit, match="PYTHONPATH="):
+        table3.main(["--scale", "smoke", "--dry-run"])

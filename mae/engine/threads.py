@@ -9,10 +9,11 @@ pre-trainings on 2 cores: 15% of a solo run's img/s each, bench/README.md). The 
    is imported: the OpenMP runtime reads its environment once, when torch loads it). Unless the user set
    ``OMP_WAIT_POLICY`` or ``GOMP_SPINCOUNT``, set ``GOMP_SPINCOUNT=1000``: a thread spins only briefly
    before it sleeps. Measured (bench/cpu_threads.py, results/bench_cpu_threads.csv, bench/README.md):
-   two runs sharing the cores each keep ~3/4 of a solo run's rate (torch's default: ~1/5); alone it read
-   103% of torch's default by hand but 60-84% in the latest bench rerun (not yet explained;
-   ``MAE_OMP_POLICY=off`` restores torch's defaults); ``OMP_WAIT_POLICY=PASSIVE`` (no spin) also shares
-   fairly. When torch was imported before ``mae`` (a script that
+   two runs sharing the cores each keep about half of a solo run's rate (torch's default: ~1/5); alone it
+   reads 92-97% of torch's default in the same round of an interleaved bench (3 rounds; single runs on
+   the bench machine drift by up to 20%, which is what an earlier one-run reading of 60-84% was;
+   ``MAE_OMP_POLICY=off`` restores torch's defaults); ``OMP_WAIT_POLICY=PASSIVE`` (no spin) shares
+   better but costs a lone run about a third. When torch was imported before ``mae`` (a script that
    imports torch first), the runtime already runs with its defaults; that is recorded, not hidden.
 2. **Thread count** (:func:`apply_thread_policy`, called by the ``mae`` command line, by the Trainer's
    setup and by the grid for its workers): an explicit ``--threads N`` wins; else ``OMP_NUM_THREADS``
