@@ -252,6 +252,13 @@ def _baseline_value(ours: pd.DataFrame, col: str) -> float:
     return v if math.isfinite(v) else _first(ours, col)
 
 
+def control_name(metric: str) -> str:
+    """What ``<metric>_margin`` is measured against (reproduce/grid/columns.py): the fine-tune's control is
+    the fine-tuning recipe from random weights for as many epochs in all; every frozen readout's is the
+    same readout of the pre-training's own starting weights."""
+    return "scratch trained as long" if metric == "ft" else "the initialisation"
+
+
 def _interval_outcome(ours: pd.DataFrame, key: str, m: str, higher: bool, res: dict[str, Any]) -> None:
     """Per-setting intervals vs the baseline row, and the table outcome from the paper's best vs ours
     (reproduce/stats.py): match / tie (equal within +-X) / mismatch (the paper's best is resolved worse) /
@@ -280,7 +287,7 @@ def _interval_outcome(ours: pd.DataFrame, key: str, m: str, higher: bool, res: d
         res["outcome"] = "n/a: at chance"
         return
     if math.isfinite(margin) and margin <= 0:
-        res["outcome"] = "n/a: no margin over the initialisation"
+        res["outcome"] = f"n/a: no margin over {control_name(m)}"
         return
     if res["best_match"]:  # our best is the paper's: resolved when it beats our runner-up beyond the interval
         rest = ours[~ours[key].isin(res["best_ours"])]

@@ -46,7 +46,8 @@ spread, and one seed on each side an interval over the validation images only. A
   it beats our runner-up beyond the interval; `match, not resolved` when it does not), `tie` (the
   paper's best is within +-2 of ours), `mismatch` (the paper's best is resolved worse than ours),
   `unresolved` (cannot tell at these seeds), `n/a: ...` (the numbers cannot carry a comparison: at
-  chance, or no margin over the initialisation), `-` (fewer than two common settings).
+  chance, or no margin over the control: the initialisation for a frozen readout, scratch trained as
+  long for the fine-tune), `-` (fewer than two common settings).
 - **paper's best - ours**: that difference and its interval; for a match, our best minus our runner-up.
 - **readouts** (`knn`, `lbfgs`, `shot1`, `shot3`, `shot10`: kNN-20, a converged L-BFGS logistic
   regression and k-shot logistic regressions on the frozen cls token, `mae/protocols/readout.py`) are

@@ -157,7 +157,7 @@ def test_pca_target_is_fitted_and_trains(tmp_path):
 def test_two_process_gloo_ddp_run(tmp_path):
     out = tmp_path / "ddp"
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29517",
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
            "-m", "mae", "pretrain", "--preset", "smoke", "--output_dir", str(out), "--no-progress",
            "--data", "synthetic:64", "--batch_size", "8", "--epochs", "2"]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)

@@ -366,7 +366,7 @@ def test_the_no_margin_check_reads_the_baselines_control_not_another_rows():
                        "ft_margin_ours": [-3.0, -1.0, 1.0, 0.4, 2.0],
                        "lin_init_ours": [float("nan")] * 3 + [89.8, float("nan")]})
     assert baseline_rows(df)["epochs"].tolist() == [800]
-    no_margin = "n/a: no margin over the initialisation"
+    no_margin = "n/a: no margin over scratch trained as long"  # the fine-tune's control, named
     assert verdict(df, "fig7_schedule")["ft"]["outcome"] != no_margin  # our best (1600) beats its scratch run
     df.loc[4, "ft_margin_ours"] = -2.3  # the best schedule loses to scratch trained as long: not credited
     assert verdict(df, "fig7_schedule")["ft"]["outcome"] == no_margin
