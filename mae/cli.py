@@ -250,6 +250,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"mae: unknown command {cmd!r}; choose one of {', '.join(available)}", file=sys.stderr)
         return 2
     from mae.engine import distributed
+    from mae.provenance import pin_code_commit
+    pin_code_commit()  # the commit of the code this process runs (stamped into the run's metrics.json)
     try:
         code, result = guarded(f"mae {cmd}", run_protocol, cmd, rest)
     finally:  # under torchrun: leave the process group before exit (a live gloo group can abort the process)

@@ -43,6 +43,20 @@ def git_commit(repo: str | Path | None = None) -> str:
     return commit
 
 
+_CODE_COMMIT: list[str] = []  # pinned once per process by pin_code_commit
+
+
+def pin_code_commit() -> str:
+    """The commit (``-dirty`` included) of the code this process runs, read once: the first call pins it.
+
+    Entry points call it when they start (the ``mae`` command line, every script through
+    :func:`require_same_checkout`, the Trainer and the readout), so a commit made or a file edited while a
+    long grid runs does not relabel the stages that ran the code loaded before it."""
+    if not _CODE_COMMIT:
+        _CODE_COMMIT.append(git_commit())
+    return _CODE_COMMIT[0]
+
+
 def checkout_of(path: str | Path) -> Path | None:
     """The checkout of this project that holds ``path``: its nearest folder with ``.git`` and
     ``mae/__init__.py``; None outside one (an installed package, a venv, a temporary file)."""
@@ -70,11 +84,13 @@ def other_checkout(script: str | Path | None = None) -> Path | None:
 
 
 def require_same_checkout(prog: str | None = None, script: str | Path | None = None) -> None:
-    """Stop (exit 2, nothing run) when :func:`other_checkout` finds a mismatch; say how to fix it.
+    """Stop (exit 2, nothing run) when :func:`other_checkout` finds a mismatch; say how to fix it. Else pin
+    the commit of the code this process runs (:func:`pin_code_commit`).
 
     Called first by every script of ``reproduce/``, ``bench/`` and ``downstream/`` that writes results."""
     there = other_checkout(script)
     if there is None:
+        pin_code_commit()  # the code this process runs is the code it has now
         return
     name = prog or Path(str(script or sys.argv[0])).name
     raise SystemExit(f"{name}: error: this script is in {there} but imports mae from {REPO_ROOT} (the Python "
@@ -123,11 +139,15 @@ def utc_now() -> str:
 
 
 def stage_provenance(seed: int | None = None, wall_s: float | None = None, **extra: Any) -> dict[str, Any]:
-    """The provenance a run writes into its own metrics.json when it finishes."""
-    commit = git_commit()
+    """The provenance a run writes into its own metrics.json when it finishes: the commit of the code it
+    ran (pinned when the process started), and ``commit_at_finish`` when the checkout has moved since."""
+    commit = pin_code_commit()
+    now = git_commit()
     out: dict[str, Any] = {"commit": commit.removesuffix("-dirty"), "dirty": commit.endswith("-dirty"),
                            "device": detect_device(words=True), **versions(), "date": utc_now(),
                            "command": " ".join(shlex.quote(a) for a in sys.argv)}
+    if now != commit:
+        out["commit_at_finish"] = now
     if seed is not None:
         out["seed"] = int(seed)
     if wall_s is not None:

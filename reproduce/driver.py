@@ -28,7 +28,8 @@ SMOKE_OUT = "outputs/results"
 def add_grid_args(parser: argparse.ArgumentParser, default_out: str = "results") -> None:
     """The flags every reproduction script shares."""
     parser.add_argument("--scale", choices=SCALES, default="smoke",
-                        help="smoke: CPU, seconds per cell (tests); mini: a small ViT on one GPU; "
+                        help="smoke: CPU, seconds per cell (tests); cpu: 2 CPU cores, minutes per cell (the "
+                             "measured cpu results); mini: a small ViT on one GPU; "
                              "paper: the paper's recipes on ImageNet (default: smoke)")
     parser.add_argument("--data", default=None,
                         help="images: an ImageNet-style folder (train/ + val/) or synthetic:N; required at paper")

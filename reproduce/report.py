@@ -128,10 +128,16 @@ def compare(table: str, ours: pd.DataFrame, scale: str, prov: dict[str, Any]) ->
     for m in metrics:
         df[f"{m}_diff"] = df[f"{m}_ours"] - df[f"{m}_paper"]
     df["scale"] = scale
-    for c in ("commit", "device", "date", "command"):  # rows keep the provenance their stages wrote
-        mine = df.pop(f"{c}_ours") if f"{c}_ours" in df.columns else pd.Series([None] * len(df))
+    measured = df[[f"{m}_ours" for m in metrics]].notna().any(axis=1)
+    for c in ("commit", "device", "date", "command"):
+        if f"{c}_ours" not in df.columns:  # rows without their own provenance: ``prov`` made them all
+            df[c] = str(prov.get(c) or "")
+            continue
+        # rows keep the provenance their stages wrote; a measured row without one (a run from before
+        # stages wrote it) says "unknown", never the collecting process's; a paper-only row says nothing
+        mine = df.pop(f"{c}_ours")
         mine = mine.where(mine.notna() & (mine.astype(str) != ""), None)
-        df[c] = mine.fillna(str(prov.get(c) or "")).astype(str)
+        df[c] = mine.fillna(pd.Series(np.where(measured, "unknown", ""), index=df.index)).astype(str)
 
     triples = [c for m in metrics for c in (f"{m}_ours", f"{m}_paper", f"{m}_diff")]
     paper_meta = [c for c in ("paper_approx", "paper_baseline") if c in df.columns]
@@ -298,7 +304,9 @@ def _interval_outcome(ours: pd.DataFrame, key: str, m: str, higher: bool, res: d
         r_row = rest.loc[rv.idxmax() if higher else rv.idxmin()]
         c = _comparison(b_row, r_row, m, n_val, _noise(ours, m))
         res["best_vs_runner_up"] = {**c.as_dict(), "runner_up": _jsonable(r_row[key])}
-        res["outcome"] = "match" if c.call in ("better", "worse") else "match, not resolved"
+        # resolved only in the direction of "best": the best is chosen by its mean over all its seeds, the
+        # interval is paired over the seeds both rows have, and the two can disagree
+        res["outcome"] = "match" if c.call == ("better" if higher else "worse") else "match, not resolved"
         return
     paper_rows = ours[ours[key].isin(res["best_paper"])]
     if paper_rows.empty:
@@ -308,7 +316,7 @@ def _interval_outcome(ours: pd.DataFrame, key: str, m: str, higher: bool, res: d
     p_row = paper_rows.loc[pv.idxmax() if higher else pv.idxmin()]
     c = _comparison(p_row, b_row, m, n_val, _noise(ours, m))
     res["best_vs_paper"] = {**c.as_dict(), "paper_setting": _jsonable(p_row[key]), "our_setting": _jsonable(b_row[key])}
-    res["outcome"] = ("mismatch" if c.call in ("worse", "better") else "tie" if c.call.startswith("equal")
+    res["outcome"] = ("mismatch" if c.call == ("worse" if higher else "better") else "tie" if c.call.startswith("equal")
                       else "unresolved")
 
 

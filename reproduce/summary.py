@@ -38,7 +38,8 @@ compared is the trend (which setting is best, the ranking), never the absolute a
 **How sure each call is** (`reproduce/stats.py`). Every setting is compared with the baseline by the mean
 difference of its accuracy over paired seeds (seed s of both shares initialisation, data order and
 masks), with a 95% t interval; a setting with one seed gets a wider interval from the other side's seed
-spread, and one seed on each side an interval over the validation images only. A difference is
+spread; one seed on each side, the baseline's seed spread where the table has one, else an interval
+over the validation images only. A difference is
 `better` / `worse` when its interval excludes 0, `equal within +-2` when the interval lies inside
 +-2 points, and `unresolved` otherwise, with the number of paired seeds that would resolve 2 points.
 
@@ -284,7 +285,7 @@ def render(records: list[dict[str, Any]], results_dir: str | Path | None = None)
         na = sum(r["outcome"].startswith("n/a") for r in rows)
         lines.append(f"## Scale `{scale}`\n")
         lines.append(f"{len(rows)} comparison(s): " + ", ".join(f"{n} {o}" for o, n in counts.items())
-                     + f", {na} n/a, {len(rows) - sum(counts.values()) - na} undecided.\n")
+                     + f", {na} n/a, {len(rows) - sum(counts.values()) - na} without an outcome (`-`).\n")
         lines += controls_table(results_dir, scale) if results_dir is not None else []
         lines.append("| table / figure | metric | measured | seeds | paper best | ours best | outcome "
                      "| paper's best - ours | Spearman | margin | vs pixels | files |")

@@ -116,6 +116,57 @@ def test_a_changed_recipe_is_refused_then_rerun_beside_the_old_run(tmp_path):
     assert all((tmp_path / "t_smoke" / "a" / k / "metrics.json").is_file() for k in kept)  # the old runs stay
 
 
+def test_a_stage_reading_an_outdated_stage_is_not_read_as_current(tmp_path):
+    """The pre-training's recipe changes: its record still names the old hash, and so does every stage that
+    read it (in its cell and in another). None of them is collected as current, also after an --only run
+    that replaced another cell (a run ends by collecting every cell)."""
+    def reader(name: str) -> Cell:
+        return Cell(name, {"x": 9}, [Stage("finetune", "stub_protocol", StubConfig(value=5),
+                                           inputs={"finetune": Ref("pretrain", cell="a")})])
+    run_grid([two_stage_cell("a"), reader("r"), two_stage_cell("b", 2.0)], table="t", scale="smoke",
+             work_dir=tmp_path, echo=quiet)
+    changed = two_stage_cell("a")
+    changed.stages[0].config = replace(changed.stages[0].config, epochs=2)
+    g = run_grid([changed, reader("r"), two_stage_cell("b", 2.0)], table="t", scale="smoke", work_dir=tmp_path,
+                 echo=quiet, collect_only=True)
+    assert {k: r.status for k, r in g.stages.items()} == {
+        ("a", "pretrain"): "stale", ("a", "finetune"): "stale", ("r", "finetune"): "stale",
+        ("b", "pretrain"): "done", ("b", "finetune"): "done"}
+    assert g.get("a", "finetune").metrics is None and g.get("r", "finetune").metrics is None
+    status, diff = grid.check_identity(g.root, changed, changed.stages[1])
+    assert status == "changed" and diff[0].startswith("input finetune: a/pretrain is changed (epochs: 1 -> 2")
+    # --only another cell, with --rerun-changed: that cell reruns; a and r stay out of the results
+    b2 = two_stage_cell("b", 3.0)
+    run_grid([changed, reader("r"), b2], table="t", scale="smoke", work_dir=tmp_path, echo=quiet,
+             only={"x": 3.0}, rerun_changed=True)
+    g = run_grid([changed, reader("r"), b2], table="t", scale="smoke", work_dir=tmp_path, echo=quiet,
+                 collect_only=True)
+    assert g.get("r", "finetune").status == "stale" and g.get("b", "finetune").status == "done"
+    # rerunning a (and so r) makes them current again
+    run_grid([changed, reader("r"), b2], table="t", scale="smoke", work_dir=tmp_path, echo=quiet,
+             rerun_changed=True)
+    g = run_grid([changed, reader("r"), b2], table="t", scale="smoke", work_dir=tmp_path, echo=quiet,
+                 collect_only=True)
+    assert {r.status for r in g.stages.values()} == {"done"}
+
+
+def test_a_changed_stage_still_running_elsewhere_is_not_moved_aside(tmp_path):
+    """--rerun-changed moves a changed run aside only under its lock: a process still writing there would
+    otherwise write its old recipe's checkpoints into the new run's folder."""
+    import fcntl
+    run_grid([two_stage_cell("a")], table="t", scale="smoke", work_dir=tmp_path, echo=quiet)
+    changed = two_stage_cell("a")
+    changed.stages[0].config = replace(changed.stages[0].config, epochs=2)
+    d = tmp_path / "t_smoke" / "a" / "pretrain"
+    with open(d / ".lock", "a+") as f:  # another process is running the old recipe
+        fcntl.flock(f, fcntl.LOCK_EX)
+        with pytest.raises(GridError, match=r"a/pretrain: changed, and running in another process: not moved"):
+            run_grid([changed], table="t", scale="smoke", work_dir=tmp_path, echo=quiet, rerun_changed=True)
+    assert (d / grid.IDENTITY_FILE).is_file() and not list(d.parent.glob("pretrain.replaced-*"))
+    run_grid([changed], table="t", scale="smoke", work_dir=tmp_path, echo=quiet, rerun_changed=True)
+    assert len(list(d.parent.glob("pretrain.replaced-*"))) == 1
+
+
 def test_a_changed_upstream_stage_invalidates_its_downstream_stages(tmp_path):
     run_grid([two_stage_cell("a")], table="t", scale="smoke", work_dir=tmp_path, echo=quiet)
     ident = tmp_path / "t_smoke" / "a" / "pretrain" / grid.IDENTITY_FILE

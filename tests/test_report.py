@@ -292,6 +292,24 @@ def _depth_rows(seeds12: list[float], seeds8: list[float]) -> "pd.DataFrame":
     return df
 
 
+def test_an_outcome_is_resolved_only_in_the_direction_of_best():
+    """Our best is chosen by its mean over all its seeds, the interval is paired over the seeds both rows
+    have: when those say the opposite, the outcome is not called resolved (not a mismatch, not a match)."""
+    from reproduce.report import verdict
+    df = _depth_rows([88.0, 88.1, 88.9], [89.0, 89.0, 90.0])
+    df.loc[4, "ft_seeds_ours"] = "0:88.0;1:88.1;2:88.9;3:99.0;4:99.0"  # depth 12: 5 seeds, best by its mean
+    df.loc[4, "ft_ours"], df.loc[4, "n_seeds_ours"] = 92.6, 5
+    v = verdict(df, "table1a_decoder_depth")["ft"]
+    assert v["best_ours"] == [12] and v["best_vs_paper"]["call"] == "better"  # on seeds 0-2, 8 beats 12
+    assert v["outcome"] == "unresolved"
+    # the same on the match side: 8 (the paper's best) best by its mean, but worse on the common seeds
+    df = _depth_rows([89.0, 89.0, 90.0], [88.0, 88.1, 88.9])
+    df.loc[3, "ft_seeds_ours"] = "0:88.0;1:88.1;2:88.9;3:99.0;4:99.0"
+    df.loc[3, "ft_ours"], df.loc[3, "n_seeds_ours"] = 92.6, 5
+    v = verdict(df, "table1a_decoder_depth")["ft"]
+    assert v["best_match"] and v["best_vs_runner_up"]["call"] == "worse" and v["outcome"] == "match, not resolved"
+
+
 def test_verdict_outcome_rests_on_the_paired_interval():
     from reproduce.report import verdict
     # 12 - 8 per seed: +0.5, -0.3, +0.1 -> mean 0.1, sd 0.4, half-width t(2) 4.303 * 0.4 / sqrt(3) = 0.994
@@ -404,3 +422,31 @@ def test_a_script_of_another_checkout_than_the_imported_mae_is_refused(tmp_path,
     monkeypatch.setattr(sys, "argv", [str(script), "--scale", "smoke", "--dry-run"])
     with pytest.raises(SystemExit, match="PYTHONPATH="):
         table3.main(["--scale", "smoke", "--dry-run"])
+
+
+def test_a_stage_carries_the_commit_of_the_code_it_ran(monkeypatch):
+    """The commit is pinned when the process starts; one made (or a file edited) while a long grid runs is
+    recorded beside it (commit_at_finish), not instead of it."""
+    from mae import provenance
+    monkeypatch.setattr(provenance, "_CODE_COMMIT", [])
+    head = ["aaaaaaa"]
+    monkeypatch.setattr(provenance, "git_commit", lambda repo=None: head[0])
+    assert provenance.pin_code_commit() == "aaaaaaa"
+    assert "commit_at_finish" not in provenance.stage_provenance(seed=0)
+    head[0] = "bbbbbbb-dirty"
+    p = provenance.stage_provenance(seed=0)
+    assert (p["commit"], p["dirty"], p["commit_at_finish"]) == ("aaaaaaa", False, "bbbbbbb-dirty")
+    assert provenance.pin_code_commit() == "aaaaaaa"
+
+
+def test_a_row_without_its_own_provenance_never_takes_the_collectors():
+    """Rows carry their stages' provenance; a measured row whose stages wrote none says unknown, a row with
+    only the paper's numbers says nothing; without provenance columns at all, ``prov`` made every row."""
+    ours = pd.DataFrame({"mask_ratio": [0.5, 0.75], "ft": [80.0, 81.0], "lin": [60.0, 61.0],
+                         "commit": ["f00dfee", None], "device": ["cpu", None], "date": ["d", None],
+                         "command": ["c", None]})
+    df = compare("fig5_masking_ratio", ours, "cpu", PROV).set_index("mask_ratio")
+    assert df.loc[0.5, "commit"] == "f00dfee" and df.loc[0.75, "commit"] == "unknown"
+    assert df.loc[0.1, "commit"] == "" and PROV["commit"] not in set(df["commit"])  # 0.1: the paper's only
+    df = compare("fig5_masking_ratio", ours.drop(columns=["commit", "device", "date", "command"]), "cpu", PROV)
+    assert set(df["commit"]) == {PROV["commit"]}

@@ -130,6 +130,8 @@ class Trainer:
     def __init__(self, cfg: TrainConfig, model: nn.Module, train_set: Dataset, hooks: TrainHooks, *,
                  param_groups: list[dict] | None = None, best_metric: str | None = None, best_mode: str = "max"):
         self.cfg, self.hooks = cfg, hooks
+        from mae.provenance import pin_code_commit
+        pin_code_commit()  # the commit this run's numbers will carry: the code loaded now
         self.device = resolve_device(cfg.device)
         self.dist: DistInfo = init_distributed(self.device.type)
         if self.device.type == "cuda" and self.dist.enabled:

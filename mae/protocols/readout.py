@@ -157,7 +157,9 @@ def run(cfg: Config) -> dict[str, Any]:
     from mae.data import eval_transform
     from mae.engine.loop import seed_everything
     from mae.protocols.finetune import classification_data
+    from mae.provenance import pin_code_commit
 
+    pin_code_commit()  # the commit this readout's numbers will carry: the code loaded now
     t0 = time.time()
     seed_everything(cfg.seed)
     tf = eval_transform(cfg.img_size)

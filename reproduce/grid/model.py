@@ -27,6 +27,9 @@ class Stage:
     config: Any
     inputs: dict[str, Ref] = field(default_factory=dict)
     local_only: bool = False  # small single-process stages: run in this process even with --launcher torchrun
+    #: the stage each input reads, {field: (cell, stage)}: linked by ``check_grid`` so that a stage is current
+    #: only while the stages it reads are (reproduce/grid/store.py ``check_identity``)
+    upstream: dict[str, tuple[Any, Any]] = field(default_factory=dict, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         if not dataclasses.is_dataclass(self.config):

@@ -95,7 +95,8 @@ def select_cells(cells: Sequence[Cell], only: dict[str, Any] | Sequence[str] | N
 
 
 def check_grid(cells: Sequence[Cell]) -> None:
-    """Names unique; every input refers to an existing stage that runs before it."""
+    """Names unique; every input refers to an existing stage that runs before it (and is linked to it:
+    ``Stage.upstream``)."""
     names = [c.name for c in cells]
     dup = sorted({n for n in names if names.count(n) > 1})
     if dup:
@@ -117,7 +118,7 @@ def check_grid(cells: Sequence[Cell]) -> None:
                 if owner is None:
                     raise GridError(f"{c.name}/{s.name}: input {fname} refers to unknown cell {ref.cell!r}")
                 try:
-                    owner.stage(ref.stage)
+                    s.upstream[fname] = (owner, owner.stage(ref.stage))
                 except KeyError as e:
                     raise GridError(f"{c.name}/{s.name}: input {fname}: {e.args[0]}") from None
                 if owner is c and [x.name for x in c.stages].index(ref.stage) >= i:

@@ -10,7 +10,7 @@ from typing import Any
 
 from mae.config import SCALES
 from reproduce.grid.errors import DEFAULT_WORK_DIR, LAUNCHERS, GridError
-from reproduce.grid.launch import StageBusy, _run_slurm, execute_stage
+from reproduce.grid.launch import StageBusy, _run_slurm, execute_stage, stage_lock
 from reproduce.grid.model import Cell, GridResult, SlurmOptions, StageResult
 from reproduce.grid.plan import check_grid, describe_plan, select_cells
 from reproduce.grid.store import (adopt_diff, check_identity, grid_root, planned_identity, read_metrics, stage_dir,
@@ -42,7 +42,13 @@ def reconcile(cells: Sequence[Cell], root: Path, *, adopt: bool = False, rerun_c
                 diff = bad
             if rerun_changed:
                 aside = d.with_name(f"{d.name}.replaced-{time.strftime('%Y%m%d-%H%M%S')}")
-                d.rename(aside)
+                try:
+                    with stage_lock(d, wait=False):  # a run still writing there would write into the new one
+                        d.rename(aside)
+                except StageBusy:
+                    problems.append(f"{c.name}/{s.name}: {status}, and running in another process: not moved "
+                                    "aside (stop that process, or wait for it, then rerun)")
+                    continue
                 echo(f"[grid] {c.name}/{s.name}: {status} ({'; '.join(diff[:4])}); kept as {aside.name}, runs afresh")
                 continue
             problems.append(f"{c.name}/{s.name}: {status}: {'; '.join(diff[:6])}" + (" ..." if len(diff) > 6 else ""))

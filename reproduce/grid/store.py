@@ -146,7 +146,16 @@ def check_identity(root: Path, cell: Cell, stage: Stage) -> tuple[str, list[str]
     if recorded is None:
         return "unknown", ["no identity.json (made before stage identities)"]
     diff = identity_diff(recorded, planned_identity(root, cell, stage), type(stage.config))
-    return (status, []) if not diff else ("changed", diff)
+    if diff:
+        return "changed", diff
+    # an input's stage made by another recipe: the record still names its old hash, so only its own
+    # check can tell (a finetune of an outdated pre-training is not current either)
+    for fname, (up_cell, up_stage) in stage.upstream.items():
+        up_status, up_diff = check_identity(root, up_cell, up_stage)
+        if up_status in ("changed", "unknown"):
+            return "changed", [f"input {fname}: {up_cell.name}/{up_stage.name} is {up_status} "
+                               f"({'; '.join(up_diff[:2])})"]
+    return status, []
 
 
 def stage_status(run_dir: str | Path) -> str:
