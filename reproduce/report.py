@@ -202,14 +202,16 @@ def _scale_of(df: pd.DataFrame) -> str | None:
 
 def _row_seeds(row: pd.Series, m: str) -> tuple[dict[int, float], float, int]:
     """(per-seed values, seed std, seed count) of one results row for metric ``m``: the ``<m>_seeds_ours``
-    column where written, else the row's mean as one value (results made before paired seeds)."""
+    column where written (its count is the metric's own: a seed whose stage failed is not counted), else
+    the row's mean as one value (results made before paired seeds) and the row's ``n_seeds``."""
     from reproduce.stats import parse_seed_values
     vals = parse_seed_values(row.get(f"{m}_seeds_ours"))
     std = pd.to_numeric(pd.Series([row.get(f"{m}_std_ours")]), errors="coerce").iloc[0]
+    if vals:
+        return vals, float(std), len(vals)
     n = pd.to_numeric(pd.Series([row.get("n_seeds_ours")]), errors="coerce").iloc[0]
-    if not vals:
-        v = float(row[f"{m}_ours"])
-        vals = {0: v} if math.isfinite(v) else {}
+    v = float(row[f"{m}_ours"])
+    vals = {0: v} if math.isfinite(v) else {}
     return vals, float(std), int(n) if n == n else len(vals)
 
 
@@ -224,7 +226,11 @@ def _noise(ours: pd.DataFrame, m: str) -> tuple[float, int] | None:
     """The seed spread of the most-seeded row (the baseline's): a stand-in for rows with one seed each."""
     if f"{m}_std_ours" not in ours.columns or "n_seeds_ours" not in ours.columns:
         return None
+    from reproduce.stats import parse_seed_values
     n = pd.to_numeric(ours["n_seeds_ours"], errors="coerce")
+    if f"{m}_seeds_ours" in ours.columns:  # the metric's own count where its per-seed values are written
+        own = ours[f"{m}_seeds_ours"].map(lambda t: len(parse_seed_values(t)) or float("nan"))
+        n = own.where(own.notna(), n)
     std = pd.to_numeric(ours[f"{m}_std_ours"], errors="coerce")
     ok = n.notna() & std.notna() & (n >= 2)
     if not ok.any():

@@ -310,6 +310,17 @@ def test_an_outcome_is_resolved_only_in_the_direction_of_best():
     assert v["best_match"] and v["best_vs_runner_up"]["call"] == "worse" and v["outcome"] == "match, not resolved"
 
 
+def test_a_metric_counts_its_own_seeds_not_the_rows():
+    """n_seeds counts the seeds a row ran; a metric whose stage failed for some of them is compared over
+    the seeds it has (t quantile and label), not the row's count."""
+    from reproduce.report import verdict
+    df = _depth_rows([95.0, 97.0, 94.0], [89.0, 89.0, 90.0])
+    df.loc[3, "n_seeds_ours"] = 5  # depth 8 ran 5 seeds; its ft exists for 3
+    df.loc[4, ["ft_seeds_ours", "ft_ours", "n_seeds_ours"]] = ["0:95.0", 95.0, 1]
+    s12 = verdict(df, "table1a_decoder_depth")["ft"]["settings"]["12"]
+    assert s12["method"] == "1 seed vs 3 seeds (their seed std)"
+
+
 def test_verdict_outcome_rests_on_the_paired_interval():
     from reproduce.report import verdict
     # 12 - 8 per seed: +0.5, -0.3, +0.1 -> mean 0.1, sd 0.4, half-width t(2) 4.303 * 0.4 / sqrt(3) = 0.994
