@@ -597,3 +597,21 @@ def test_stage_provenance_survives_a_collect_from_another_commit_and_device(tmp_
     assert set(measured["device"]) == {"NVIDIA H100 80GB HBM3"} and set(measured["date"]) == {ran["date"]}
     meta = json.loads((tmp_path / "res" / "table1a_decoder_depth_cpu.meta.json").read_text())
     assert meta["provenance"]["collected_by"]["commit"] == "bbb2222"
+
+
+def test_a_rows_provenance_includes_the_stages_its_stages_read(tmp_path):
+    """Fig. 9's partial fine-tune reads the baseline's pre-training: the row names both commits."""
+    from reproduce.grid.model import GridResult, StageResult
+    from reproduce.grid.plan import check_grid
+    shared = Cell("shared", {}, [Stage("pretrain", "stub_protocol", StubConfig())], report=False)
+    k = Cell("k", {"k": 1}, [Stage("ft", "stub_protocol", StubConfig(), inputs={"finetune": Ref("pretrain", cell="shared")})])
+    check_grid([shared, k])
+    g = GridResult("t", "smoke", tmp_path, [shared, k])
+
+    def res(cell: str, stage: str, commit: str) -> StageResult:
+        prov = {"commit": commit, "dirty": False, "device": "cpu", "date": f"2026-01-0{len(commit)}", "command": "c"}
+        return StageResult(cell, stage, tmp_path, "done", {"finished": True, "provenance": prov})
+    g.stages[("shared", "pretrain")] = res("shared", "pretrain", "aaaaaaa")
+    g.stages[("k", "ft")] = res("k", "ft", "bbbbbbb")
+    rows = grid.cell_rows(g, lambda c, gr: {})
+    assert [r["commit"] for r in rows] == ["bbbbbbb, aaaaaaa"]

@@ -55,15 +55,35 @@ def readout_columns(result: StageResult | None, suffix: str = "", mean_token: bo
     return out
 
 
+def row_stages(c: Cell, grid: GridResult) -> list[StageResult | None]:
+    """The results behind a cell's row: its stages (or the stage it reads) and, through their inputs, every
+    stage they read (Fig. 9's partial fine-tune reads the baseline's pre-training: both made the number)."""
+    cells = {x.name: x for x in grid.cells}
+    seen: dict[tuple[str, str], StageResult | None] = {}
+
+    def add(cell: Cell, stage: Any) -> None:
+        if (cell.name, stage.name) in seen:
+            return
+        seen[(cell.name, stage.name)] = grid.get(cell.name, stage.name)
+        for up_cell, up_stage in stage.upstream.values():
+            add(up_cell, up_stage)
+
+    if c.reads is not None and c.reads.cell in cells:
+        owner = cells[c.reads.cell]
+        add(owner, owner.stage(c.reads.stage))
+    for s in c.stages:
+        add(c, s)
+    return list(seen.values()) if seen else [grid.reported(c)]
+
+
 def cell_rows(grid: GridResult, columns: Callable[[Cell, GridResult], dict[str, Any]]) -> list[dict[str, Any]]:
     """One dict per reported cell: its key, its ``info``, what ``columns(cell, grid)`` measures, and the
-    provenance its stages wrote when they ran."""
+    provenance its stages (and the stages they read) wrote when they ran."""
     rows = []
     for c in grid.cells:
         if not c.report:
             continue
-        results = [grid.get(c.name, s.name) for s in c.stages] if c.stages else [grid.reported(c)]
-        rows.append({**c.key, **c.info, **columns(c, grid), **stage_provenance(results)})
+        rows.append({**c.key, **c.info, **columns(c, grid), **stage_provenance(row_stages(c, grid))})
     return rows
 
 
