@@ -30,6 +30,7 @@ from __future__ import annotations
 import argparse
 import csv
 import datetime as dt
+import io
 import json
 import os
 import shlex
@@ -42,7 +43,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from mae.provenance import cpu_model, git_commit, require_same_checkout, versions
+from mae.atomic import atomic_write_text
+from mae.provenance import cpu_model, pin_code_commit, require_same_checkout, versions
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_SETTINGS = ("torch_default", "mae", "passive", "threads1", "spin10000")
@@ -76,26 +78,23 @@ def cpu_name() -> str:
 
 
 def provenance(argv: Sequence[str]) -> dict[str, Any]:
-    """A bench row's provenance: CPU, cores, versions, commit (with -dirty), UTC date, command."""
+    """A bench row's provenance: CPU, cores, versions, the commit of the code that ran (with -dirty; pinned when
+    the bench started), UTC date, command."""
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     v = versions()
-    return {"scale": "cpu", "cpu": cpu_model(), "cores": cores, "torch": v["torch"], "python": v["python"], "commit": git_commit(),
+    return {"scale": "cpu", "cpu": cpu_model(), "cores": cores, "torch": v["torch"], "python": v["python"], "commit": pin_code_commit(),
             "date": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
             "command": shlex.join(["python", *[str(a) for a in argv]])}
 
 
 def write_csv(rows: list[dict[str, Any]], path: str | Path, columns: Sequence[str]) -> Path:
     """Write ``rows`` atomically (floats to 4 significant digits)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    with tmp.open("w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=list(columns), extrasaction="ignore")
-        w.writeheader()
-        for r in rows:
-            w.writerow({k: (f"{v:.4g}" if isinstance(v, float) else v) for k, v in r.items()})
-    os.replace(tmp, path)
-    return path
+    buf = io.StringIO(newline="")
+    w = csv.DictWriter(buf, fieldnames=list(columns), extrasaction="ignore")
+    w.writeheader()
+    for r in rows:
+        w.writerow({k: (f"{v:.4g}" if isinstance(v, float) else v) for k, v in r.items()})
+    return atomic_write_text(path, buf.getvalue())
 
 
 def write_bench(rows: list[dict[str, Any]], path: str | Path, columns: Sequence[str], script: str,

@@ -7,6 +7,7 @@ preset < config file < flags.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import importlib
 import os
@@ -187,15 +188,19 @@ def prepare_run_dir(cfg: Any, overwrite: bool) -> None:
                       flush=True)
     elif not cfg.resume:
         rundir.refuse_previous_run(cfg.run_dir)
+    else:
+        rundir.refuse_resume_without_checkpoint(cfg.resume, cfg.run_dir)
 
 
 def run_protocol(name: str, argv: list[str]) -> dict[str, Any]:
     module = protocol_module(name)
     cfg, overwrite = parse_command(module, argv, prog=f"mae {name}")
-    prepare_run_dir(cfg, overwrite)
-    from mae.engine.threads import apply_thread_policy  # threads before any work (e.g. linprobe's feature cache)
-    apply_thread_policy(getattr(cfg, "threads", None))
-    return module.run(cfg)
+    # one process runs in a folder (rank 0 holds it for a multi-process run); checked and cleared under it
+    with rundir.run_lock(cfg.run_dir) if _is_main_process() else contextlib.nullcontext():
+        prepare_run_dir(cfg, overwrite)
+        from mae.engine.threads import apply_thread_policy  # threads before any work (linprobe's feature cache)
+        apply_thread_policy(getattr(cfg, "threads", None))
+        return module.run(cfg)
 
 
 def convert_main(argv: list[str]) -> int:

@@ -116,5 +116,5 @@ def load_config_file(cls: type[T], path: str | Path, base: T | None = None) -> T
 
 def save_config(cfg: Any, path: str | Path) -> None:
     """Write the resolved config as YAML."""
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    Path(path).write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
+    from mae.atomic import atomic_write_text
+    atomic_write_text(path, yaml.safe_dump(to_dict(cfg), sort_keys=False))

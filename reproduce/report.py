@@ -18,17 +18,15 @@ import csv
 import io
 import json
 import math
-import os
 import shlex
 import sys
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
-from mae.engine.checkpoint import current_umask
+from mae.atomic import atomic_write_text
 from mae.provenance import detect_device, git_commit, utc_now, versions
 from reproduce.reference import get_spec, load_reference
 
@@ -409,24 +407,6 @@ def _jsonable(obj: Any) -> Any:
     if isinstance(obj, float) and not math.isfinite(obj):
         return None
     return obj
-
-
-def atomic_write_text(path: str | Path, text: str) -> Path:
-    """Write ``text`` to ``path`` via a temporary file in the same folder and ``os.replace``."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="") as f:
-            os.fchmod(f.fileno(), 0o666 & ~current_umask())  # as open() would, not mkstemp's private 0600
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
 
 
 def atomic_write_csv(rows: list[dict[str, Any]], path: str | Path, columns: tuple[str, ...],

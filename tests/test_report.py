@@ -194,7 +194,8 @@ def test_write_results_is_atomic(tmp_path, monkeypatch):
     def boom(src, dst):
         raise OSError("disk full")
 
-    monkeypatch.setattr(report.os, "replace", boom)
+    from mae import atomic
+    monkeypatch.setattr(atomic.os, "replace", boom)  # the one atomic writer (mae/atomic.py)
     with pytest.raises(OSError, match="disk full"):
         write_results(df, verdict(df, "table1a_decoder_depth"), path)
     assert path.read_text() == "previous contents\n"  # old file intact

@@ -143,3 +143,68 @@ def test_a_fresh_start_drops_the_logs_of_an_attempt_that_left_no_checkpoint(tmp_
     rows = (tmp_path / "train_log.csv").read_text().splitlines()
     assert len(rows) == 1 + 4 and "9.0" not in "".join(rows[1:])
     assert torch.isfinite(torch.tensor([float(r.split(",")[3]) for r in rows[1:]])).all()
+
+
+def test_a_second_process_in_a_running_folder_is_refused(tmp_path, capsys):
+    """Two runs started into one folder before either logged an epoch would both run and mix their files."""
+    run = tmp_path / "D"
+    argv = ["pretrain", *SMOKE, "--epochs", "1", "--output_dir", str(run)]
+    with rundir.run_lock(run):  # another process is running there (a second descriptor conflicts like one)
+        before = snapshot(run)
+        assert cli.main(argv) == 2
+        assert "another process is running in" in capsys.readouterr().err and snapshot(run) == before
+    assert cli.main(argv) == 0  # once it has gone
+
+
+def test_resume_auto_without_a_checkpoint_never_starts_over_a_previous_run(tmp_path, capsys):
+    run = tmp_path / "D"
+    assert cli.main(["pretrain", *SMOKE, "--epochs", "1", "--output_dir", str(run)]) == 0
+    (run / "checkpoint-last.pth").unlink()
+    before = snapshot(run)
+    capsys.readouterr()
+    assert cli.main(["pretrain", "--resume", "auto", "--output_dir", str(run)]) == 2
+    err = capsys.readouterr().err
+    assert "no checkpoint-last.pth to continue from" in err and "--overwrite" in err and snapshot(run) == before
+
+
+def test_a_failed_resume_leaves_the_runs_config_as_it_was(tmp_path, capsys):
+    run = tmp_path / "D"
+    assert cli.main(["pretrain", *SMOKE, "--epochs", "2", "--max_iters", "2", "--output_dir", str(run)]) == 0
+    config = (run / "config.yaml").read_bytes()
+    last = run / "checkpoint-last.pth"
+    last.write_bytes(last.read_bytes()[:1000])  # truncated
+    assert cli.main(["pretrain", "--resume", "auto", "--output_dir", str(run), "--blr", "3e-3"]) == 2
+    assert "truncated" in capsys.readouterr().err and (run / "config.yaml").read_bytes() == config
+
+
+def test_a_resumed_runs_metrics_keep_the_epochs_before_the_stop(tmp_path, capsys):
+    run = tmp_path / "D"
+    assert cli.main(["pretrain", *SMOKE, "--epochs", "3", "--max_iters", "6", "--output_dir", str(run)]) == 0
+    assert epochs_logged(run) == [0]  # stopped in epoch 1 (4 iterations an epoch)
+    assert cli.main(["pretrain", "--resume", "auto", "--output_dir", str(run)]) == 0
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert [h["epoch"] for h in metrics["history"]] == [0, 1, 2] and epochs_logged(run) == [0, 1, 2]
+
+
+def test_a_resume_cannot_shorten_a_run_below_what_it_trained(tmp_path, capsys):
+    run = tmp_path / "D"
+    assert cli.main(["pretrain", *SMOKE, "--epochs", "3", "--max_iters", "10", "--output_dir", str(run)]) == 0
+    before = snapshot(run)
+    capsys.readouterr()
+    assert cli.main(["pretrain", "--resume", "auto", "--output_dir", str(run), "--epochs", "1"]) == 2
+    assert "cannot shorten a run" in capsys.readouterr().err and snapshot(run) == before
+
+
+def test_a_recipe_changed_on_resume_is_recorded_in_the_runs_metrics(tmp_path, capsys):
+    """Overriding a recipe field on resume is allowed and said; the run's numbers then carry the change
+    (when, where, old and new value), not only the last recipe."""
+    run = tmp_path / "D"
+    assert cli.main(["pretrain", *SMOKE, "--epochs", "2", "--max_iters", "6", "--output_dir", str(run)]) == 0
+    assert cli.main(["pretrain", "--resume", "auto", "--output_dir", str(run), "--blr", "0.003"]) == 0
+    changes = json.loads((run / "metrics.json").read_text())["provenance"]["recipe_changes"]
+    assert len(changes) == 1 and changes[0]["at"] == "epoch 1, iteration 2"
+    assert changes[0]["changes"]["blr"][1] == 0.003 and changes[0]["changes"]["blr"][0] != 0.003
+    assert "blr: 0.003" in (run / "config.yaml").read_text()
+    # a run under one recipe has none; --overwrite starts without the record
+    assert cli.main(["pretrain", *SMOKE, "--epochs", "1", "--output_dir", str(run), "--overwrite"]) == 0
+    assert "recipe_changes" not in json.loads((run / "metrics.json").read_text())["provenance"]

@@ -14,13 +14,14 @@ import dataclasses
 import os
 import random
 import re
-import tempfile
 from pathlib import Path
-from typing import Any, BinaryIO, Callable
+from typing import Any
 
 import numpy as np
 import torch
 import torch.nn as nn
+
+from mae.atomic import atomic_write, current_umask  # noqa: F401 (re-exported: one writer)
 
 LAST = "checkpoint-last.pth"
 BEST = "checkpoint-best.pth"
@@ -32,43 +33,6 @@ torch.serialization.add_safe_globals([argparse.Namespace])
 
 class CheckpointError(RuntimeError):
     """A checkpoint file is missing, unreadable, truncated or of the wrong kind."""
-
-
-def current_umask() -> int:
-    """The process umask (read from /proc where possible; else set and restored at once)."""
-    try:
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith("Umask:"):
-                    return int(line.split()[1], 8)
-    except OSError:
-        pass
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask
-
-
-def atomic_write(path: str | Path, write: Callable[[BinaryIO], None]) -> Path:
-    """Call ``write(f)`` on a temp file in ``path``'s folder, fsync, then rename it over ``path``.
-
-    A reader never sees a half-written file, whatever interrupts the write. The file gets the mode a
-    plain ``open(path, "w")`` would give it (0666 less the umask), not mkstemp's private 0600.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fchmod(f.fileno(), 0o666 & ~current_umask())
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    return path
 
 
 def save_checkpoint(state: dict[str, Any], path: str | Path) -> Path:

@@ -76,7 +76,11 @@ class Checkpointer:
             print(f"[resume] note: checkpoint was written with {state.get('world_size')} processes, now "
                   f"{self.world_size}; the data order after resume differs from an uninterrupted run")
         ckpt.load_state_dict_checked(self.model, state["model"], strict=True, source=str(path))
-        self.optimizer.load_state_dict(state["optimizer"])
+        try:
+            self.optimizer.load_state_dict(state["optimizer"])
+        except (ValueError, KeyError) as e:  # another protocol's or recipe's optimizer (e.g. partial vs finetune)
+            raise ckpt.CheckpointError(f"{path}: its optimizer state does not fit this run's ({e}); it was "
+                                       "written by another protocol or recipe: give another --output_dir") from None
         if "scaler" in state:
             self.scaler.load_state_dict(state["scaler"])
         self.best = state.get("best", {})

@@ -29,6 +29,7 @@ import torch.nn as nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Dataset
 
+from mae.atomic import atomic_write_text
 from mae.config import TrainConfig
 from mae.data.errors import DataError
 from mae.data.sampler import ResumableSampler, SeededDataset
@@ -225,11 +226,33 @@ class Trainer:
 
     def resume(self, path: Any) -> None:
         position = self.checkpointer.resume(path)
+        if position["epoch"] > self.cfg.epochs:  # before anything in the folder is touched
+            raise rundir.RunDirError(f"{path} has trained {position['epoch']} epochs, more than this run's "
+                                     f"{self.cfg.epochs}: a resume cannot shorten a run; give another --output_dir")
         self.epoch, self.iter_in_epoch = position["epoch"], position["iter"]
         self.global_step, self.total_iters = position["global_step"], position["total_iters"]
         self.logger.truncate_after(self.total_iters)
+        self._restore_history()
         if self.is_main:
             print(f"[resume] {path}: epoch {self.epoch}, iteration {self.iter_in_epoch}, step {self.global_step}")
+
+    def _restore_history(self) -> None:
+        """The epochs before the resumed position, from log.txt (each epoch's last record): a resumed run's
+        metrics.json keeps its whole history, and log.txt loses records of epochs past the checkpoint."""
+        path = self.logger.epoch_path
+        if not path.is_file():
+            return
+        kept: dict[int, dict[str, Any]] = {}
+        for line in path.read_text().splitlines():
+            try:
+                record = json.loads(line)
+            except ValueError:
+                continue
+            if isinstance(record, dict) and isinstance(record.get("epoch"), int) and record["epoch"] < self.epoch:
+                kept[record["epoch"]] = record
+        self.history = [{k: v for k, v in kept[e].items() if k != "runtime"} for e in sorted(kept)]
+        if self.is_main:
+            atomic_write_text(path, "".join(json.dumps(kept[e]) + "\n" for e in sorted(kept)))
 
     # ------------------------------------------------------------------ loop
     def train_step(self, model: nn.Module, batch: Any) -> tuple[torch.Tensor, dict[str, Any]]:
@@ -265,8 +288,6 @@ class Trainer:
         cfg = self.cfg
         t_fit = time.time()
         resume_path = ckpt.resolve_resume(cfg.resume, self.run_dir)
-        if self.is_main:  # a resume keeps the run's config.yaml unless a recipe field changed (mae.engine.rundir)
-            rundir.write_config(cfg, self.run_dir, resuming=resume_path is not None)
         if resume_path is not None:
             self.resume(resume_path)
             done = self.run_dir / "metrics.json"
@@ -275,11 +296,17 @@ class Trainer:
                 if self.is_main:
                     print(f"[resume] {self.run_dir} has finished its {cfg.epochs} epochs: nothing to do")
                 return json.loads(done.read_text())
-        else:
+        # after a resume loaded (a failed one leaves the run's config.yaml as it was); a resume keeps the
+        # file unless a recipe field changed (mae.engine.rundir)
+        if self.is_main:
+            rundir.write_config(cfg, self.run_dir, resuming=resume_path is not None,
+                                position=f"epoch {self.epoch}, iteration {self.iter_in_epoch}")
+        if resume_path is None:
             seed_everything(cfg.seed + self.dist.rank)
             if self.is_main:  # a fresh start: rows of an earlier attempt that left no checkpoint never mix in
                 self.logger.iter_path.unlink(missing_ok=True)
                 self.logger.epoch_path.unlink(missing_ok=True)
+                (self.run_dir / rundir.RECIPE_CHANGES).unlink(missing_ok=True)
         try:
             with self.preemption:  # a stop signal only sets a flag; the loop acts on it at a step boundary
                 while self.epoch < cfg.epochs:
@@ -299,9 +326,11 @@ class Trainer:
         if self.is_main and result["finished"]:
             result["runtime"] = self.runtime
             from mae.provenance import stage_provenance  # the run stamps its own numbers (never the collector)
+            changes = rundir.recipe_changes(self.run_dir)  # trained partly under another recipe: say so
             result["provenance"] = stage_provenance(seed=cfg.seed, wall_s=time.time() - t_fit,
-                                                    resumed=resume_path is not None)
-            (self.run_dir / "metrics.json").write_text(json.dumps(result, indent=1, default=float))
+                                                    resumed=resume_path is not None,
+                                                    **({"recipe_changes": changes} if changes else {}))
+            atomic_write_text(self.run_dir / "metrics.json", json.dumps(result, indent=1, default=float))
         return result
 
     def _train_epoch(self) -> None:

@@ -28,6 +28,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset, Subset
 
+from mae.atomic import atomic_write_text
 from mae.config import TrainConfig, opt
 from mae.engine.checkpoint import resolve_resume
 from mae.engine.distributed import all_reduce_mean
@@ -205,7 +206,7 @@ def evaluate_only(cfg: TrainConfig, model: ViTClassifier, val_set: Dataset) -> d
     result = {"history": [], "final": metrics, "best": {}, "finished": True, "eval_checkpoint": cfg.eval_checkpoint}
     if int(os.environ.get("RANK", 0)) == 0:
         cfg.run_dir.mkdir(parents=True, exist_ok=True)
-        (cfg.run_dir / "metrics.json").write_text(json.dumps(result, indent=1))
+        atomic_write_text(cfg.run_dir / "metrics.json", json.dumps(result, indent=1))
     return result
 
 

@@ -30,6 +30,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from mae.atomic import atomic_write_text
 from mae.config import TrainConfig, opt
 from mae.knn import K, TEMPERATURE, knn_predict
 
@@ -186,5 +187,5 @@ def run(cfg: Config) -> dict[str, Any]:
         cfg.run_dir.mkdir(parents=True, exist_ok=True)
         save_config(cfg, cfg.run_dir / "config.yaml")
         result["provenance"] = stage_provenance(seed=cfg.seed, wall_s=time.time() - t0)
-        (cfg.run_dir / "metrics.json").write_text(json.dumps(result, indent=1))
+        atomic_write_text(cfg.run_dir / "metrics.json", json.dumps(result, indent=1))
     return result
