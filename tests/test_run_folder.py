@@ -208,3 +208,11 @@ def test_a_recipe_changed_on_resume_is_recorded_in_the_runs_metrics(tmp_path, ca
     # a run under one recipe has none; --overwrite starts without the record
     assert cli.main(["pretrain", *SMOKE, "--epochs", "1", "--output_dir", str(run), "--overwrite"]) == 0
     assert "recipe_changes" not in json.loads((run / "metrics.json").read_text())["provenance"]
+
+
+def test_overwrite_removes_every_output_a_protocol_writes(tmp_path):
+    for name in ("tokenizer.pth", "classifier.pth", "recipe_changes.jsonl", "metrics.json", "checkpoint-3.pth"):
+        (tmp_path / name).write_text("x")
+    (tmp_path / "notes.txt").write_text("mine")
+    rundir.clear_run(tmp_path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["notes.txt"]

@@ -28,7 +28,7 @@ CONFIG = "config.yaml"
 RUN_MARKERS = ("checkpoint-last.pth", "metrics.json", "log.txt")
 #: what a run writes and ``--overwrite`` removes (globs in the run folder); other files are left alone
 RUN_OUTPUTS = ("checkpoint-*.pth", ".checkpoint-*.tmp", "metrics.json", "log.txt", "train_log.csv", "tensorboard",
-               "recon-epoch*.png", "knn.png", "classifier.pth", "recipe_changes.jsonl")
+               "recon-epoch*.png", "knn.png", "classifier.pth", "tokenizer.pth", "recipe_changes.jsonl")
 #: fields that steer one invocation, not the recipe: a resume does not inherit them and they never
 #: make a run rewrite its config.yaml
 RUN_CONTROL = ("resume", "max_iters", "threads")
