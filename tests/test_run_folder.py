@@ -216,3 +216,13 @@ def test_overwrite_removes_every_output_a_protocol_writes(tmp_path):
     (tmp_path / "notes.txt").write_text("mine")
     rundir.clear_run(tmp_path)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["notes.txt"]
+
+
+def test_pruning_after_a_rollback_keeps_the_new_checkpoints(tmp_path):
+    """Resumed from checkpoint-1 with checkpoint-5 of the abandoned run still there: saving epoch 2 with
+    keep_last 2 keeps 1 and 2 (5 is neither counted nor deleted)."""
+    for e in (0, 1, 2, 5):
+        (tmp_path / f"checkpoint-{e}.pth").write_text("x")
+    removed = ckpt.prune_checkpoints(tmp_path, 2, upto=2)
+    assert [p.name for p in removed] == ["checkpoint-0.pth"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint-1.pth", "checkpoint-2.pth", "checkpoint-5.pth"]

@@ -161,11 +161,16 @@ def numbered_checkpoints(run_dir: str | Path) -> list[Path]:
     return [p for _, p in sorted(found)]
 
 
-def prune_checkpoints(run_dir: str | Path, keep_last: int) -> list[Path]:
-    """Delete all but the newest ``keep_last`` numbered checkpoints (0 keeps all)."""
+def prune_checkpoints(run_dir: str | Path, keep_last: int, upto: int | None = None) -> list[Path]:
+    """Delete all but the newest ``keep_last`` numbered checkpoints (0 keeps all). ``upto``: the epoch just
+    saved; checkpoints numbered above it (left by a run resumed from an earlier one) are neither counted
+    nor deleted, so a rollback never prunes its own new checkpoints in their favour."""
     if keep_last <= 0:
         return []
-    old = numbered_checkpoints(run_dir)[:-keep_last]
+    found = numbered_checkpoints(run_dir)
+    if upto is not None:
+        found = [p for p in found if int(_NUMBERED.match(p.name).group(1)) <= upto]
+    old = found[:-keep_last]
     for p in old:
         p.unlink(missing_ok=True)
     return old

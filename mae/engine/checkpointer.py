@@ -62,7 +62,7 @@ class Checkpointer:
             ckpt.save_checkpoint(state, self.last)
             if numbered:
                 ckpt.save_checkpoint(state, self.run_dir / f"checkpoint-{counters['epoch'] - 1}.pth")
-                ckpt.prune_checkpoints(self.run_dir, self.cfg.keep_last)
+                ckpt.prune_checkpoints(self.run_dir, self.cfg.keep_last, upto=counters["epoch"] - 1)
         barrier()
 
     def resume(self, path: str | Path) -> dict[str, int]:

@@ -88,11 +88,15 @@ class RunLogger:
         with self.iter_path.open() as f:
             rows = list(csv.DictReader(f))
         keep = [r for r in rows if int(r["iteration"]) < step]
-        if rows:
-            with self.iter_path.open("w", newline="") as f:
-                w = csv.DictWriter(f, fieldnames=list(rows[0].keys()))
-                w.writeheader()
-                w.writerows(keep)
+        if rows:  # atomically: a crash here leaves the old rows, never half of them
+            import io
+
+            from mae.atomic import atomic_write_text
+            buf = io.StringIO(newline="")
+            w = csv.DictWriter(buf, fieldnames=list(rows[0].keys()))
+            w.writeheader()
+            w.writerows(keep)
+            atomic_write_text(self.iter_path, buf.getvalue())
 
     def log_iter(self, row: dict[str, Any]) -> None:
         if not self.enabled:
