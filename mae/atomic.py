@@ -26,8 +26,9 @@ def current_umask() -> int:
 def atomic_write(path: str | Path, write: Callable[[BinaryIO], None]) -> Path:
     """Call ``write(f)`` on a temp file in ``path``'s folder, fsync, then rename it over ``path``.
 
-    A reader never sees a half-written file, whatever interrupts the write. The file gets the mode a
-    plain ``open(path, "w")`` would give it (0666 less the umask), not mkstemp's private 0600.
+    A reader never sees a half-written file, whatever interrupts the write; the folder is synced after the
+    rename. The file gets the mode a plain ``open(path, "w")`` would give it (0666 less the umask), not
+    mkstemp's private 0600.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -43,7 +44,22 @@ def atomic_write(path: str | Path, write: Callable[[BinaryIO], None]) -> Path:
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
+    _fsync_dir(path.parent)
     return path
+
+
+def _fsync_dir(folder: Path) -> None:
+    """Make the rename itself durable (best effort: not every filesystem lets a folder be synced)."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
 
 
 def atomic_write_text(path: str | Path, text: str) -> Path:
