@@ -44,6 +44,8 @@ VAL_ANN, VAL_IMG = "annotations/instances_val2017.json", "val2017"
 
 # Which reference columns a run fills (reproduce/reference/table4_coco.csv): Table 4 has ViT-B and
 # ViT-L; ViT-H and the vitdet pyramid are compared with the ViTDet follow-up (followup_vitdet_coco.csv).
+# The paper has no ViT-H number: a ViT-H run with the paper's pyramid sits beside the follow-up's
+# simple-pyramid numbers (its row's ``pyramid`` column says paper); like for like is --pyramid vitdet.
 # A smoke model has no paper row: its numbers sit in the ViT-B columns, and the CSV's scale column
 # says "smoke".
 SUFFIX = {"base": "vit_base", "large": "vit_large", "huge": "vit_huge"}
