@@ -101,6 +101,27 @@ def _ours_series(res: OursResult | None, key: str, metric: str) -> pd.Series:
     return pd.to_numeric(s, errors="coerce").dropna()
 
 
+def used_values(res: OursResult | None, key: str, percent: bool = False) -> dict[Any, str]:
+    """{setting: the value run at this scale, as text} where the results record one other than the paper's
+    (``<key>_used_ours``: the cpu scale runs 12.5% masking in the 10% slot, a 64-d decoder in the 512 slot,
+    5-80 epochs for 100-1600): our points and bars are labelled with it, never only with the paper's."""
+    col = f"{key}_used_ours"
+    if res is None or res.df is None or col not in res.df.columns:
+        return {}
+    out: dict[Any, str] = {}
+    for k, u in zip(res.df[key], res.df[col]):
+        if pd.isna(u) or str(u) == str(k):
+            continue
+        try:
+            if float(u) == float(k):
+                continue
+            text = f"{float(u) * 100:g}%" if percent else f"{float(u):g}"
+        except (TypeError, ValueError):
+            text = str(u)
+        out[k] = text
+    return out
+
+
 # the baseline's controls drawn beside our metric (grid.columns.standard_columns): the same readout of the
 # weights pre-training starts from, of the raw pixels, the fine-tuning recipe from scratch
 CONTROLS = {"lin": (("lin_init", "probe, starting weights"),), "ft": (("ft_scratch", "fine-tune from scratch, as many epochs in all"),),
@@ -256,7 +277,13 @@ def draw_curves(fig: plt.Figure, spec: TableSpec, ref: pd.DataFrame, res: OursRe
             xo = pd.to_numeric(pd.Series(ours.index), errors="coerce").to_numpy(dtype=float)
             order = np.argsort(xo)
             err = _ours_std(res, key, m, ours.index)[order]
-            ax2 = _twin_ours(ax, xo[order], ours.to_numpy()[order], f"ours ({res.scale})", m, err)
+            used = used_values(res, key, percent=spec.name == "fig5_masking_ratio")
+            label = f"ours ({res.scale})" + ("; run at the values marked" if used else "")
+            ax2 = _twin_ours(ax, xo[order], ours.to_numpy()[order], label, m, err)
+            for k, x, y in zip(ours.index, xo, ours.to_numpy()):
+                if k in used:
+                    ax2.annotate(used[k], (x, y), textcoords="offset points", xytext=(0, 7), ha="center",
+                                 fontsize=6, color=OURS_COLOR)
             controls = _controls(res, key, m)
             for (values, label), style in zip(controls, ("--", ":")):  # widen the axis to show the margins
                 _draw_control(ax2, values, label, style, OURS_COLOR, x_of=float)
@@ -303,7 +330,9 @@ def draw_bars(fig: plt.Figure, spec: TableSpec, ref: pd.DataFrame, res: OursResu
         if has_ours:
             ours = _ours_series(res, key, m).reindex(keys).to_numpy(dtype=float)
             err = _ours_std(res, key, m, pd.Index(keys))
-            _bars(axes[1, j], labels, ours, OURS_COLOR, base, f"ours ({res.scale}): {m}"
+            used = used_values(res, key)
+            ours_labels = [f"{lab} (run: {used[k]})" if k in used else lab for k, lab in zip(keys, labels)]
+            _bars(axes[1, j], ours_labels, ours, OURS_COLOR, base, f"ours ({res.scale}): {m}"
                   + (" (error bar: +- 1 seed std)" if np.any(err > 0) else ""), err)
             controls = _controls(res, key, m)
             for (values, label), style in zip(controls, ("--", ":")):

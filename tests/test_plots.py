@@ -149,3 +149,18 @@ def test_plots_draws_no_reconstruction_figure_unless_asked(tmp_path):
     out = subprocess.run([sys.executable, str(REPO / "reproduce" / "plots.py"), "--help"], cwd=tmp_path,
                          capture_output=True, text=True, timeout=120)
     assert out.returncode == 0 and "--reconstructions" in out.stdout and "checkpoint" in out.stdout
+
+
+def test_our_points_are_labelled_with_the_values_run_not_only_the_papers(tmp_path):
+    """The cpu scale runs 12.5% masking in the 10% slot and a 64-d decoder in the 512 slot: the figures
+    mark what ran."""
+    import pandas as pd
+
+    from reproduce.plots import OursResult, used_values
+    df = pd.DataFrame({"mask_ratio": [0.1, 0.5, 0.75], "mask_ratio_used_ours": [0.125, 0.5, 0.75]})
+    res = OursResult("fig5_masking_ratio", "cpu", tmp_path / "x.csv", df)
+    assert used_values(res, "mask_ratio", percent=True) == {0.1: "12.5%"}
+    df = pd.DataFrame({"decoder_width": [256, 512], "decoder_width_used_ours": [32.0, 64.0]})
+    assert used_values(OursResult("t", "cpu", tmp_path / "y.csv", df), "decoder_width") == {256: "32", 512: "64"}
+    assert used_values(OursResult("t", "cpu", tmp_path / "z.csv", df.drop(columns=["decoder_width_used_ours"])),
+                       "decoder_width") == {}
