@@ -102,24 +102,11 @@ def _ours_series(res: OursResult | None, key: str, metric: str) -> pd.Series:
 
 
 def used_values(res: OursResult | None, key: str, percent: bool = False) -> dict[Any, str]:
-    """{setting: the value run at this scale, as text} where the results record one other than the paper's
-    (``<key>_used_ours``: the cpu scale runs 12.5% masking in the 10% slot, a 64-d decoder in the 512 slot,
-    5-80 epochs for 100-1600): our points and bars are labelled with it, never only with the paper's."""
-    col = f"{key}_used_ours"
-    if res is None or res.df is None or col not in res.df.columns:
+    """{setting: the value run at this scale} of our results (``reproduce.report.used_values``)."""
+    if res is None or res.df is None:
         return {}
-    out: dict[Any, str] = {}
-    for k, u in zip(res.df[key], res.df[col]):
-        if pd.isna(u) or str(u) == str(k):
-            continue
-        try:
-            if float(u) == float(k):
-                continue
-            text = f"{float(u) * 100:g}%" if percent else f"{float(u):g}"
-        except (TypeError, ValueError):
-            text = str(u)
-        out[k] = text
-    return out
+    from reproduce.report import used_values as used_in
+    return used_in(res.df, key, percent)
 
 
 # the baseline's controls drawn beside our metric (grid.columns.standard_columns): the same readout of the

@@ -144,6 +144,27 @@ def compare(table: str, ours: pd.DataFrame, scale: str, prov: dict[str, Any]) ->
     return df[order]
 
 
+def used_values(df: pd.DataFrame, key: str, percent: bool = False) -> dict[Any, str]:
+    """{setting: the value run at this scale, as text} where a results table records one other than the
+    paper's (``<key>_used_ours``: the cpu scale runs 12.5% masking in the 10% slot, a 64-d decoder in the
+    512 slot, 5-80 epochs for 100-1600): figures and the scoreboard name it beside the paper's value."""
+    col = f"{key}_used_ours"
+    if col not in df.columns or key not in df.columns:
+        return {}
+    out: dict[Any, str] = {}
+    for k, u in zip(df[key], df[col]):
+        if pd.isna(u) or str(u) == str(k):
+            continue
+        try:
+            if float(u) == float(k):
+                continue
+            text = f"{float(u) * 100:g}%" if percent else f"{float(u):g}"
+        except (TypeError, ValueError):
+            text = str(u)
+        out[k] = text
+    return out
+
+
 def table2_speedups(time_h: dict[str, float]) -> dict[str, float]:
     """Table 2 speedups: for each setting, hours of the w/ [M] row of the same encoder / its hours.
 

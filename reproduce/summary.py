@@ -24,7 +24,7 @@ from typing import Any
 import pandas as pd
 
 from reproduce.reference import get_spec
-from reproduce.report import atomic_write_text, baseline_rows, outcome
+from reproduce.report import atomic_write_text, baseline_rows, outcome, used_values
 
 SUMMARY_FILE = "README.md"
 SCALE_ORDER = ("paper", "mini", "cpu", "smoke")
@@ -70,6 +70,22 @@ def _fmt_value(v: Any) -> str:
     if isinstance(v, float) and v == int(v) and abs(v) >= 1:
         return str(int(v))
     return str(v)
+
+
+def _with_used(keys: Any, used: dict[str, str]) -> str:
+    """The paper's setting names with the value run at this scale where it differs: ``0.1 (run: 12.5%)``."""
+    if not keys:
+        return "-"
+    return ", ".join(_fmt_value(k) + (f" (run: {used[_key_text(k)]})" if _key_text(k) in used else "")
+                     for k in keys)
+
+
+def _key_text(k: Any) -> str:
+    """One spelling of a setting however it arrives (0.1, "0.1", 4.0, "4.0", "crop_rand")."""
+    try:
+        return _fmt_value(float(k))
+    except (TypeError, ValueError):
+        return str(k)
 
 
 def _fmt_num(v: Any, digits: int = 2) -> str:
@@ -164,10 +180,12 @@ def collect(results_dir: str | Path) -> list[dict[str, Any]]:
         df = pd.read_csv(csv, keep_default_na=False, na_values=[""]) if csv.is_file() else pd.DataFrame()
         figure = results_dir / "figures" / f"{table}_{scale}.png"
         commits = sorted(set(", ".join(df["commit"].astype(str)).split(", "))) if "commit" in df.columns else []
+        used = ({_key_text(k): u for k, u in used_values(df, spec.key, percent=table == "fig5_masking_ratio").items()}
+                if len(df) else {})
         for metric, v in _verdicts(csv, table, meta).items():
             records.append({
                 "table": table, "label": spec.label, "scale": scale, "metric": metric,
-                "paper_best": _fmt_keys(v.get("best_paper")), "ours_best": _fmt_keys(v.get("best_ours")),
+                "paper_best": _fmt_keys(v.get("best_paper")), "ours_best": _with_used(v.get("best_ours"), used),
                 "outcome": outcome(v) or "-", "interval": _interval(v),
                 "spearman": _fmt_num(v.get("spearman")), "n": v.get("n", 0),
                 "measured": _measured_rows(df, metric) if len(df) else 0,
@@ -176,7 +194,7 @@ def collect(results_dir: str | Path) -> list[dict[str, Any]]:
                 "vs_pixels": _margin(df, f"{metric}_vs_pixels") if len(df) else "-",
                 "csv": csv.name, "figure": f"figures/{figure.name}" if figure.is_file() else "",
                 "commits": [c for c in commits if c],
-                "settings": v.get("settings") or {}, "baseline": v.get("baseline"), "key": spec.key,
+                "settings": v.get("settings") or {}, "baseline": v.get("baseline"), "key": spec.key, "used": used,
             })
     order = {s: i for i, s in enumerate(SCALE_ORDER)}
     records.sort(key=lambda r: (order.get(r["scale"], len(order)), r["table"], r["metric"]))
@@ -268,7 +286,9 @@ def settings_table(rows: list[dict[str, Any]]) -> list[str]:
                 parts.append("none: no readout resolves it at these seeds"
                              + (f"; {min(need)[0]} paired seeds would resolve 2 points on {min(need)[1]}" if need else ""))
             verdict = "; ".join(parts)
-            lines.append(f"| `{table}` | {first['key']}={name} (vs {_fmt_value(first['baseline'])}) | {n} | "
+            run = first.get("used", {})
+            lines.append(f"| `{table}` | {first['key']}={_with_used([name], run)} "
+                         f"(vs {_with_used([first['baseline']], run)}) | {n} | "
                          + " | ".join(_call_cell(cs[m]) for m in metrics) + f" | {verdict} |")
     return lines + [""]
 

@@ -78,3 +78,10 @@ def test_every_setting_row_says_which_readouts_resolve_it_or_that_none_does():
     assert row["mask_ratio=0.1 (vs 0.75)"].endswith(
         "| none: no readout resolves it at these seeds; 6 paired seeds would resolve 2 points on knn |")
     assert summary.settings_table([rec("ft", {})]) == []
+
+
+def test_the_scoreboard_names_the_value_run_beside_the_papers():
+    """A setting named by the paper's value carries the value run at its scale where they differ."""
+    from reproduce.summary import _with_used
+    assert _with_used([0.1, 0.75], {"0.1": "12.5%"}) == "0.1 (run: 12.5%), 0.75"
+    assert _with_used(["4.0"], {"4": "2"}) == "4.0 (run: 2)" and _with_used([], {}) == "-"
