@@ -27,7 +27,7 @@ import numpy as np
 import pandas as pd
 
 from mae.atomic import atomic_write_text
-from mae.provenance import detect_device, git_commit, utc_now, versions
+from mae.provenance import detect_device, git_commit, pin_code_commit, utc_now, versions
 from reproduce.reference import get_spec, load_reference
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -48,7 +48,8 @@ def provenance(command: str | None = None, device: str | None = None,
     if command is None:
         command = " ".join(shlex.quote(a) for a in sys.argv)
     v = versions()
-    return {"commit": git_commit(repo), "device": device if device is not None else detect_device(),
+    commit = pin_code_commit() if repo is None else git_commit(repo)  # this process: the code it loaded
+    return {"commit": commit, "device": device if device is not None else detect_device(),
             "torch": v["torch"], "python": v["python"], "date": utc_now(), "command": command}
 
 

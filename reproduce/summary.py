@@ -60,22 +60,18 @@ over the validation images only. A difference is
 """
 
 
-def _fmt_keys(keys: Any) -> str:
-    if not keys:
-        return "-"
-    return ", ".join(_fmt_value(k) for k in keys)
-
-
 def _fmt_value(v: Any) -> str:
     if isinstance(v, float) and v == int(v) and abs(v) >= 1:
         return str(int(v))
     return str(v)
 
 
-def _with_used(keys: Any, used: dict[str, str]) -> str:
-    """The paper's setting names with the value run at this scale where it differs: ``0.1 (run: 12.5%)``."""
+def _fmt_keys(keys: Any, used: dict[str, str] | None = None) -> str:
+    """Setting names as the paper gives them, with the value run at this scale where ``used`` says it
+    differs: ``0.1 (run: 12.5%)``."""
     if not keys:
         return "-"
+    used = used or {}
     return ", ".join(_fmt_value(k) + (f" (run: {used[_key_text(k)]})" if _key_text(k) in used else "")
                      for k in keys)
 
@@ -185,7 +181,7 @@ def collect(results_dir: str | Path) -> list[dict[str, Any]]:
         for metric, v in _verdicts(csv, table, meta).items():
             records.append({
                 "table": table, "label": spec.label, "scale": scale, "metric": metric,
-                "paper_best": _fmt_keys(v.get("best_paper")), "ours_best": _with_used(v.get("best_ours"), used),
+                "paper_best": _fmt_keys(v.get("best_paper")), "ours_best": _fmt_keys(v.get("best_ours"), used),
                 "outcome": outcome(v) or "-", "interval": _interval(v),
                 "spearman": _fmt_num(v.get("spearman")), "n": v.get("n", 0),
                 "measured": _measured_rows(df, metric) if len(df) else 0,
@@ -287,8 +283,8 @@ def settings_table(rows: list[dict[str, Any]]) -> list[str]:
                              + (f"; {min(need)[0]} paired seeds would resolve 2 points on {min(need)[1]}" if need else ""))
             verdict = "; ".join(parts)
             run = first.get("used", {})
-            lines.append(f"| `{table}` | {first['key']}={_with_used([name], run)} "
-                         f"(vs {_with_used([first['baseline']], run)}) | {n} | "
+            lines.append(f"| `{table}` | {first['key']}={_fmt_keys([name], run)} "
+                         f"(vs {_fmt_keys([first['baseline']], run)}) | {n} | "
                          + " | ".join(_call_cell(cs[m]) for m in metrics) + f" | {verdict} |")
     return lines + [""]
 

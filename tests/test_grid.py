@@ -586,7 +586,7 @@ def test_stage_provenance_survives_a_collect_from_another_commit_and_device(tmp_
             m = tmp_path / "t_cpu" / c.name / s / "metrics.json"
             m.write_text(json.dumps({**json.loads(m.read_text()), "provenance": ran}))
     # the collecting process: another commit, a CPU login node
-    monkeypatch.setattr(report, "git_commit", lambda repo=None: "bbb2222")
+    monkeypatch.setattr(report, "pin_code_commit", lambda: "bbb2222")  # the code the collector loaded
     monkeypatch.setattr(report, "detect_device", lambda words=False: "cpu")
     full = run_grid(cells, table="t", scale="cpu", work_dir=tmp_path, collect_only=True, echo=quiet)
     args = argparse.Namespace(out=str(tmp_path / "res"), scale="cpu", dry_run=False)

@@ -82,6 +82,6 @@ def test_every_setting_row_says_which_readouts_resolve_it_or_that_none_does():
 
 def test_the_scoreboard_names_the_value_run_beside_the_papers():
     """A setting named by the paper's value carries the value run at its scale where they differ."""
-    from reproduce.summary import _with_used
-    assert _with_used([0.1, 0.75], {"0.1": "12.5%"}) == "0.1 (run: 12.5%), 0.75"
-    assert _with_used(["4.0"], {"4": "2"}) == "4.0 (run: 2)" and _with_used([], {}) == "-"
+    from reproduce.summary import _fmt_keys
+    assert _fmt_keys([0.1, 0.75], {"0.1": "12.5%"}) == "0.1 (run: 12.5%), 0.75"
+    assert _fmt_keys(["4.0"], {"4": "2"}) == "4.0 (run: 2)" and _fmt_keys([], {}) == "-"

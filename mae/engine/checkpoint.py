@@ -156,9 +156,13 @@ def _py_state_from_tensor(d: dict[str, Any]) -> tuple:
 # ------------------------------------------------------------ run directories
 def numbered_checkpoints(run_dir: str | Path) -> list[Path]:
     """``checkpoint-<epoch>.pth`` files of a run, oldest first."""
-    run_dir = Path(run_dir)
-    found = [(int(m.group(1)), p) for p in run_dir.glob("checkpoint-*.pth") if (m := _NUMBERED.match(p.name))]
-    return [p for _, p in sorted(found)]
+    return [p for _, p in _numbered(run_dir)]
+
+
+def _numbered(run_dir: str | Path) -> list[tuple[int, Path]]:
+    """(epoch, path) of each ``checkpoint-<epoch>.pth``, oldest first."""
+    found = [(int(m.group(1)), p) for p in Path(run_dir).glob("checkpoint-*.pth") if (m := _NUMBERED.match(p.name))]
+    return sorted(found)
 
 
 def prune_checkpoints(run_dir: str | Path, keep_last: int, upto: int | None = None) -> list[Path]:
@@ -167,9 +171,7 @@ def prune_checkpoints(run_dir: str | Path, keep_last: int, upto: int | None = No
     nor deleted, so a rollback never prunes its own new checkpoints in their favour."""
     if keep_last <= 0:
         return []
-    found = numbered_checkpoints(run_dir)
-    if upto is not None:
-        found = [p for p in found if int(_NUMBERED.match(p.name).group(1)) <= upto]
+    found = [p for epoch, p in _numbered(run_dir) if upto is None or epoch <= upto]
     old = found[:-keep_last]
     for p in old:
         p.unlink(missing_ok=True)
