@@ -2,7 +2,10 @@
 
     python bench/cpu_threads.py                       # -> results/bench_cpu_threads.csv (a few minutes on 2 cores)
     python bench/cpu_threads.py --settings mae,torch_default --epochs 5
-    python bench/cpu_threads.py --settings torch_default,mae,spin3000 --repeats 3   # interleaved rounds
+    python bench/cpu_threads.py --settings torch_default,mae,spin1000,threads1 --repeats 3   # interleaved rounds
+
+The CSV keeps the rows of other CPUs and replaces those of this one (``cpu`` and ``cpu_isa``), so it holds
+one bench per CPU kind.
 
 Each setting is an environment for ``python -m mae pretrain --preset demo --epochs E`` (the kNN monitor,
 figures and TensorBoard off; they do not count in the img/s anyway). ``alone``: one run; ``shared``: two
@@ -12,18 +15,21 @@ stopped and rated on the epochs it finished (``timed_out``); with fewer than 2 i
 images / elapsed time. Settings (``mae`` is what ``mae`` does by default, mae/engine/threads.py):
 
 - ``torch_default``: torch's own defaults (all cores, libgomp's 300,000-spin wait; ``MAE_OMP_POLICY=off``)
-- ``mae``: all cores, ``GOMP_SPINCOUNT=1000`` (set by ``mae`` at import)
-- ``passive``: all cores, ``OMP_WAIT_POLICY=PASSIVE`` (no spin)
+- ``mae``: the adaptive policy: all cores and torch's spin, the thread governor cutting the count while
+  other work holds the cores (each change is a ``log.txt`` record: ``thread_changes``, ``threads_end``)
+- ``passive``: all cores, ``OMP_WAIT_POLICY=PASSIVE`` (no spin), no governor
 - ``threads1``: ``OMP_NUM_THREADS=1``
-- ``spinN``: all cores, ``GOMP_SPINCOUNT=N`` (e.g. ``spin300``, ``spin10000``)
+- ``spinN``: all cores, ``GOMP_SPINCOUNT=N``, no governor (``spin1000``: ``mae``'s policy before issue 31)
 
 Columns: ``setting``, ``env``, ``mode`` (alone / shared), ``repeat`` (the round, ``--repeats``: every
 round runs every setting, each round in an order rotated by one), ``run``, ``img_per_s``, ``vs_alone``
 (this setting's shared rate over its alone rate in the same round), ``vs_torch_default_alone`` (over
 the median of torch's default alone), ``epochs_rated``, ``timed_out``,
-``wall_s``, ``threads`` / ``omp_wait_policy`` (what the run logged), ``load_before`` (1-minute load
-average before the runs started: the machine's other work), then provenance (``cpu`` from lscpu,
-``cores``, ``torch``, ``python``, ``commit``, ``date``, ``command``).
+``wall_s``, ``threads`` / ``threads_policy`` / ``omp_wait_policy`` (what the run logged at its start),
+``thread_changes`` / ``threads_end`` (the governor's changes in log.txt, the count at the end),
+``load_before`` (1-minute load average before the runs started: the machine's other work), then provenance
+(``cpu``: the model name, ``cpu_isa``: its vector / matrix extensions from the CPU flags, ``cores``,
+``torch``, ``python``, ``commit``, ``date``, ``command``).
 """
 from __future__ import annotations
 
@@ -47,13 +53,16 @@ from mae.atomic import atomic_write_text
 from mae.provenance import cpu_model, pin_code_commit, require_same_checkout, versions
 
 REPO = Path(__file__).resolve().parents[1]
-DEFAULT_SETTINGS = ("torch_default", "mae", "passive", "threads1", "spin10000")
+DEFAULT_SETTINGS = ("torch_default", "mae", "spin1000", "threads1")
 COLUMNS = ("setting", "env", "mode", "repeat", "run", "img_per_s", "vs_alone", "vs_torch_default_alone", "epochs_rated",
-           "timed_out", "wall_s", "threads", "omp_wait_policy", "preset", "epochs", "extra", "load_before", "scale",
-           "cpu", "cores", "torch", "python", "commit", "date", "command")
+           "timed_out", "wall_s", "threads", "threads_policy", "thread_changes", "threads_end", "omp_wait_policy",
+           "preset", "epochs", "extra", "load_before", "scale", "cpu", "cpu_isa", "cores", "torch", "python", "commit",
+           "date", "command")
 #: environment variables a setting may set; every run starts with them removed
 CONTROLLED = ("OMP_NUM_THREADS", "OMP_WAIT_POLICY", "GOMP_SPINCOUNT", "MAE_OMP_POLICY", "MKL_NUM_THREADS",
-              "MAE_SET_GOMP_SPINCOUNT", "KMP_BLOCKTIME")
+              "MAE_SET_GOMP_SPINCOUNT", "KMP_BLOCKTIME", "MAE_THREAD_GOVERNOR")
+#: CPU flags worth naming in a row (/proc/cpuinfo): the ISA the matmuls may use
+ISA_FLAGS = (("avx512f", "avx512"), ("avx512_bf16", "avx512_bf16"), ("amx_tile", "amx"))
 
 
 def setting_env(name: str) -> dict[str, str]:
@@ -63,11 +72,11 @@ def setting_env(name: str) -> dict[str, str]:
     if name == "mae":
         return {}
     if name == "passive":
-        return {"OMP_WAIT_POLICY": "PASSIVE"}
+        return {"OMP_WAIT_POLICY": "PASSIVE", "MAE_THREAD_GOVERNOR": "off"}
     if name.startswith("threads") and name[7:].isdigit():
         return {"OMP_NUM_THREADS": name[7:]}
     if name.startswith("spin") and name[4:].isdigit():
-        return {"GOMP_SPINCOUNT": name[4:]}
+        return {"GOMP_SPINCOUNT": name[4:], "MAE_THREAD_GOVERNOR": "off"}
     raise ValueError(f"unknown setting {name!r}: torch_default, mae, passive, threadsN, spinN")
 
 
@@ -77,12 +86,29 @@ def cpu_name() -> str:
     return cpu_model()
 
 
+def cpu_isa(cpuinfo: str | Path = "/proc/cpuinfo") -> str:
+    """The CPU's vector / matrix extensions that matter to torch's CPU kernels, e.g. ``avx2 avx512 amx``."""
+    try:
+        text = Path(cpuinfo).read_text()
+    except OSError:
+        return ""
+    flags = next((set(line.split(":", 1)[1].split()) for line in text.splitlines() if line.startswith("flags")), set())
+    names = ["avx2"] if "avx2" in flags else []
+    return " ".join(names + [name for flag, name in ISA_FLAGS if flag in flags])
+
+
+def provenance_cores() -> int | None:
+    """The cores this process may run on."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+
+
 def provenance(argv: Sequence[str]) -> dict[str, Any]:
     """A bench row's provenance: CPU, cores, versions, the commit of the code that ran (with -dirty; pinned when
     the bench started), UTC date, command."""
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    cores = provenance_cores()
     v = versions()
-    return {"scale": "cpu", "cpu": cpu_model(), "cores": cores, "torch": v["torch"], "python": v["python"], "commit": pin_code_commit(),
+    return {"scale": "cpu", "cpu": cpu_model(), "cpu_isa": cpu_isa(), "cores": cores, "torch": v["torch"],
+            "python": v["python"], "commit": pin_code_commit(),
             "date": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
             "command": shlex.join(["python", *[str(a) for a in argv]])}
 
@@ -99,11 +125,19 @@ def write_csv(rows: list[dict[str, Any]], path: str | Path, columns: Sequence[st
 
 def write_bench(rows: list[dict[str, Any]], path: str | Path, columns: Sequence[str], script: str,
                 argv: Sequence[str]) -> Path:
-    """Stamp every row with the run's provenance (``script`` + ``argv`` as the command), write the CSV."""
+    """Stamp every row with the run's provenance (``script`` + ``argv`` as the command), write the CSV after the
+    rows ``path`` holds for other CPUs (another ``cpu`` or ``cpu_isa``; a row without ``cpu_isa`` is by ``cpu``)."""
     prov = provenance([script, *argv])
     for r in rows:
         r.update(prov)
-    out = write_csv(rows, path, columns)
+    kept: list[dict[str, Any]] = []
+    if Path(path).is_file():
+        with open(path, newline="") as f:
+            kept = [r for r in csv.DictReader(f) if r.get("cpu") != prov["cpu"]
+                    or r.get("cpu_isa", prov["cpu_isa"]) not in (prov["cpu_isa"], "")]
+        if kept:
+            print(f"[bench] kept {len(kept)} row(s) of other CPUs ({', '.join(sorted({r['cpu'] for r in kept}))})")
+    out = write_csv([*kept, *rows], path, columns)
     print(f"[bench] wrote {out}")
     return out
 
@@ -123,13 +157,16 @@ def run_env(setting: dict[str, str]) -> dict[str, str]:
 
 
 def rate_of(run_dir: Path, elapsed: float, images_per_epoch: int | None = None) -> dict[str, Any]:
-    """Median img/s of epochs 2.. of a run's log.txt, with what the run logged about its threads."""
-    records = []
+    """Median img/s of epochs 2.. of a run's log.txt, with what the run logged about its threads (the governor's
+    changes are records of their own, ``"event": "threads"``)."""
+    lines = []
     log = run_dir / "log.txt"
     if log.is_file():
-        records = [json.loads(line) for line in log.read_text().splitlines() if line.strip()]
+        lines = [json.loads(line) for line in log.read_text().splitlines() if line.strip()]
+    events = [r for r in lines if r.get("event") == "threads"]
+    records = [r for r in lines if "imgs_per_s" in r]
     runtime = next((r["runtime"] for r in records if isinstance(r.get("runtime"), dict)), {})
-    rated = [float(r["imgs_per_s"]) for r in records[1:] if "imgs_per_s" in r]
+    rated = [float(r["imgs_per_s"]) for r in records[1:]]
     if rated:
         rate = statistics.median(rated)
     elif records:  # only the warm-up epoch finished
@@ -137,6 +174,8 @@ def rate_of(run_dir: Path, elapsed: float, images_per_epoch: int | None = None) 
     else:  # not one epoch in the time given: at most this fast
         rate = (images_per_epoch or 0) / max(elapsed, 1e-9)
     return {"img_per_s": rate, "epochs_rated": len(rated), "threads": runtime.get("threads", ""),
+            "threads_policy": runtime.get("threads_policy", ""), "thread_changes": len(events),
+            "threads_end": events[-1]["threads"] if events else runtime.get("threads", ""),
             "omp_wait_policy": runtime.get("omp_wait_policy", "")}
 
 
@@ -201,8 +240,10 @@ def measure(settings: Sequence[str], preset: str = "demo", epochs: int = 5, time
                         alone = r["img_per_s"]
                     r["vs_alone"] = r["img_per_s"] / alone if alone else ""
                     rows.append(r)
+                    changes = f" -> {r.get('threads_end')} ({r.get('thread_changes')} change(s))" if r.get(
+                        "thread_changes") else ""
                     print(f"[bench] round {rep} {name:14s} {mode:6s} run {r['run']}: {r['img_per_s']:7.1f} img/s"
-                          f"{' (timed out)' if r['timed_out'] else ''}  threads {r['threads']}, "
+                          f"{' (timed out)' if r['timed_out'] else ''}  threads {r['threads']}{changes}, "
                           f"wait {r['omp_wait_policy'] or '?'}  (load before {load:.2f})", flush=True)
     base_runs = [r["img_per_s"] for r in rows if r["setting"] == "torch_default" and r["mode"] == "alone"]
     base = statistics.median(base_runs) if base_runs else None
@@ -222,6 +263,10 @@ def summary(rows: Sequence[dict[str, Any]]) -> list[str]:
         line = f"{name:14s} {mode:6s} median {statistics.median(rates):7.1f} img/s [{min(rates):.0f}, {max(rates):.0f}]"
         if rel:
             line += f", {statistics.median(rel):.0%} of torch's default alone"
+        own = [r["vs_alone"] for r in rows if (r["setting"], r["mode"]) == (name, mode) and mode != "alone"
+               and r.get("vs_alone") not in ("", None)]
+        if own:
+            line += f", each {statistics.median(own):.0%} of its own alone"
         lines.append(line + f" ({len(rates)} runs)")
     return lines
 
@@ -252,6 +297,8 @@ def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
         setting_env(s)  # fail early on a bad name
     if args.repeats < 1:
         raise SystemExit("--repeats must be >= 1")
+    print(f"[bench] CPU: {cpu_model()} ({cpu_isa() or 'ISA unknown'}), {provenance_cores()} core(s); "
+          f"1-minute load {os.getloadavg()[0]:.2f}", flush=True)
     rows = measure(settings, args.preset, args.epochs, args.timeout, args.shared, shlex.split(args.extra),
                    args.repeats)
     for line in summary(rows):

@@ -98,11 +98,24 @@ def protocol_module(name: str) -> types.ModuleType:
 
 
 def _is_main_process() -> bool:
-    return int(os.environ.get("RANK", 0)) == 0
+    from mae.engine.distributed import is_main_process
+    return is_main_process()
 
 
-def parse_command(module: types.ModuleType, argv: list[str], prog: str) -> tuple[Any, bool]:
-    """Parse ``argv`` for a protocol: (resolved Config, ``--overwrite`` given).
+@dataclasses.dataclass(frozen=True)
+class FolderFlags:
+    """What the command line was allowed to do in its ``--output_dir``: ``--overwrite`` (truthy, as the flag
+    it extends) and ``--outside-grid`` (run in a folder the reproduction grid made)."""
+
+    overwrite: bool = False
+    outside_grid: bool = False
+
+    def __bool__(self) -> bool:
+        return self.overwrite
+
+
+def parse_command(module: types.ModuleType, argv: list[str], prog: str) -> tuple[Any, FolderFlags]:
+    """Parse ``argv`` for a protocol: (resolved Config, :class:`FolderFlags`: ``--overwrite``, ``--outside-grid``).
 
     A resume (``--resume auto`` or a checkpoint path) continues the recipe saved in the run's config.yaml
     (:func:`mae.engine.rundir.saved_config_path`) instead of the preset's; a config file and flags given on
@@ -125,13 +138,19 @@ def parse_command(module: types.ModuleType, argv: list[str], prog: str) -> tuple
     parser.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
     parser.add_argument("--overwrite", action="store_true",
                         help="start over in an --output_dir that holds a previous run: its checkpoints, logs, "
-                             "metrics and figures are removed first (without it such a folder is refused)")
+                             "metrics and figures are removed first (without it such a folder is refused); in a "
+                             "folder of the reproduction grid the old run is moved aside, never deleted")
+    parser.add_argument("--outside-grid", action="store_true",
+                        help="allow this command in a stage folder of the reproduction grid (identity.json), which "
+                             "is refused without it: the grid reuses such a stage only while its recorded recipe "
+                             "is still the grid's")
     add_config_args(parser, module.Config, base)
     args = vars(parser.parse_args(argv))
     config_path = args.pop("config")
     args.pop("preset")
     show = args.pop("print_config")
     overwrite = args.pop("overwrite")
+    outside_grid = args.pop("outside_grid")
     import yaml
     try:
         file_data: dict[str, Any] = {}
@@ -151,7 +170,11 @@ def parse_command(module: types.ModuleType, argv: list[str], prog: str) -> tuple
     if show:
         print(yaml.safe_dump(to_dict(cfg), sort_keys=False))
         raise SystemExit(0)
-    return cfg, overwrite
+    try:  # every flag, before anything is created or started (the run folder included): one line, exit status 2
+        cfg.validate()
+    except ValueError as e:
+        raise UsageError(" ".join(str(e).split())) from None
+    return cfg, FolderFlags(overwrite, outside_grid)
 
 
 def _resume_recipe(module: types.ModuleType, saved: Any, explicit: dict[str, Any], preset: str | None,
@@ -178,10 +201,19 @@ def build_config(module: types.ModuleType, argv: list[str], prog: str) -> Any:
     return parse_command(module, argv, prog)[0]
 
 
-def prepare_run_dir(cfg: Any, overwrite: bool) -> None:
-    """Refuse a new run in a folder that holds a previous one; with ``overwrite``, remove that run first."""
-    if overwrite:
+def prepare_run_dir(cfg: Any, overwrite: bool | FolderFlags) -> None:
+    """Refuse a new run in a folder that holds a previous one, and any run in a grid stage's folder unless
+    told (:func:`mae.engine.rundir.refuse_grid_stage`); with ``overwrite``, clear that run first (a grid
+    stage's is moved aside whole, never deleted)."""
+    flags = overwrite if isinstance(overwrite, FolderFlags) else FolderFlags(bool(overwrite))
+    if _is_main_process():
+        rundir.refuse_grid_stage(cfg.run_dir, flags.outside_grid)
+    if flags.overwrite:
         if _is_main_process():
+            if rundir.grid_stage(cfg.run_dir) and not rundir.told_grid(cfg.run_dir):
+                aside = rundir.move_run_aside(cfg.run_dir)
+                print(f"[run] --overwrite: the grid's run in {cfg.run_dir} moved aside to {aside}", flush=True)
+                return
             removed = rundir.clear_run(cfg.run_dir)
             if removed:
                 print(f"[run] --overwrite: removed {len(removed)} file(s) of the previous run in {cfg.run_dir}",
@@ -201,6 +233,17 @@ def run_protocol(name: str, argv: list[str]) -> dict[str, Any]:
         from mae.engine.threads import apply_thread_policy  # threads before any work (linprobe's feature cache)
         apply_thread_policy(getattr(cfg, "threads", None))
         return module.run(cfg)
+
+
+def _check_submitted(protocol: str, argv: list[str]) -> tuple[int, Any]:
+    """``mae submit``'s check of the run it submits: (exit status, resolved Config), parsed as ``mae PROTOCOL``."""
+    def check() -> Any:
+        cfg, flags = parse_command(protocol_module(protocol), argv, prog=f"mae {protocol}")
+        if flags.overwrite:
+            raise UsageError("--overwrite is not for a job that may requeue (each start would clear the run): clear "
+                             "the folder first, or give another --output_dir")
+        return cfg
+    return guarded("mae submit", check)
 
 
 def convert_main(argv: list[str]) -> int:
@@ -238,7 +281,7 @@ def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     available = [p for p in PROTOCOLS if importlib.util.find_spec(f"mae.protocols.{p}") is not None]
     if not argv or argv[0] in ("-h", "--help"):
-        print("usage: mae {" + ",".join([*available, "convert"]) + "} [--preset NAME] [--config FILE] [--FIELD VALUE ...]\n\n"
+        print("usage: mae {" + ",".join([*available, "convert", "submit"]) + "} [--preset NAME] [--config FILE] [--FIELD VALUE ...]\n\n"
               "MAE reproduction harness. Run `mae <command> --help` for every flag of a command.\n"
               "  pretrain   MAE pre-training (default preset 'demo': a tiny model on scikit-learn's digits, CPU, minutes)\n"
               "  finetune   end-to-end fine-tuning of a pre-trained encoder\n"
@@ -246,25 +289,38 @@ def main(argv: list[str] | None = None) -> int:
               "  partial    partial fine-tuning of the last k blocks (Fig. 9)\n"
               "  readout    kNN / k-shot / converged linear probe of a frozen encoder (or --source pixels)\n"
               "  tokenizer  the VQ tokenizer of Table 1d's token target (the token row's stage 0)\n"
-              "  convert    rewrite a checkpoint as official / timm / hf / mmpretrain (`mae convert SRC DST --to hf`)")
+              "  convert    rewrite a checkpoint as official / timm / hf / mmpretrain (`mae convert SRC DST --to hf`)\n"
+              "  submit     one run on a SLURM cluster (submitit): `mae submit pretrain --nodes 8 --gpus-per-node 8 ...`")
         return 0
     cmd, rest = argv[0], argv[1:]
     if cmd == "convert":
         return convert_main(rest)
+    if cmd == "submit":
+        from mae.submit import submit_main
+        return submit_main(rest, check_run=_check_submitted, entry=main)
     if cmd not in available:
         print(f"mae: unknown command {cmd!r}; choose one of {', '.join(available)}", file=sys.stderr)
         return 2
     from mae.engine import distributed
     from mae.provenance import pin_code_commit
+    try:  # where this process sits (torchrun, srun, or alone): resolved once, before anything reads it
+        distributed.placement()
+    except (RuntimeError, ValueError) as e:
+        print(f"mae {cmd}: error: {e}", file=sys.stderr)
+        return 2
     pin_code_commit()  # the commit of the code this process runs (stamped into the run's metrics.json)
     try:
         code, result = guarded(f"mae {cmd}", run_protocol, cmd, rest)
+    except KeyboardInterrupt:  # Ctrl-C outside training steps (setup, evaluation, a second Ctrl-C): no traceback
+        print(f"\nmae {cmd}: interrupted; the last checkpoint written (if any) is kept: rerun with --resume auto",
+              file=sys.stderr)
+        return 130
     finally:  # under torchrun: leave the process group before exit (a live gloo group can abort the process)
         distributed.cleanup()
     if code:
         return code
     final = result.get("final", {}) if isinstance(result, dict) else {}
-    if final:
+    if final and distributed.is_main_process():
         print("final: " + ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in final.items()))
     return 0
 

@@ -11,12 +11,42 @@ import json
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, ClassVar, TypeVar
 
 import yaml
 
 T = TypeVar("T")
 SCALES = ("smoke", "cpu", "mini", "paper")
+#: --amp values (mae.engine.loop.resolve_amp)
+AMP_MODES = ("auto", "bf16", "fp16", "none")
+
+
+def require(ok: bool, name: str, value: Any, expected: str) -> None:
+    """Refuse a field outside its range in one line naming the flag: ``--NAME VALUE: expected ...``."""
+    if not ok:
+        raise ValueError(f"--{name} {value}: {expected}")
+
+
+def require_dataset(name: str, spec: str | None) -> None:
+    """A dataset spec (``--data``, ``--val_data``, ...) that names an embedded set or an existing folder."""
+    if spec is None:
+        return
+    from mae.data.builder import DataError, parse_spec
+    try:
+        parse_spec(spec)
+    except DataError as e:
+        raise ValueError(f"--{name}: {e}") from None
+
+
+def require_checkpoint(name: str, path: str | None) -> None:
+    """A checkpoint flag (``--finetune``, ``--init``, ``--resume``, ...) naming a file that can be one (read
+    from its first bytes: :func:`mae.models.formats.source_problem`) or a Hugging Face model folder."""
+    if not path:
+        return
+    from mae.models.formats import source_problem
+    problem = source_problem(path)
+    if problem is not None:
+        raise ValueError(f"--{name}: {problem}")
 
 
 def opt(default: Any, help: str, **kw: Any) -> Any:
@@ -64,14 +94,53 @@ class TrainConfig:
                                  "| on (also on CPU) | off")
     compile_mode: str = opt("default", "torch.compile mode of the fast path: default | max-autotune-no-cudagraphs")
     # --- CPU thread policy (mae.engine.threads); not part of the recipe ---
-    threads: int | None = opt(None, "CPU threads of torch (default: OMP_NUM_THREADS if set, else all cores, cut to "
-                                    "the container's CPU quota); OpenMP threads spin only briefly before sleeping, so "
-                                    "runs sharing the cores do not collapse. Logged in log.txt and metrics.json "
-                                    "(runtime); not part of the recipe (float sums may differ in the last bits)")
+    threads: int | None = opt(None, "CPU threads of torch, fixed for the run (default: OMP_NUM_THREADS if set, else "
+                                    "adaptive: all cores, cut to one while other work holds the cores so that runs "
+                                    "sharing them do not collapse, each change a log.txt record). Logged in log.txt "
+                                    "and metrics.json (runtime); not part of the recipe (float sums may differ in "
+                                    "the last bits: bitwise resume needs a fixed count)")
 
     @property
     def run_dir(self) -> Path:
         return Path(self.output_dir)
+
+    #: the smallest --epochs this protocol accepts (a readout trains nothing: 0)
+    MIN_EPOCHS: ClassVar[int] = 1
+
+    def validate(self) -> None:
+        """Check every field before anything is created or started (``mae.cli.parse_command``): a ValueError
+        naming the flag, in one line. Files and folders named by flags must exist and be of the right kind.
+        Protocols extend it with their own fields."""
+        for name in ("img_size", "batch_size", "accum_iter", "save_every", "log_every", "eval_every"):
+            require(getattr(self, name) >= 1, name, getattr(self, name), "must be >= 1")
+        for name in ("num_workers", "ckpt_every_iters", "keep_last"):
+            require(getattr(self, name) >= 0, name, getattr(self, name), "must be >= 0")
+        require(self.epochs >= self.MIN_EPOCHS, "epochs", self.epochs, f"must be >= {self.MIN_EPOCHS}")
+        for name in ("recipe_batch", "max_iters", "threads"):
+            v = getattr(self, name)
+            require(v is None or v >= 1, name, v, "must be >= 1 (or none)")
+        require(self.blr > 0, "blr", self.blr, "the base learning rate must be > 0")
+        require(self.lr is None or self.lr > 0, "lr", self.lr, "the learning rate must be > 0 (or none: from --blr)")
+        for name in ("min_lr", "warmup_epochs", "weight_decay"):
+            require(getattr(self, name) >= 0, name, getattr(self, name), "must be >= 0")
+        require(all(0 <= b < 1 for b in self.betas), "betas", " ".join(map(str, self.betas)), "each must be in [0, 1)")
+        require(self.clip_grad is None or self.clip_grad > 0, "clip_grad", self.clip_grad, "must be > 0 (or none)")
+        require(0 <= self.seed < 2**32, "seed", self.seed, "must be in [0, 2**32)")
+        require(self.amp in AMP_MODES, "amp", self.amp, f"must be one of {', '.join(AMP_MODES)}")
+        from mae.engine.speed import COMPILE_MODES, SETTINGS
+        require(self.fast_path in SETTINGS, "fast_path", self.fast_path, f"must be one of {', '.join(SETTINGS)}")
+        require(self.compile_mode in COMPILE_MODES, "compile_mode", self.compile_mode,
+                f"must be one of {', '.join(COMPILE_MODES)}")
+        if self.device != "auto":
+            import torch
+            try:
+                torch.device(self.device)
+            except RuntimeError:
+                require(False, "device", self.device, "not a device name: use auto, cpu, cuda or cuda:N")
+        require_dataset("data", self.data)
+        require_dataset("val_data", self.val_data)
+        if self.resume not in (None, "", "auto"):
+            require_checkpoint("resume", self.resume)
 
 
 def to_dict(cfg: Any) -> dict[str, Any]:

@@ -43,12 +43,14 @@ def mask_from_noise(noise: torch.Tensor, mask_ratio: float) -> MaskInfo:
     return MaskInfo(ids_keep=ids_keep, ids_restore=ids_restore, mask=mask)
 
 
-def random_noise(n: int, grid: tuple[int, int], device: torch.device | str = "cpu") -> torch.Tensor:
+def random_noise(n: int, grid: tuple[int, int], device: torch.device | str = "cpu",
+                 generator: torch.Generator | None = None) -> torch.Tensor:
     """Uniform noise: random sampling without replacement (the paper's default)."""
-    return torch.rand(n, grid[0] * grid[1], device=device)
+    return torch.rand(n, grid[0] * grid[1], device=device, generator=generator)
 
 
-def grid_noise(n: int, grid: tuple[int, int], device: torch.device | str = "cpu") -> torch.Tensor:
+def grid_noise(n: int, grid: tuple[int, int], device: torch.device | str = "cpu",
+               generator: torch.Generator | None = None) -> torch.Tensor:
     """Keep one of every four patches (top-left of each 2x2 cell), Table 1f "grid".
 
     Kept-cell patches get noise in [0, 1), the others in [1, 2), so they sort first. At ratio 0.75 on
@@ -58,7 +60,7 @@ def grid_noise(n: int, grid: tuple[int, int], device: torch.device | str = "cpu"
     rows = torch.arange(gh, device=device).view(gh, 1)
     cols = torch.arange(gw, device=device).view(1, gw)
     removed = ((rows % 2 != 0) | (cols % 2 != 0)).float().view(1, -1)
-    return removed + torch.rand(n, gh * gw, device=device)
+    return removed + torch.rand(n, gh * gw, device=device, generator=generator)
 
 
 #: BEiT's pre-training draws blocks of at least 16 patches on its 14 x 14 grid (``--min_mask_patches_per_block``).
@@ -105,29 +107,32 @@ def _block_mask_one(gh: int, gw: int, num_mask: int, gen: torch.Generator,
     return mask.view(-1)
 
 
-def block_noise(n: int, grid: tuple[int, int], mask_ratio: float, device: torch.device | str = "cpu") -> torch.Tensor:
+def block_noise(n: int, grid: tuple[int, int], mask_ratio: float, device: torch.device | str = "cpu",
+                generator: torch.Generator | None = None) -> torch.Tensor:
     """Block-wise masking (BEiT), Table 1f "block": large random blocks are removed.
 
-    The blocks are drawn with a generator seeded from the global torch RNG (so ``torch.manual_seed``
-    fixes them); blocked patches get noise in [1, 2) and sort after the visible ones. If the blocks
+    The blocks are drawn with a generator seeded from ``generator`` (default: the global torch RNG, so
+    ``torch.manual_seed`` fixes them); blocked patches get noise in [1, 2) and sort after the visible ones. If the blocks
     cover fewer than the target count, random extra patches are removed by the count rule.
     """
     gh, gw = grid
     num_mask = gh * gw - num_keep(gh * gw, mask_ratio)
-    seed = int(torch.randint(0, 2**62, ()).item())
+    where = {} if generator is None else {"generator": generator, "device": generator.device}
+    seed = int(torch.randint(0, 2**62, (), **where).item())
     gen = torch.Generator().manual_seed(seed)
     min_patches = block_min_patches(gh * gw)
     blocks = torch.stack([_block_mask_one(gh, gw, num_mask, gen, min_patches) for _ in range(n)]).float()
-    return blocks.to(device) + torch.rand(n, gh * gw, device=device)
+    return blocks.to(device) + torch.rand(n, gh * gw, device=device, generator=generator)
 
 
 def sample_noise(strategy: str, n: int, grid: tuple[int, int], mask_ratio: float,
-                 device: torch.device | str = "cpu") -> torch.Tensor:
-    """Noise (N, L) for the named strategy; ``mask_from_noise`` turns it into the mask."""
+                 device: torch.device | str = "cpu", generator: torch.Generator | None = None) -> torch.Tensor:
+    """Noise (N, L) for the named strategy; ``mask_from_noise`` turns it into the mask. ``generator``: the
+    stream to draw from (default: torch's global RNG on ``device``)."""
     if strategy == "random":
-        return random_noise(n, grid, device)
+        return random_noise(n, grid, device, generator)
     if strategy == "grid":
-        return grid_noise(n, grid, device)
+        return grid_noise(n, grid, device, generator)
     if strategy == "block":
-        return block_noise(n, grid, mask_ratio, device)
+        return block_noise(n, grid, mask_ratio, device, generator)
     raise ValueError(f"unknown mask strategy {strategy!r}; choose one of {STRATEGIES}")

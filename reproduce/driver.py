@@ -19,7 +19,8 @@ from mae.config import SCALES
 from mae.engine.threads import apply_thread_policy
 from mae.provenance import require_same_checkout
 from reproduce.grid import (DEFAULT_WORK_DIR, LAUNCHERS, Cell, GridError, GridResult, SlurmOptions, aggregate_seeds,
-                            apply_overrides, only_text, parse_only, parse_seeds, parse_set, run_grid, with_seeds)
+                            apply_overrides, grid_root, only_text, parse_only, parse_seeds, parse_set, run_grid,
+                            with_seeds)
 from reproduce.scales import get_scale
 
 SMOKE_OUT = "outputs/results"
@@ -54,7 +55,8 @@ def add_grid_args(parser: argparse.ArgumentParser, default_out: str = "results")
                              "values of one key any), e.g. --only decoder_depth=8")
     parser.add_argument("--set", action="append", metavar="[STAGE.]FIELD=VALUE", dest="overrides",
                         help="override a config field of every stage (or one stage kind), e.g. pretrain.epochs=10, "
-                             "finetune.accum_iter=4, device=cpu (repeatable)")
+                             "finetune.accum_iter=4, device=cpu (repeatable); values parse as the mae flags do; "
+                             "seeds are --seeds'; the baseline's controls follow the recipes they control")
     parser.add_argument("--dry-run", action="store_true", help="print the plan (cells, stages, run dirs, commands) and exit")
     parser.add_argument("--collect", action="store_true",
                         help="run nothing: write the table from the stages that have finished")
@@ -62,6 +64,12 @@ def add_grid_args(parser: argparse.ArgumentParser, default_out: str = "results")
                         help="local: in this process; torchrun: each stage under torch.distributed.run; "
                              "slurm: one submitit job per cell (default: local)")
     parser.add_argument("--nproc-per-node", type=int, default=1, help="processes per stage with --launcher torchrun")
+    parser.add_argument("--nnodes", type=int, default=1,
+                        help="nodes per stage with --launcher torchrun: more than one runs each stage on every node of "
+                             "the SLURM allocation the grid runs in (srun + torchrun, c10d rendezvous)")
+    parser.add_argument("--rdzv-endpoint", default=None,
+                        help="HOST:PORT of the torchrun rendezvous with --nnodes > 1 (default: the allocation's first "
+                             "node, port 29500)")
     parser.add_argument("--threads", type=int, default=None,
                         help="CPU threads of this grid process (default: OMP_NUM_THREADS, else all cores; two grid "
                              "processes sharing 2 cores run best at 1 each); logged in every stage's runtime record")
@@ -163,10 +171,35 @@ def _seeds_of(cell: Cell, requested: tuple[int, ...] | None) -> tuple[int, ...]:
     return tuple(dict.fromkeys([*own, *requested])) if own else requested
 
 
+def _seeds_on_disk(root: Path, cell: Cell) -> list[int]:
+    """The seeds of ``cell`` that have a run folder under ``root`` (``<cell>_seed<N>``; the plain name is the
+    first seed, already planned)."""
+    prefix = f"{cell.name}_seed"
+    out = []
+    if root.is_dir():
+        for d in root.iterdir():
+            tail = d.name[len(prefix):] if d.name.startswith(prefix) else ""
+            if tail.isdigit() and d.is_dir():
+                out.append(int(tail))
+    return sorted(out)
+
+
+def _collected_seeds(cell: Cell, requested: tuple[int, ...] | None, root: Path,
+                     cells: Sequence[Cell]) -> tuple[int, ...]:
+    """What a CSV is written from: the seeds this run planned, plus every seed with a run folder on disk (an
+    ``--only`` or ``--collect`` run without ``--seeds`` keeps the seeds earlier runs finished). A reading
+    cell follows the cell it reads; a seed found for one cell is kept only where its inputs' cells have it."""
+    planned = list(_seeds_of(cell, requested))
+    owner = cell if cell.stages else next((c for c in cells if cell.reads and c.name == cell.reads.cell), cell)
+    found = _seeds_on_disk(root, owner)
+    return tuple(dict.fromkeys([*planned, *found]))
+
+
 def run_jobs(jobs: Sequence[TableJob], args: argparse.Namespace, echo: Callable[[str], None] = print) -> int:
     """Run every job's grid with the shared flags, then write its CSVs from everything finished so far.
 
-    The CSVs are built from all finished cells (a ``--only`` run adds its row to earlier ones). With
+    The CSVs are built from all finished cells and every finished seed (a ``--only`` run adds its row to
+    earlier ones, and keeps the seeds earlier runs made; only the planned identity is read). With
     several jobs (e.g. every Table 1 part), ``--only KEY=VALUE`` runs the jobs that have that key.
     Returns the exit status: 1 when a stage failed, else 0.
     """
@@ -184,7 +217,8 @@ def run_jobs(jobs: Sequence[TableJob], args: argparse.Namespace, echo: Callable[
     failed = False
     for job in jobs:
         apply_overrides(job.cells, overrides)
-        job.cells = with_seeds(job.cells, lambda c: _seeds_of(c, seeds))
+        base = list(job.cells)
+        job.cells = with_seeds(base, lambda c: _seeds_of(c, seeds))
         g = run_grid(job.cells, table=job.name, scale=args.scale, work_dir=args.work_dir, launcher=args.launcher,
                      nproc_per_node=args.nproc_per_node, slurm=slurm_options(args), only=only,
                      dry_run=args.dry_run, collect_only=args.collect, keep_going=not args.fail_fast, echo=echo,
@@ -192,7 +226,12 @@ def run_jobs(jobs: Sequence[TableJob], args: argparse.Namespace, echo: Callable[
         failed = failed or bool(g.failed)
         if args.dry_run or (args.launcher == "slurm" and args.slurm_no_wait and not args.collect):
             continue
-        full = run_grid(job.cells, table=job.name, scale=args.scale, work_dir=args.work_dir, collect_only=True,
+        root = grid_root(args.work_dir, job.root_name or job.name, args.scale)
+        try:
+            collected = with_seeds(base, lambda c: _collected_seeds(c, seeds, root, base))
+        except GridError:  # a seed on disk whose input cell lacks it: the planned seeds only
+            collected = job.cells
+        full = run_grid(collected, table=job.name, scale=args.scale, work_dir=args.work_dir, collect_only=True,
                         echo=lambda _line: None, root_name=job.root_name)
         for rep in job.reports:
             write_table(rep.table, rep.rows(full), args, title=rep.title, echo=echo)
@@ -213,8 +252,10 @@ def script_main(doc: str, build_jobs: Callable[[argparse.Namespace, Any], list[T
     add_grid_args(parser)
     args = parser.parse_args(argv)
     require_same_checkout(parser.prog)
-    if args.nproc_per_node < 1:
-        parser.error("--nproc-per-node must be >= 1")
+    if args.nproc_per_node < 1 or args.nnodes < 1:
+        parser.error("--nproc-per-node and --nnodes must be >= 1")
+    from reproduce.grid import launch
+    launch.TORCHRUN = launch.TorchrunLayout(args.nnodes, args.rdzv_endpoint)
     try:
         scale = get_scale(args.scale, args.data, check_data=not (args.dry_run or args.collect))
         args.seeds_parsed = parse_seeds(args.seeds, scale.seeds)

@@ -16,9 +16,10 @@ from __future__ import annotations
 from dataclasses import replace
 from typing import Any
 
-from reproduce.grid import Cell, GridResult, Stage, cell_rows, standard_columns
+from reproduce.grid import Cell, GridResult, cell_rows, standard_columns
 from reproduce.driver import Report, TableJob, script_main
-from reproduce.scales import ABLATIONS_ROOT, Scale, is_baseline, pretrain_eval_cell, with_shared_baseline
+from reproduce.scales import (ABLATIONS_ROOT, Scale, is_baseline, pretrain_eval_cell, scratch_control,
+                              with_shared_baseline)
 
 TABLE = "fig7_schedule"
 
@@ -32,8 +33,7 @@ def build_cells(scale: Scale) -> list[Cell]:
         cell = pretrain_eval_cell(scale, f"epochs_{paper_epochs}", {"epochs": int(paper_epochs)}, pre,
                                   info={"epochs_used": ours})
         if not is_baseline(scale, cell):  # the baseline's own controls come with the shared baseline
-            cell.stages.append(Stage("finetune_scratch", "finetune",
-                                     replace(scale.finetune, epochs=ours + scale.finetune.epochs)))
+            cell.stages.append(scratch_control(scale.finetune, ours))
         cells.append(cell)
     return cells
 

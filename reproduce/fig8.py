@@ -240,9 +240,9 @@ def _caption(scale: str | None, lines: list[OursLine], width_in: float) -> str:
     return "\n".join(textwrap.fill(x, chars, subsequent_indent="  ") for x in out)
 
 
-def draw(scale: str | None, lines: list[OursLine], out_dir: Path, formats: tuple[str, ...] = ("png", "pdf")
-         ) -> tuple[str, list[Path]]:
-    """One Fig. 8 (paper + ``lines`` of ``scale``); returns (title, paths)."""
+def draw(scale: str | None, lines: list[OursLine], out_dir: Path, formats: tuple[str, ...] = ("png", "pdf"),
+         results_dir: str | Path = "results") -> tuple[str, list[Path]]:
+    """One Fig. 8 (paper + ``lines`` of ``scale``, read from ``results_dir``); returns (title, paths)."""
     ref = load_reference(NAME)
     separate = bool(lines) and scale != "paper"
     width = 12.0 if separate else 8.0
@@ -263,7 +263,7 @@ def draw(scale: str | None, lines: list[OursLine], out_dir: Path, formats: tuple
             axes[0].set_title("paper (ImageNet-1K)", fontsize=9)
             axes[1].set_title(f"ours ({scale})", fontsize=9, color=OURS_COLOR)
         title = (f"Fig. 8: model size: ours ({scale}) vs paper" if lines
-                 else "Fig. 8: model size: paper only (no results/fig8_model_size_*.csv or table3_comparison_*.csv yet)")
+                 else f"Fig. 8: model size: paper only (no {Path(results_dir)}/{NAME}_*.csv or {TABLE3}_*.csv yet)")
         fig.suptitle(title, fontsize=10)
         caption = _caption(scale, lines, width)
         n_lines = caption.count("\n") + 1
@@ -287,7 +287,7 @@ def build_figure8(results_dir: str | Path = "results", out_dir: str | Path = "re
     ours = collect_ours(results_dir)
     records = []
     for scale, lines in (ours.items() if ours else [(None, [])]):
-        title, paths = draw(scale, lines, Path(out_dir))
+        title, paths = draw(scale, lines, Path(out_dir), results_dir=results_dir)
         records.append(FigureRecord(NAME, scale, title, paths))
     return records
 

@@ -116,6 +116,17 @@ CONTROLS = {"lin": (("lin_init", "probe, starting weights"),), "ft": (("ft_scrat
             "shot10": (("shot10_init", "10-shot, starting weights"), ("shot10_pixels", "10-shot, raw pixels"))}
 #: readouts drawn as extra panels when a results file has them; the paper's side is its linear probe
 PANEL_READOUTS = ("knn", "shot10")
+#: what each metric measures, for axis labels
+METRIC_WORDS = {"ft": "fine-tuning top-1 (%)", "lin": "linear probe top-1 (%)", "knn": "kNN top-1 (%)",
+                "shot10": "10-shot top-1 (%)", "flops_rel": "encoder FLOPs (x, w/o [M] = 1)"}
+#: the note under the title of a figure whose panels put the paper and ours on two y-axes
+TWO_AXES_NOTE = ("two y-axes per panel: the paper on the left (blue), ours on the right (orange), each with its own "
+                 "range: compare the shapes, not the heights")
+
+
+def metric_words(metric: str) -> str:
+    """The axis label of ``metric``: what it measures."""
+    return METRIC_WORDS.get(metric, metric)
 
 
 def panels(spec: TableSpec, res: OursResult | None) -> list[tuple[str, str]]:
@@ -159,15 +170,17 @@ def _draw_control(ax: plt.Axes, values: pd.Series, label: str, style: str, color
 
 
 # -------------------------------------------------------------------------------------- drawing
-def _twin_ours(ax: plt.Axes, x: np.ndarray, y: np.ndarray, label: str, metric: str,
+def _twin_ours(ax: plt.Axes, x: np.ndarray, y: np.ndarray, label: str, ylabel: str,
                yerr: np.ndarray | None = None) -> plt.Axes:
     ax2 = ax.twinx()
+    ax.set_zorder(ax2.get_zorder() + 1)  # the paper's points and their value labels above our curve
+    ax.patch.set_visible(False)
     ax2.plot(x, y, "-^", color=OURS_COLOR, label=label)
     if yerr is not None and np.any(yerr > 0):
         has = yerr > 0
         ax2.errorbar(x[has], y[has], yerr=yerr[has], fmt="none", ecolor=OURS_COLOR, capsize=3, lw=1,
                      label="ours: +- 1 seed std")
-    ax2.set_ylabel(f"ours: {metric}", color=OURS_COLOR)
+    ax2.set_ylabel(ylabel, color=OURS_COLOR)
     ax2.tick_params(axis="y", colors=OURS_COLOR)
     _zoom(ax2, y)
     return ax2
@@ -186,7 +199,10 @@ def _zoom(ax: plt.Axes, values: np.ndarray, floor: float | None = None) -> None:
 
 
 def _paper_points(ax: plt.Axes, x: np.ndarray, y: np.ndarray, approx: np.ndarray,
-                  color: str = PAPER_COLOR, label: str = "paper", marker: str = "o") -> None:
+                  color: str = PAPER_COLOR, label: str = "paper", marker: str = "o", beside: bool = False) -> None:
+    """Reference points (hollow: approximate), joined where they are neighbours, each labelled with its value:
+    above the marker, or ``beside`` it (a second series, whose labels would otherwise sit on the first's: to the
+    right, to the left at the last point)."""
     ok = np.isfinite(y)
     # Join only points that are neighbours in the paper: never draw a line across unstated points.
     for i in range(len(y) - 1):
@@ -198,12 +214,17 @@ def _paper_points(ax: plt.Axes, x: np.ndarray, y: np.ndarray, approx: np.ndarray
     if approx.any():
         ax.plot(x[approx], y[approx], marker, mfc="none", color=color, linestyle="none",
                 label=f"{label} (approx)")
-    for xi, yi in zip(x, y):
-        ax.annotate(f"{yi:.1f}", (xi, yi), textcoords="offset points", xytext=(0, 5),
-                    ha="center", fontsize=7, color=color)
+    for i, (xi, yi) in enumerate(zip(x, y)):
+        last = i == len(x) - 1
+        offset, ha, va = (((-10 if last else 10), 0), "right" if last else "left", "center") if beside else \
+            ((0, 5), "center", "baseline")
+        ax.annotate(f"{yi:.1f}", (xi, yi), textcoords="offset points", xytext=offset, ha=ha, va=va, fontsize=7,
+                    color=color, bbox=dict(boxstyle="square,pad=0.1", fc="white", ec="none", alpha=0.85))
 
 
-def _legend(ax: plt.Axes, *more: plt.Axes, outside: bool = False) -> None:
+def _legend(ax: plt.Axes, *more: plt.Axes, below: bool = False) -> None:
+    """One legend for ``ax`` and its twins: inside the axes (``loc='best'``), or ``below`` them, clear of the
+    data, the ticks and the axis labels."""
     handles, labels = ax.get_legend_handles_labels()
     for a in more:
         h, lab = a.get_legend_handles_labels()
@@ -211,8 +232,9 @@ def _legend(ax: plt.Axes, *more: plt.Axes, outside: bool = False) -> None:
         labels += lab
     if not handles:
         return
-    if outside:
-        ax.legend(handles, labels, fontsize=7, loc="upper left", bbox_to_anchor=(1.12, 1.0))
+    if below:
+        ax.legend(handles, labels, fontsize=6.5, loc="upper center", bbox_to_anchor=(0.5, 0.0), borderaxespad=5.5,
+                  frameon=False)  # 5.5 font sizes below the axes: under the tick labels and the axis label
     else:
         ax.legend(handles, labels, fontsize=7, loc="best")
 
@@ -236,7 +258,7 @@ def draw_curves(fig: plt.Figure, spec: TableSpec, ref: pd.DataFrame, res: OursRe
             if extra.startswith(f"{m}_"):
                 ye = ref[extra].to_numpy(dtype=float)
                 src = extra[len(m) + 1:]
-                _paper_points(ax, x_ref, ye, np.zeros(len(ye)), EXTRA_COLOR, f"{src} (independent)", "s")
+                _paper_points(ax, x_ref, ye, np.zeros(len(ye)), EXTRA_COLOR, f"{src} (independent)", "s", beside=True)
                 values.append(ye)
         if m == "ft" and spec.name in ("fig5_masking_ratio", "fig7_schedule"):
             s = _scratch_ft()
@@ -244,7 +266,7 @@ def draw_curves(fig: plt.Figure, spec: TableSpec, ref: pd.DataFrame, res: OursRe
             values.append(np.array([s]))
         _zoom(ax, np.concatenate(values))
         ax.set_xlabel(spec.x_label)
-        ax.set_ylabel(f"paper: {pm} (%)", color=PAPER_COLOR)
+        ax.set_ylabel(f"paper: {metric_words(pm)}", color=PAPER_COLOR)
         ax.set_title(m if m == pm else f"ours: {m} readout (paper: {pm})", fontsize=9)
         if spec.name == "fig7_schedule":
             ax.set_xscale("log", base=2)
@@ -265,36 +287,56 @@ def draw_curves(fig: plt.Figure, spec: TableSpec, ref: pd.DataFrame, res: OursRe
             order = np.argsort(xo)
             err = _ours_std(res, key, m, ours.index)[order]
             used = used_values(res, key, percent=spec.name == "fig5_masking_ratio")
-            label = f"ours ({res.scale})" + ("; run at the values marked" if used else "")
-            ax2 = _twin_ours(ax, xo[order], ours.to_numpy()[order], label, m, err)
-            for k, x, y in zip(ours.index, xo, ours.to_numpy()):
-                if k in used:
-                    ax2.annotate(used[k], (x, y), textcoords="offset points", xytext=(0, 7), ha="center",
-                                 fontsize=6, color=OURS_COLOR)
+            label = f"ours ({res.scale})" + ("; run at the values on the top axis" if used else "")
+            ax2 = _twin_ours(ax, xo[order], ours.to_numpy()[order], label,
+                             f"ours ({res.scale}): {metric_words(m)}", err)
+            if used:  # what ran in each slot, on a top axis of its own (never over the data)
+                _used_axis(ax, [(float(x), used[k]) for k, x in zip(ours.index, xo) if k in used])
             controls = _controls(res, key, m)
             for (values, label), style in zip(controls, ("--", ":")):  # widen the axis to show the margins
                 _draw_control(ax2, values, label, style, OURS_COLOR, x_of=float)
             if controls:
                 _zoom(ax2, np.concatenate([ours.to_numpy(), *[v.to_numpy(dtype=float) for v, _ in controls]]))
             twin.append(ax2)
-        _legend(ax, *twin)
+        _legend(ax, *twin, below=True)
+
+
+def _used_axis(ax: plt.Axes, ticks: list[tuple[float, str]]) -> None:
+    """Above the axes, the value run at each slot where it is not the paper's: short ticks at the slots' x (in
+    the axes' own scale: linear, log or symlog), labels rotated so that neighbours never overlap."""
+    at = ax.get_xaxis_transform()  # x: data, y: axes fraction
+    for x, text in ticks:
+        ax.plot([x, x], [1.0, 1.025], transform=at, color=OURS_COLOR, lw=0.8, clip_on=False)
+        ax.annotate(text, (x, 1.025), xycoords=at, xytext=(0, 1), textcoords="offset points", rotation=90,
+                    ha="center", va="bottom", fontsize=6, color=OURS_COLOR, annotation_clip=False)
+    ax.annotate("ours: value run", (0.5, 1.0), xycoords="axes fraction", xytext=(0, 30), textcoords="offset points",
+                ha="center", va="bottom", fontsize=7, color=OURS_COLOR, annotation_clip=False)
+    ax.set_title(ax.get_title(), fontsize=9, pad=42)
 
 
 def _bars(ax: plt.Axes, labels: list[str], values: np.ndarray, color: str, baseline: np.ndarray,
-          title: str, yerr: np.ndarray | None = None) -> None:
+          title: str, yerr: np.ndarray | None = None, ylabel: str = "", fmt: str = "{:.1f}") -> None:
+    """One bar per setting, each labelled with its value above the bar (above its error bar, where it has one)."""
     x = np.arange(len(labels))
     ok = np.isfinite(values)
-    bars = ax.bar(x[ok], values[ok], color=color, alpha=0.85, edgecolor=["black" if b else color for b in baseline[ok]],
-                  linewidth=[1.6 if b else 0.5 for b in baseline[ok]])
-    if yerr is not None:  # only the settings with several seeds
-        has = ok & (np.nan_to_num(yerr) > 0)
-        if has.any():
-            ax.errorbar(x[has], values[has], yerr=yerr[has], fmt="none", ecolor="black", capsize=3, lw=1)
-    ax.bar_label(bars, fmt="%.1f", fontsize=7)
+    ax.bar(x[ok], values[ok], color=color, alpha=0.85, edgecolor=["black" if b else color for b in baseline[ok]],
+           linewidth=[1.6 if b else 0.5 for b in baseline[ok]])
+    err = np.zeros(len(values)) if yerr is None else np.nan_to_num(np.asarray(yerr, dtype=float))
+    has = ok & (err > 0)  # only the settings with several seeds
+    if has.any():
+        ax.errorbar(x[has], values[has], yerr=err[has], fmt="none", ecolor="black", capsize=3, lw=1)
+    for xi, v, e in zip(x[ok], values[ok], err[ok]):
+        ax.annotate(fmt.format(v), (xi, v + e), textcoords="offset points", xytext=(0, 2), ha="center",
+                    va="bottom", fontsize=7, annotation_clip=False)
     ax.set_xticks(x, labels, rotation=20, ha="right", fontsize=7)
     ax.set_title(title, fontsize=9)
+    if ylabel:
+        ax.set_ylabel(ylabel, fontsize=8)
     finite = values[np.isfinite(values)]
-    _zoom(ax, values, floor=0.0 if len(finite) and finite.min() >= 0 else None)
+    span = np.concatenate([values - err, values + err]) if has.any() else values
+    _zoom(ax, span, floor=0.0 if len(finite) and finite.min() >= 0 else None)
+    lo, hi = ax.get_ylim()
+    ax.set_ylim(lo, hi + 0.08 * (hi - lo))  # room for the value labels inside the axes
 
 
 def draw_bars(fig: plt.Figure, spec: TableSpec, ref: pd.DataFrame, res: OursResult | None) -> None:
@@ -313,20 +355,27 @@ def draw_bars(fig: plt.Figure, spec: TableSpec, ref: pd.DataFrame, res: OursResu
         base = np.concatenate([base, np.zeros(len(extra), bool)])
     for j, (m, pm) in enumerate(pairs):
         paper = ref.set_index(key)[pm].reindex(keys).to_numpy(dtype=float)
-        _bars(axes[0, j], labels, paper, PAPER_COLOR, base, f"paper: {pm}")
+        _bars(axes[0, j], labels, paper, PAPER_COLOR, base, f"paper: {pm}", ylabel=f"paper: {metric_words(pm)}")
         if has_ours:
             ours = _ours_series(res, key, m).reindex(keys).to_numpy(dtype=float)
             err = _ours_std(res, key, m, pd.Index(keys))
             used = used_values(res, key)
             ours_labels = [f"{lab} (run: {used[k]})" if k in used else lab for k, lab in zip(keys, labels)]
             _bars(axes[1, j], ours_labels, ours, OURS_COLOR, base, f"ours ({res.scale}): {m}"
-                  + (" (error bar: +- 1 seed std)" if np.any(err > 0) else ""), err)
+                  + (" (error bar: +- 1 seed std)" if np.any(err > 0) else ""), err,
+                  ylabel=f"ours: {metric_words(m)}")
             controls = _controls(res, key, m)
             for (values, label), style in zip(controls, ("--", ":")):
                 _draw_control(axes[1, j], values, label, style, "gray", x_of=lambda k: keys.index(k))
             if controls:
-                _zoom(axes[1, j], np.concatenate([ours, *[v.to_numpy(dtype=float) for v, _ in controls]]))
-                axes[1, j].legend(fontsize=6, loc="lower right")
+                _zoom(axes[1, j], np.concatenate([ours - err, ours + err,
+                                                  *[v.to_numpy(dtype=float) for v, _ in controls]]))
+                lo, hi = axes[1, j].get_ylim()
+                axes[1, j].set_ylim(lo, hi + 0.08 * (hi - lo))
+                # below the axes and their rotated tick labels (a 7 pt label at 20 degrees: ~1.4 pt down per character)
+                pad = max(7.0, (1.4 * max(len(t) for t in ours_labels) + 14) / 6)
+                axes[1, j].legend(fontsize=6, loc="upper center", bbox_to_anchor=(0.5, 0.0), borderaxespad=pad,
+                                  frameon=False)
 
 
 def draw_wallclock(fig: plt.Figure, spec: TableSpec, ref: pd.DataFrame, res: OursResult | None) -> None:
@@ -355,12 +404,14 @@ def draw_wallclock(fig: plt.Figure, spec: TableSpec, ref: pd.DataFrame, res: Our
     ax.axhline(1.0, color="gray", lw=0.8)
     ax.set_xticks(x, labels, rotation=25, ha="right", fontsize=7)
     ax.set_title("speedup vs encoder w/ [M]", fontsize=9)
+    ax.set_ylabel("speedup (x, same encoder w/ [M] = 1)", fontsize=8)
     ax.legend(fontsize=7)
     _bars(axes[1], labels, ref["time_h"].to_numpy(dtype=float), PAPER_COLOR, np.zeros(len(keys), bool),
-          "paper: hours (128 TPU-v3 cores, 800 ep)")
+          "paper: hours (128 TPU-v3 cores, 800 ep)", ylabel="paper: pre-training wall-clock (hours)")
     if has_ours:
         ours_h = _ours_series(res, key, "time_h").reindex(keys).to_numpy(dtype=float)
-        _bars(axes[2], labels, ours_h, OURS_COLOR, np.zeros(len(keys), bool), f"ours ({res.scale}): hours")
+        _bars(axes[2], labels, ours_h, OURS_COLOR, np.zeros(len(keys), bool), f"ours ({res.scale}): hours",
+              ylabel=f"ours ({res.scale}): wall-clock, 800 ep (hours)")
 
 
 DrawFn = Callable[[plt.Figure, TableSpec, pd.DataFrame, "OursResult | None"], None]
@@ -404,7 +455,7 @@ def build_figure(name: str, res: OursResult | None, out_dir: Path, results_dir: 
     spec, ref = get_spec(name), load_reference(name)
     draw = FIGURES[name]
     width = max(6.0, 4.2 * len(panels(spec, res if res is not None and res.df is not None else None)))
-    fig = plt.figure(figsize=(width, 6.2 if draw is draw_bars else 5.2))
+    fig = plt.figure(figsize=(width, 7.0 if draw is draw_bars else 5.8 if draw is draw_curves else 5.2))
     try:
         usable = res if res is not None and res.df is not None else None
         if usable is not None:
@@ -425,9 +476,14 @@ def build_figure(name: str, res: OursResult | None, out_dir: Path, results_dir: 
             usable = None
         caption = _caption(spec, usable, width)
         fig.suptitle(title, fontsize=10)
+        top = 0.95
+        if draw is draw_curves and usable is not None:  # ours on twin axes: say so where the eye starts
+            note = textwrap.fill(TWO_AXES_NOTE, max(60, int(width * 14)))  # 8 pt: about 14 characters per inch
+            fig.text(0.5, 0.94, note, ha="center", va="top", fontsize=8, color="dimgray")
+            top = 0.93 - 0.025 * (note.count("\n") + 1)
         n_lines = caption.count("\n") + 1
-        bottom = min(0.45, 0.03 + 0.028 * n_lines)
-        fig.tight_layout(rect=(0, bottom, 1, 0.95))
+        bottom = min(0.45, 0.03 + 0.024 * n_lines)
+        fig.tight_layout(rect=(0, bottom, 1, top))
         fig.text(0.01, 0.01, caption, fontsize=6.5, ha="left", va="bottom", family="monospace")
         stem = f"{name}_{res.scale if res is not None else 'paper'}"
         out_dir.mkdir(parents=True, exist_ok=True)

@@ -53,6 +53,31 @@ def provenance(command: str | None = None, device: str | None = None,
             "torch": v["torch"], "python": v["python"], "date": utc_now(), "command": command}
 
 
+MIXED = "mixed: "
+
+
+def commit_list(text: Any) -> list[str]:
+    """The commits a provenance cell names: ``"a"``, ``"a, b"`` or ``"mixed: a, b"`` -> ["a", "b"]."""
+    if not isinstance(text, str):
+        return []
+    text = text.strip().removeprefix(MIXED.strip()).strip()
+    return list(dict.fromkeys(x.strip() for x in text.split(",") if x.strip()))
+
+
+def commit_text(commits: Any) -> str:
+    """One commit as it is; several (a stage resumed under other code, a row whose stages ran at different
+    commits) as ``mixed: a, b``, so no reader takes the row for one commit's; none: ""."""
+    out = list(dict.fromkeys(c for c in commits if c))
+    return out[0] if len(out) == 1 else (MIXED + ", ".join(out) if out else "")
+
+
+def table_commits(df: pd.DataFrame) -> list[str]:
+    """Every commit behind the rows of a results table (its ``commit`` column), each once, sorted."""
+    if "commit" not in df.columns:
+        return []
+    return sorted({c for v in df["commit"] for c in commit_list(v)})
+
+
 # -------------------------------------------------------------------------------------- compare
 def _join_key(values: pd.Series, numeric: bool, where: str) -> pd.Series:
     if values.isna().any():
@@ -467,7 +492,7 @@ def write_results(df: pd.DataFrame, verdicts: dict[str, Any], path: str | Path,
     if prov is None:
         first = df.iloc[0] if len(df) else pd.Series(dtype=object)
         prov = {c: (str(first[c]) if c in first.index else None) for c in PROVENANCE_COLUMNS}
-    meta = {"csv": path.name, "rows": int(len(df)), "scale": _scale_of(df),
+    meta = {"csv": path.name, "rows": int(len(df)), "scale": _scale_of(df), "commits": table_commits(df),
             "provenance": prov, "verdicts": verdicts}
     csv_path = atomic_write_text(path, df.to_csv(index=False))
     json_path = atomic_write_text(meta_path(path),
@@ -490,7 +515,14 @@ def format_table(df: pd.DataFrame, verdicts: dict[str, Any], title: str | None =
     lines = []
     if title:
         lines.append(title)
-    prov = [f"{c}={df[c].iloc[0]}" for c in ("scale", "commit", "device", "date") if c in df.columns and len(df)]
+    prov = [f"{c}={df[c].iloc[0]}" for c in ("scale",) if c in df.columns and len(df)]
+    commits = table_commits(df)
+    if commits:  # every commit behind the rows, not the first row's
+        prov.append(f"commit{'s' if len(commits) > 1 else ''}={', '.join(commits)}")
+    for c in ("device", "date"):
+        vals = sorted({str(v) for v in df[c] if isinstance(v, str) and v}) if c in df.columns else []
+        if vals:
+            prov.append(f"{c}={vals[-1] if c == 'date' else ', '.join(vals)}")
     if prov:
         lines.append("  ".join(prov))
     metrics = list(verdicts)

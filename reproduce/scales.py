@@ -351,20 +351,36 @@ def baseline_controls(scale: Scale) -> list[Stage]:
     - ``linprobe_randinit``: the probe on a ViT drawn with the classifier's own init (secondary);
     - ``finetune_scratch``: the fine-tuning recipe from random weights for pre-training + fine-tuning
       epochs, so the scratch model trains at least as long as the pre-trained one in all.
+
+    Each derives its recipe from the cell's own stages (``Stage.derive``), also after ``--set``: the probe
+    controls are the cell's probe, the readout controls its readout, the scratch run its fine-tune for
+    the cell's pre-training + fine-tuning epochs.
     """
     from mae.protocols.pretrain import INIT_CHECKPOINT
     init = {"finetune": Ref("pretrain", file=INIT_CHECKPOINT)}
-    ft = scale.finetune
-    scratch = replace(ft, epochs=scale.pretrain.epochs + ft.epochs)
-    out = [Stage("linprobe_init", "linprobe", scale.linprobe, inputs=init),
-           Stage("linprobe_randinit", "linprobe", scale.linprobe),
-           Stage("finetune_scratch", "finetune", scratch)]
+    same = lambda name: lambda cell: cell.stage(name).config  # noqa: E731
+    out = [Stage("linprobe_init", "linprobe", scale.linprobe, inputs=init, derive=same("linprobe")),
+           Stage("linprobe_randinit", "linprobe", scale.linprobe, derive=same("linprobe")),
+           scratch_control(scale.finetune, scale.pretrain.epochs)]
     if scale.readout is not None:
         from mae.models.vit import vit_for_mae
         ro = replace(scale.readout, model=vit_for_mae(scale.pretrain.model), img_size=scale.pretrain.img_size)
-        out[1:1] = [Stage("readout_init", "readout", ro, inputs=init),
-                    Stage("readout_pixels", "readout", replace(ro, source="pixels"))]
+        pixels = lambda cell: replace(cell.stage("readout").config, source="pixels")  # noqa: E731
+        out[1:1] = [Stage("readout_init", "readout", ro, inputs=init, derive=same("readout")),
+                    Stage("readout_pixels", "readout", replace(ro, source="pixels"), derive=pixels)]
     return out
+
+
+def scratch_epochs(cell: Cell) -> int:
+    """The scratch control's epochs in ``cell``: its pre-training's plus its fine-tune's."""
+    return cell.stage("pretrain").config.epochs + cell.stage("finetune").config.epochs
+
+
+def scratch_control(finetune_cfg: finetune.Config, pretrain_epochs: int) -> Stage:
+    """``finetune_scratch``: the cell's fine-tuning recipe from random weights, as long as pre-training +
+    fine-tuning (derived again from the cell's stages after ``--set``)."""
+    return Stage("finetune_scratch", "finetune", replace(finetune_cfg, epochs=pretrain_epochs + finetune_cfg.epochs),
+                 derive=lambda cell: replace(cell.stage("finetune").config, epochs=scratch_epochs(cell)))
 
 
 def with_shared_baseline(scale: Scale, cells: list[Cell]) -> list[Cell]:

@@ -5,7 +5,11 @@ difference of their accuracies and a 95% interval for it, chosen by what was mea
 
 - ``paired t``: both settings ran with the same seeds (>= 2 in common): seed ``s`` of each shares
   initialisation, data order and mask noise, so the per-seed differences carry the noise of the
-  switch alone; interval = mean +- t(0.975, n-1) * sd / sqrt(n).
+  switch alone; interval = mean +- t(0.975, n-1) * sd / sqrt(n). Differences without spread (sd 0,
+  e.g. two seeds that happen to differ by the same number of images) estimate no noise: the interval
+  falls back to the validation images over those seeds' means (said in the method), else unresolved;
+  only identical numbers on 3 or more paired seeds (the same run twice) are called equal without one.
+  The difference is always the mean over the seeds the interval used.
 - ``vs seed std``: one side has a single seed and the other several (results made before paired
   seeds): the difference from the other side's mean, with that side's seed spread standing in for
   both: +- t(0.975, n-1) * sd * sqrt(1 + 1/n).
@@ -113,28 +117,44 @@ def compare(a: dict[int, float], b: dict[int, float], *, a_std: float = float("n
         n = len(d)
         m = sum(d) / n
         sd = math.sqrt(sum((x - m) ** 2 for x in d) / (n - 1))
-        hw = t_quantile(n - 1) * sd / math.sqrt(n)
-        return Comparison(m, m - hw, m + hw, n, f"paired t over {n} seeds", call_of(m - hw, m + hw, margin),
-                          seeds_needed(sd), sd)
+        if sd > 1e-9:
+            hw = t_quantile(n - 1) * sd / math.sqrt(n)
+            return Comparison(m, m - hw, m + hw, n, f"paired t over {n} seeds", call_of(m - hw, m + hw, margin),
+                              seeds_needed(sd), sd)
+        if n >= 3 and all(abs(x) < 1e-9 for x in d):  # the same numbers on every seed: the same run (Fig. 5's
+            # 0.7 and 0.75 keep the same patches on a 16-patch grid); two seeds are too few to tell that from chance
+            return Comparison(0.0, 0.0, 0.0, n, f"identical on {n} paired seeds (the same run)",
+                              f"equal within +-{margin:g}", None, 0.0)
+        # no spread between the pairs: no estimate of the seed noise (a zero-width interval would call
+        # "equal" or a difference on nothing); the validation images over these seeds' means, else unresolved
+        pa, pb = sum(a[s] for s in common) / n / 100.0, sum(b[s] for s in common) / n / 100.0
+        if math.isfinite(n_val) and n_val > 0:
+            se = 100.0 * math.sqrt(max(pa * (1 - pa), 0) / n_val + max(pb * (1 - pb), 0) / n_val)  # the same images
+            hw = 1.959964 * se
+            return Comparison(m, m - hw, m + hw, n, f"{n} paired seeds without spread: {int(n_val)} validation "
+                              "images only (binomial)", call_of(m - hw, m + hw, margin), None, 0.0)
+        return Comparison(m, nan, nan, n, f"{n} paired seeds without spread, no interval", "unresolved", None, 0.0)
     delta = mean_a - mean_b
     multi = [(vals, std, max(len(vals), n)) for vals, std, n in ((a, a_std, a_n), (b, b_std, b_n))
              if len(vals) >= 2 or (math.isfinite(std) and n >= 2)]
     if multi and (len(a) == 1 or len(b) == 1):
         vals, std, k = max(multi, key=lambda p: p[2])
         sd = std if math.isfinite(std) else _sd(list(vals.values()))
-        if math.isfinite(sd) and k >= 2:
+        if math.isfinite(sd) and sd > 1e-9 and k >= 2:  # a spread of 0 estimates no noise
             hw = t_quantile(k - 1) * sd * math.sqrt(1 + 1 / k)
             return Comparison(delta, delta - hw, delta + hw, 1, f"1 seed vs {k} seeds (their seed std)",
                               call_of(delta - hw, delta + hw, margin), seeds_needed(math.sqrt(2) * sd), sd)
-    if len(a) >= 2 and len(b) >= 2:  # several seeds each, not paired: Welch
-        va, vb = _sd(list(a.values())) ** 2, _sd(list(b.values())) ** 2
+    va = _sd(list(a.values())) ** 2 if len(a) >= 2 else nan
+    vb = _sd(list(b.values())) ** 2 if len(b) >= 2 else nan
+    if len(a) >= 2 and len(b) >= 2 and va + vb > 1e-12:  # several seeds each, not paired: Welch
         se = math.sqrt(va / len(a) + vb / len(b))
         dof = (va / len(a) + vb / len(b)) ** 2 / ((va / len(a)) ** 2 / (len(a) - 1) + (vb / len(b)) ** 2 / (len(b) - 1)) \
             if se > 0 else 1
         hw = t_quantile(max(1, int(dof))) * se
         return Comparison(delta, delta - hw, delta + hw, min(len(a), len(b)), "Welch t (unpaired seeds)",
                           call_of(delta - hw, delta + hw, margin), seeds_needed(math.sqrt(va + vb)), math.sqrt(va + vb))
-    if noise is not None and math.isfinite(noise[0]) and noise[1] >= 2:  # 1 seed each: the table's seed spread
+    # 1 seed each: the table's seed spread (a spread of 0 estimates no noise)
+    if noise is not None and math.isfinite(noise[0]) and noise[0] > 1e-9 and noise[1] >= 2:
         sd, k = noise
         hw = t_quantile(k - 1) * sd * math.sqrt(2)
         return Comparison(delta, delta - hw, delta + hw, 1, f"1 seed each (the baseline's std over {k} seeds)",

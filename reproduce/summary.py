@@ -8,7 +8,8 @@ interval verdicts are judged the same way, as the 1-seed cells they are): the pa
 ours, the outcome with its interval (reproduce/stats.py), Spearman over the common settings, the seeds,
 the baseline's margins over its controls, and links to the CSV and its figure
 (``results/figures/<table>_<scale>.png``, from reproduce/plots.py). ``--refresh-meta`` rewrites the
-verdicts of every ``.meta.json`` the same way (their provenance untouched). ``--check`` exits 1 when the
+verdicts of every ``.meta.json`` the same way where they changed, stamping the commit that recomputed them
+(``provenance.verdicts_by``; the collector's provenance untouched). ``--check`` exits 1 when the
 file on disk differs from what the results give (tests/test_summary.py runs it on the committed
 results). Nothing here is a date or a clock, so the file changes only when the results do.
 """
@@ -24,7 +25,8 @@ from typing import Any
 import pandas as pd
 
 from reproduce.reference import get_spec
-from reproduce.report import atomic_write_text, baseline_rows, outcome, used_values
+from reproduce.report import atomic_write_text, baseline_rows, commit_list, outcome, used_values
+from reproduce.stats import parse_seed_values
 
 SUMMARY_FILE = "README.md"
 SCALE_ORDER = ("paper", "mini", "cpu", "smoke")
@@ -39,7 +41,9 @@ compared is the trend (which setting is best, the ranking), never the absolute a
 difference of its accuracy over paired seeds (seed s of both shares initialisation, data order and
 masks), with a 95% t interval; a setting with one seed gets a wider interval from the other side's seed
 spread; one seed on each side, the baseline's seed spread where the table has one, else an interval
-over the validation images only. A difference is
+over the validation images only (so also for paired seeds whose differences have no spread; identical
+numbers on 3 or more seeds are the same run, and equal). The seeds column counts each metric's own
+seeds. A difference is
 `better` / `worse` when its interval excludes 0, `equal within +-2` when the interval lies inside
 +-2 points, and `unresolved` otherwise, with the number of paired seeds that would resolve 2 points.
 
@@ -146,7 +150,15 @@ def _interval(v: dict[str, Any]) -> str:
     return f"{c['delta']:+.1f}{ci}{vs}"
 
 
-def _seed_range(df: pd.DataFrame) -> str:
+def _seed_range(df: pd.DataFrame, metric: str | None = None) -> str:
+    """Seeds per row behind ``metric`` (its own ``<metric>_seeds_ours`` count where written: a seed whose
+    stage failed is not counted), as ``3`` or ``1-3`` over the rows that measured it; else ``n_seeds``."""
+    if metric is not None and f"{metric}_seeds_ours" in df.columns and f"{metric}_ours" in df.columns:
+        measured = pd.to_numeric(df[f"{metric}_ours"], errors="coerce").notna()
+        own = [len(parse_seed_values(t)) or 1 for t in df.loc[measured, f"{metric}_seeds_ours"]]
+        if own:
+            lo, hi = min(own), max(own)
+            return str(lo) if lo == hi else f"{lo}-{hi}"
     if "n_seeds_ours" not in df.columns:
         return "1"
     n = pd.to_numeric(df["n_seeds_ours"], errors="coerce").dropna()
@@ -175,7 +187,7 @@ def collect(results_dir: str | Path) -> list[dict[str, Any]]:
             continue  # not a paper table (a benchmark)
         df = pd.read_csv(csv, keep_default_na=False, na_values=[""]) if csv.is_file() else pd.DataFrame()
         figure = results_dir / "figures" / f"{table}_{scale}.png"
-        commits = sorted(set(", ".join(df["commit"].astype(str)).split(", "))) if "commit" in df.columns else []
+        commits = sorted({c for v in df["commit"] for c in commit_list(v)}) if "commit" in df.columns else []
         used = ({_key_text(k): u for k, u in used_values(df, spec.key, percent=table == "fig5_masking_ratio").items()}
                 if len(df) else {})
         for metric, v in _verdicts(csv, table, meta).items():
@@ -185,7 +197,7 @@ def collect(results_dir: str | Path) -> list[dict[str, Any]]:
                 "outcome": outcome(v) or "-", "interval": _interval(v),
                 "spearman": _fmt_num(v.get("spearman")), "n": v.get("n", 0),
                 "measured": _measured_rows(df, metric) if len(df) else 0,
-                "rows": len(df), "seeds": _seed_range(df) if len(df) else "-",
+                "rows": len(df), "seeds": _seed_range(df, metric) if len(df) else "-",
                 "margin": _margin(df, f"{metric}_margin", v.get("margin_of"), spec.key) if len(df) else "-",
                 "vs_pixels": _margin(df, f"{metric}_vs_pixels") if len(df) else "-",
                 "csv": csv.name, "figure": f"figures/{figure.name}" if figure.is_file() else "",
@@ -320,7 +332,10 @@ def render(records: list[dict[str, Any]], results_dir: str | Path | None = None)
 
 
 def refresh_meta(results_dir: str | Path = "results") -> list[Path]:
-    """Rewrite the verdicts of every results ``.meta.json`` from its CSV (provenance kept)."""
+    """Rewrite the verdicts of every results ``.meta.json`` from its CSV where they changed, stamping the commit
+    of the code that recomputed them (``provenance.verdicts_by``; the collector's provenance kept); returns
+    the files rewritten."""
+    from mae.provenance import pin_code_commit
     from reproduce.report import _jsonable
     out = []
     for meta_file in sorted(Path(results_dir).glob("*.meta.json")):
@@ -331,7 +346,13 @@ def refresh_meta(results_dir: str | Path = "results") -> list[Path]:
             get_spec(table)
         except KeyError:
             continue
-        meta["verdicts"] = _verdicts(csv, table, meta)
+        verdicts = _jsonable(_verdicts(csv, table, meta))
+        if verdicts == meta.get("verdicts"):
+            continue  # the same verdicts: the file (and who computed them) stays as it is
+        meta["verdicts"] = verdicts
+        prov = meta.get("provenance") if isinstance(meta.get("provenance"), dict) else {}
+        meta["provenance"] = {**prov, "verdicts_by": {"commit": pin_code_commit(),
+                                                      "command": "reproduce/summary.py --refresh-meta"}}
         atomic_write_text(meta_file, json.dumps(_jsonable(meta), indent=2, allow_nan=False) + "\n")
         out.append(meta_file)
     return out
@@ -354,7 +375,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--results", default="results", help="folder with <table>_<scale>.csv + .meta.json")
     p.add_argument("--check", action="store_true", help="exit 1 if <results>/README.md is out of date")
     p.add_argument("--refresh-meta", action="store_true",
-                   help="also rewrite the verdicts of every .meta.json from its CSV (provenance kept)")
+                   help="also rewrite the verdicts of every .meta.json from its CSV where they changed, stamped "
+                        "with the commit that recomputed them (the collector's provenance kept)")
     args = p.parse_args(argv)
     if not Path(args.results).is_dir():
         p.error(f"--results {args.results}: no such folder")

@@ -16,7 +16,6 @@ tiny stand-ins on the CPU, so only the pipeline is checked. No data is read (--d
 from __future__ import annotations
 
 import json
-import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -113,8 +112,14 @@ def measure(cfg: TimingConfig) -> dict[str, Any]:
 
 
 def run(cfg: TimingConfig) -> dict[str, Any]:
-    """Measure one setting; writes config.yaml and metrics.json ({"final": measurements}) to ``output_dir``."""
+    """Measure one setting; writes config.yaml and metrics.json ({"final": measurements}) to ``output_dir``.
+
+    Started in every task of a job (``--launcher slurm``): rank 0 alone measures, on its GPU; the other
+    tasks wait for its metrics.json (two timings on one GPU would slow each other down)."""
+    from mae.engine.distributed import placement
     out = Path(cfg.output_dir)
+    if not placement().is_main:
+        return _wait_for_rank0(out / "metrics.json", since=time.time())
     out.mkdir(parents=True, exist_ok=True)
     save_config(cfg, out / "config.yaml")
     t0 = time.time()
@@ -123,9 +128,18 @@ def run(cfg: TimingConfig) -> dict[str, Any]:
           f"{final['s_per_iter'] * 1e3:.1f} ms/step, {final['img_per_s']:.0f} img/s, {final['gflops']:.2f} GFLOPs")
     result = {"history": [], "final": final, "best": {}, "finished": True, "config": to_dict(cfg),
               "provenance": run_provenance(seed=cfg.seed, wall_s=time.time() - t0)}
-    if int(os.environ.get("RANK", 0)) == 0:  # one writer if started in every process of a job
-        atomic_write_text(out / "metrics.json", json.dumps(result, indent=1))
+    atomic_write_text(out / "metrics.json", json.dumps(result, indent=1))
     return result
+
+
+def _wait_for_rank0(path: Path, since: float, timeout_s: float = 3600.0) -> dict[str, Any]:
+    """Rank 0's result: ``path`` once written after ``since`` (the timing takes minutes at most)."""
+    deadline = time.time() + timeout_s
+    while time.time() < deadline:
+        if path.is_file() and path.stat().st_mtime >= since - 1:
+            return json.loads(path.read_text())
+        time.sleep(1.0)
+    raise TimeoutError(f"rank 0 wrote no {path} within {timeout_s:.0f} s: see its log")
 
 
 # ----------------------------------------------------------------------------------- cells

@@ -33,6 +33,11 @@ WHEEL_DIR="${MAE_MMCV_WHEEL_DIR:-$ROOT/../shared/wheels}"
 WHEEL_TORCH="${MAE_MMCV_WHEEL_TORCH:-2.14.1}"
 CACHE_ROOT="${MAE_WHEEL_CACHE:-$HOME/.cache/mae-wheels}"
 log() { echo "[install_mmcv] $*"; }
+# pip, minus the warnings about index locations a machine's pip.conf names but lacks (as scripts/install.sh)
+pip_quiet() {
+  "$PY" -m pip "$@" 2>&1 | { grep --line-buffered -v -E "^WARNING: Location '.*' is ignored: " || true; }
+  return "${PIPESTATUS[0]}"
+}
 die() { echo "[install_mmcv] ERROR: $*" >&2; exit 1; }
 
 [ -x "$PY" ] || die "no python at $PY (create the venv first: bash scripts/install.sh --venv $VENV)"
@@ -78,7 +83,7 @@ log "venv $VENV: python $PYTAG, platform $PLAT, torch $TORCH_VER ($CUDA_FLAVOUR)
 try_wheel() {
   local whl="$1" what="$2"
   log "installing $what: $whl"
-  if ! "$PY" -m pip install -q "$whl"; then
+  if ! pip_quiet install -q "$whl"; then
     log "pip could not install $whl"
     return 1
   fi
@@ -87,7 +92,7 @@ try_wheel() {
     return 0
   fi
   log "$what installed but 'import mmcv.ops' fails (built for another torch/python?); removing it"
-  "$PY" -m pip uninstall -y -q mmcv || true
+  pip_quiet uninstall -y -q mmcv || true
   return 1
 }
 
@@ -123,19 +128,19 @@ fi
 BUILD_DIR="$(mktemp -d "${TMPDIR:-/tmp}/mmcv-build.XXXXXX")"
 restore_setuptools() {
   log "restoring setuptools>=77"
-  "$PY" -m pip install -q "setuptools>=77" || echo "[install_mmcv] WARNING: could not restore setuptools>=77" >&2
+  pip_quiet install -q "setuptools>=77" || echo "[install_mmcv] WARNING: could not restore setuptools>=77" >&2
   rm -rf "$BUILD_DIR"
 }
 trap restore_setuptools EXIT
 JOBS="$(nproc)"
 log "building mmcv $MMCV_VERSION from the sdist ($FLAVOUR ops, MAX_JOBS=$JOBS; ~20 min on 2 cores, longer with CUDA)"
-"$PY" -m pip install -q "torch==$TORCH_VER" wheel ninja mmengine \
+pip_quiet install -q "torch==$TORCH_VER" wheel ninja mmengine \
   || die "could not install the build requirements (wheel ninja mmengine) beside torch $TORCH_VER"
 # torch 2.14.1 declares setuptools>=77, so the resolver refuses setuptools<70 beside it: install it
 # without resolution for the build only (restored on exit)
-"$PY" -m pip install -q --no-deps "setuptools<70" \
+pip_quiet install -q --no-deps "setuptools<70" \
   || die "could not install setuptools<70 (mmcv $MMCV_VERSION's setup.py needs pkg_resources)"
-"$PY" -m pip download -q --no-deps --no-binary :all: --no-build-isolation -d "$BUILD_DIR" "mmcv==$MMCV_VERSION" \
+pip_quiet download -q --no-deps --no-binary :all: --no-build-isolation -d "$BUILD_DIR" "mmcv==$MMCV_VERSION" \
   || die "could not download the mmcv $MMCV_VERSION sdist from the package index"
 SDIST="$(ls "$BUILD_DIR"/mmcv-"$MMCV_VERSION".tar.gz 2>/dev/null || true)"
 [ -n "$SDIST" ] || die "pip download did not produce mmcv-$MMCV_VERSION.tar.gz in $BUILD_DIR"
@@ -153,7 +158,7 @@ else
   export CUDA_VISIBLE_DEVICES=""
 fi
 mkdir -p "$CACHE_DIR"
-(cd "$SRC" && "$PY" -m pip wheel --no-deps --no-build-isolation -w "$CACHE_DIR" .) \
+(cd "$SRC" && pip_quiet wheel --no-deps --no-build-isolation -w "$CACHE_DIR" .) \
   || die "building mmcv $MMCV_VERSION failed (compiler output above)"
 shopt -s nullglob
 built=("$CACHE_DIR"/mmcv-"$MMCV_VERSION"-*.whl)

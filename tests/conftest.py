@@ -1,5 +1,7 @@
 import os
 
+# in-process runs keep a fixed thread count (bitwise resume tests; mae/engine/threads.py): no governor, short spin
+os.environ.setdefault("MAE_THREAD_GOVERNOR", "off")
 import mae  # noqa: F401  - first: sets the OpenMP wait policy before torch loads (mae/engine/threads.py)
 import pytest
 import torch

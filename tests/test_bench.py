@@ -3,6 +3,7 @@ grammar, derived columns by hand, the CPU run end to end (CSV + provenance, no m
 and the generated JPEG folder."""
 import csv
 import math
+import os
 
 import pytest
 import torch
@@ -225,11 +226,51 @@ def test_cpu_threads_bench_at_toy_size(tmp_path):
                                                         ("threads1", "shared")]
     for r in rows:
         assert float(r["img_per_s"]) > 0 and r["cpu"] and r["torch"] and r["commit"] and r["date"]
-        assert r["omp_wait_policy"] == "GOMP_SPINCOUNT=1000"
-    assert {r["threads"] for r in rows if r["setting"] == "threads1"} == {"1"}
+        assert int(r["thread_changes"]) >= 0 and r["threads_end"]
+    one = [r for r in rows if r["setting"] == "threads1"]  # a fixed count: the short spin, no governor
+    assert {(r["threads"], r["threads_policy"], r["omp_wait_policy"], r["thread_changes"]) for r in one} == {
+        ("1", "fixed", "GOMP_SPINCOUNT=1000", "0")}
+    if len(os.sched_getaffinity(0)) > 1:  # the adaptive count keeps torch's spin
+        assert {(r["threads_policy"], r["omp_wait_policy"]) for r in rows if r["setting"] == "mae"} == {
+            ("adaptive", "OpenMP default (libgomp: spin 300000)")}
     assert cpu_threads.setting_env("torch_default") == {"MAE_OMP_POLICY": "off"}
+    assert cpu_threads.setting_env("spin1000") == {"GOMP_SPINCOUNT": "1000", "MAE_THREAD_GOVERNOR": "off"}
     with pytest.raises(ValueError, match="unknown setting"):
         cpu_threads.setting_env("fastest")
+
+
+def test_cpu_threads_keeps_other_cpus_rows_and_names_the_isa(tmp_path, monkeypatch):
+    """results/bench_cpu_threads.csv holds one bench per CPU kind: a run replaces its own CPU's rows only."""
+    from bench import cpu_threads
+    info = tmp_path / "cpuinfo"
+    info.write_text("model name\t: X\nflags\t\t: fpu avx2 avx512f avx512_bf16 amx_tile amx_bf16\n")
+    assert cpu_threads.cpu_isa(info) == "avx2 avx512 avx512_bf16 amx"
+    assert cpu_threads.cpu_isa(tmp_path / "none") == ""
+    prov = {"cpu": "Intel X", "cpu_isa": "avx2 amx", "commit": "c"}
+    monkeypatch.setattr(cpu_threads, "provenance", lambda argv: dict(prov))
+    out = tmp_path / "t.csv"
+    cpu_threads.write_csv([{"setting": "mae", "cpu": "AMD EPYC", "img_per_s": 1.0},
+                           {"setting": "old", "cpu": "Intel X", "img_per_s": 2.0},
+                           {"setting": "other_isa", "cpu": "Intel X", "cpu_isa": "avx2", "img_per_s": 3.0}],
+                          out, cpu_threads.COLUMNS)
+    cpu_threads.write_bench([{"setting": "new", "img_per_s": 4.0}], out, cpu_threads.COLUMNS, "b.py", [])
+    rows = list(csv.DictReader(out.open()))
+    assert [(r["setting"], r["cpu"], r["cpu_isa"]) for r in rows] == [
+        ("mae", "AMD EPYC", ""), ("other_isa", "Intel X", "avx2"), ("new", "Intel X", "avx2 amx")]
+
+
+def test_cpu_threads_rates_epochs_and_counts_thread_changes(tmp_path):
+    """rate_of: the governor's records in log.txt are counted, not rated; epoch 1 (the warm-up) is left out."""
+    import json
+    from bench import cpu_threads
+    lines = [{"epoch": 0, "iteration": 3, "event": "threads", "threads": 1, "threads_before": 2},
+             {"epoch": 0, "imgs_per_s": 10.0, "runtime": {"threads": 2, "threads_policy": "adaptive",
+                                                          "omp_wait_policy": "w"}},
+             {"epoch": 1, "imgs_per_s": 30.0}, {"epoch": 2, "imgs_per_s": 50.0}]
+    (tmp_path / "log.txt").write_text("".join(json.dumps(r) + "\n" for r in lines))
+    got = cpu_threads.rate_of(tmp_path, 1.0)
+    assert got == {"img_per_s": 40.0, "epochs_rated": 2, "threads": 2, "threads_policy": "adaptive",
+                   "thread_changes": 1, "threads_end": 1, "omp_wait_policy": "w"}
 
 
 def test_cpu_threads_rounds_rotate_and_summarise(monkeypatch):

@@ -29,7 +29,7 @@ def test_truncated_empty_missing_and_foreign_files(tmp_path):
     ckpt.save_checkpoint({"model": {"w": torch.randn(100, 100)}}, good)
     trunc = tmp_path / "trunc.pth"
     trunc.write_bytes(good.read_bytes()[: good.stat().st_size // 2])
-    with pytest.raises(ckpt.CheckpointError, match="truncated, corrupt"):
+    with pytest.raises(ckpt.CheckpointError, match="truncated or corrupt"):
         ckpt.load_checkpoint(trunc)
     (tmp_path / "empty.pth").write_bytes(b"")
     with pytest.raises(ckpt.CheckpointError, match="empty"):
@@ -78,3 +78,51 @@ def test_resolve_resume(tmp_path):
     assert ckpt.resolve_resume("auto", tmp_path) is None
     with pytest.raises(ckpt.CheckpointError, match="no such checkpoint"):
         ckpt.resolve_resume(str(tmp_path / "x.pth"), tmp_path)
+
+
+def test_foreign_files_are_named_for_what_they_are_never_with_torchs_advice(tmp_path):
+    """A file that is not a checkpoint says what it is and what was expected, in our words: torch's own hint
+    (re-run torch.load with weights_only=False, i.e. execute the file's pickle) never reaches the user."""
+    import pickle
+
+    import numpy as np
+
+    def refused(path) -> str:
+        with pytest.raises(ckpt.CheckpointError) as e:
+            ckpt.load_checkpoint(path)
+        msg = str(e.value)
+        assert "weights_only" not in msg and "trusted source" not in msg and len(msg.splitlines()) == 1, msg
+        return msg
+
+    (tmp_path / "hostname").write_text("node17\n")
+    assert "is not a PyTorch checkpoint: it is a text file of 7 bytes starting 'node17'; expected a torch.save " \
+           "file" in refused(tmp_path / "hostname")
+    with open(tmp_path / "obj.pkl", "wb") as f:
+        pickle.dump({"w": [1, 2]}, f)
+    assert "is a Python pickle (" in refused(tmp_path / "obj.pkl") and "torch.save did not write" in \
+        refused(tmp_path / "obj.pkl")
+    np.savez(tmp_path / "jax.npz", w=np.zeros(3))
+    assert "is a zip archive without the data.pkl that torch.save writes" in refused(tmp_path / "jax.npz")
+    (tmp_path / "img.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"\x00" * 40)
+    assert "it is a PNG image (48 bytes)" in refused(tmp_path / "img.png")
+    torch.save({"model": {"w": torch.ones(1)}, "extra": Unlisted()}, tmp_path / "objects.pth")
+    msg = refused(tmp_path / "objects.pth")
+    assert "holds a Python object (test_checkpoint.Unlisted)" in msg and "without running code" in msg
+    torch.save(torch.ones(2), tmp_path / "tensor.pth")
+    assert "holds a Tensor, expected a dict" in refused(tmp_path / "tensor.pth")
+
+
+class Unlisted:
+    """A class no checkpoint loader allows."""
+
+
+def test_torch_saves_older_format_and_safetensors_still_load(tmp_path):
+    old = tmp_path / "old.pth"
+    torch.save({"model": {"w": torch.ones(3)}}, old, _use_new_zipfile_serialization=False)
+    assert ckpt.checkpoint_problem(old) is None
+    assert torch.equal(ckpt.load_checkpoint(old)["model"]["w"], torch.ones(3))
+    from safetensors.torch import save_file
+    save_file({"w": torch.ones(2)}, str(tmp_path / "m.safetensors"))
+    assert ckpt.checkpoint_problem(tmp_path / "m.safetensors") is None
+    (tmp_path / "m.bin").write_bytes((tmp_path / "m.safetensors").read_bytes())
+    assert "give it the .safetensors suffix" in ckpt.checkpoint_problem(tmp_path / "m.bin")

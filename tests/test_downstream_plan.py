@@ -8,6 +8,8 @@ from pathlib import Path
 
 import pytest
 
+from _openmmlab import require_openmmlab
+
 from downstream.plan import (BatchPlan, BatchPlanError, apply_accumulation, per_gpu_choices, plan_batch, steps_for,
                              world_size)
 
@@ -61,7 +63,8 @@ def test_schedules_in_optimizer_steps():
 
 
 def test_accumulation_scales_every_iteration_count_of_the_config():
-    Config = pytest.importorskip("mmengine.config").Config
+    require_openmmlab()
+    from mmengine.config import Config
     cfg = Config(dict(
         optim_wrapper=dict(type="OptimWrapper"), train_cfg=dict(max_iters=100, val_interval=100),
         param_scheduler=[dict(type="LinearLR", begin=0, end=10), dict(type="MultiStepLR", begin=0, end=100,
@@ -98,7 +101,7 @@ def _dry_run(script: str, *args: str) -> str:
 
 @pytest.mark.downstream
 def test_coco_paper_dry_run_prints_the_resolved_recipe(tmp_path):
-    pytest.importorskip("mmdet")
+    require_openmmlab()
     from downstream.fixtures import make_coco_fixture
     data = make_coco_fixture(tmp_path / "coco", num_train=2, num_val=1)
     ckpt = _stub_vit_b(tmp_path / "vit_b.pth")
@@ -115,7 +118,7 @@ def test_coco_paper_dry_run_prints_the_resolved_recipe(tmp_path):
 
 @pytest.mark.downstream
 def test_ade20k_dry_run_keeps_batch_16_and_names_the_schedule(tmp_path):
-    pytest.importorskip("mmseg")
+    require_openmmlab()
     from downstream.fixtures import make_ade20k_fixture
     data = make_ade20k_fixture(tmp_path / "ade", num_train=2, num_val=1)
     ckpt = _stub_vit_b(tmp_path / "vit_b.pth")
@@ -130,7 +133,7 @@ def test_ade20k_dry_run_keeps_batch_16_and_names_the_schedule(tmp_path):
 
 @pytest.mark.downstream
 def test_a_world_size_that_cannot_keep_the_batch_is_one_line(tmp_path):
-    pytest.importorskip("mmseg")
+    require_openmmlab()
     from downstream import ade20k_seg
     from downstream.fixtures import make_ade20k_fixture
     data = make_ade20k_fixture(tmp_path / "ade", num_train=2, num_val=1)

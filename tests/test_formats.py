@@ -7,6 +7,8 @@ import sys
 import pytest
 import torch
 
+from _openmmlab import require_openmmlab
+
 from mae import cli
 from mae.engine.checkpoint import CheckpointError
 from mae.models import create_mae
@@ -345,7 +347,7 @@ def test_every_loader_accepts_the_same_files(mae, every_format, tmp_path):
 
 
 def test_downstream_backbone_reads_every_format(mae, every_format):
-    pytest.importorskip("mmdet")
+    require_openmmlab()
     from downstream.backbone import backbone_info, encoder_state_dict
     want, _ = encoder_state_dict(every_format["official"])
     for fmt, path in every_format.items():

@@ -153,16 +153,15 @@ def test_a_stage_reading_an_outdated_stage_is_not_read_as_current(tmp_path):
 def test_a_changed_stage_still_running_elsewhere_is_not_moved_aside(tmp_path):
     """--rerun-changed moves a changed run aside only under its lock: a process still writing there would
     otherwise write its old recipe's checkpoints into the new run's folder."""
-    import fcntl
+    from mae.engine import rundir
     run_grid([two_stage_cell("a")], table="t", scale="smoke", work_dir=tmp_path, echo=quiet)
     changed = two_stage_cell("a")
     changed.stages[0].config = replace(changed.stages[0].config, epochs=2)
     d = tmp_path / "t_smoke" / "a" / "pretrain"
-    with open(d / ".lock", "a+") as f:  # another process is running the old recipe
-        fcntl.flock(f, fcntl.LOCK_EX)
-        with pytest.raises(GridError, match=r"a/pretrain: changed, and running in another process: not moved"):
+    with rundir.run_lock(d):  # another process is running the old recipe (the lock `mae` and the grid share)
+        with pytest.raises(GridError, match=r"in use by another process .*a/pretrain; nothing was moved aside"):
             run_grid([changed], table="t", scale="smoke", work_dir=tmp_path, echo=quiet, rerun_changed=True)
-    assert (d / grid.IDENTITY_FILE).is_file() and not list(d.parent.glob("pretrain.replaced-*"))
+    assert (d / grid.IDENTITY_FILE).is_file() and not list(d.parent.glob("*.replaced-*"))
     run_grid([changed], table="t", scale="smoke", work_dir=tmp_path, echo=quiet, rerun_changed=True)
     assert len(list(d.parent.glob("pretrain.replaced-*"))) == 1
 
@@ -551,19 +550,18 @@ Path({str(tmp_path)!r}, "rank" + os.environ["RANK"] + ".txt").write_text(repr((o
 
 def test_a_cell_busy_in_another_process_is_deferred_not_waited_for(tmp_path):
     """Two grid processes sharing a tree: a cell locked by the other process is done last, the rest first."""
-    import fcntl
+    import threading
+
+    from mae.engine import rundir
     cells = [two_stage_cell("a"), two_stage_cell("b")]
     lock_dir = tmp_path / "t_smoke" / "a" / "pretrain"
-    lock_dir.mkdir(parents=True)
     order: list[str] = []
-    with open(lock_dir / ".lock", "a+") as f:
-        fcntl.flock(f, fcntl.LOCK_EX)  # "another process" holds a/pretrain
-        import threading
-        t = threading.Timer(1.0, lambda: fcntl.flock(f, fcntl.LOCK_UN))
-        t.start()
-        g = run_grid(cells, table="t", scale="smoke", work_dir=tmp_path,
-                     echo=lambda line: order.append(line))
-        t.join()
+    held = rundir.run_lock(lock_dir)  # "another process" holds a/pretrain
+    held.__enter__()
+    t = threading.Timer(1.0, lambda: held.__exit__(None, None, None))
+    t.start()
+    g = run_grid(cells, table="t", scale="smoke", work_dir=tmp_path, echo=lambda line: order.append(line))
+    t.join()
     ran = [Path(c.output_dir).parent.name for c in CALLS]
     assert ran == ["b", "b", "a", "a"]  # b first, then a once the lock was free
     assert any("running in another process; back to it" in line for line in order)
@@ -600,7 +598,7 @@ def test_stage_provenance_survives_a_collect_from_another_commit_and_device(tmp_
 
 
 def test_a_rows_provenance_includes_the_stages_its_stages_read(tmp_path):
-    """Fig. 9's partial fine-tune reads the baseline's pre-training: the row names both commits."""
+    """Fig. 9's partial fine-tune reads the baseline's pre-training: the row names both commits, as mixed."""
     from reproduce.grid.model import GridResult, StageResult
     from reproduce.grid.plan import check_grid
     shared = Cell("shared", {}, [Stage("pretrain", "stub_protocol", StubConfig())], report=False)
@@ -614,4 +612,4 @@ def test_a_rows_provenance_includes_the_stages_its_stages_read(tmp_path):
     g.stages[("shared", "pretrain")] = res("shared", "pretrain", "aaaaaaa")
     g.stages[("k", "ft")] = res("k", "ft", "bbbbbbb")
     rows = grid.cell_rows(g, lambda c, gr: {})
-    assert [r["commit"] for r in rows] == ["bbbbbbb, aaaaaaa"]
+    assert [r["commit"] for r in rows] == ["mixed: bbbbbbb, aaaaaaa"]

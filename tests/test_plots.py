@@ -164,3 +164,43 @@ def test_our_points_are_labelled_with_the_values_run_not_only_the_papers(tmp_pat
     assert used_values(OursResult("t", "cpu", tmp_path / "y.csv", df), "decoder_width") == {256: "32", 512: "64"}
     assert used_values(OursResult("t", "cpu", tmp_path / "z.csv", df.drop(columns=["decoder_width_used_ours"])),
                        "decoder_width") == {}
+
+
+def test_a_paper_only_title_names_the_results_folder_given(tmp_path):
+    mine = tmp_path / "outputs" / "results"
+    for rec in plots.build_all(mine, tmp_path / "figs", names=["fig8_model_size", "table1a_decoder_depth"]):
+        assert f"no {mine}/" in rec.title and "no results/" not in rec.title, rec.title
+
+
+def test_curves_keep_legends_and_labels_off_the_data_and_each_other(tmp_path):
+    """Fig. 5 at the cpu scale: legends under the axes, the values run (12.5%, ..., 93.75%) on a row of their
+    own without overlaps, and both y-axes of every panel saying what they measure and whose they are."""
+    ref = load_reference("fig5_masking_ratio")
+    keys = ref["mask_ratio"].tolist()
+    used = [round(round(16 * k) / 16, 4) if k != 0.75 else 0.75 for k in keys]  # 16 patches: 12.5% steps
+    df = pd.DataFrame({"mask_ratio": keys, "ft_ours": np.linspace(80, 85, len(keys)),
+                       "lin_ours": np.linspace(90, 95, len(keys)), "mask_ratio_used_ours": used})
+    res = plots.OursResult("fig5_masking_ratio", "cpu", tmp_path / "x.csv", df)
+    fig = plt.figure(figsize=(8.4, 5.8))
+    try:
+        plots.draw_curves(fig, get_spec("fig5_masking_ratio"), ref, res)
+        fig.tight_layout()
+        fig.canvas.draw()
+        renderer = fig.canvas.get_renderer()
+        panels, twins = fig.axes[:2], fig.axes[2:]
+        for ax, twin in zip(panels, twins):
+            assert ax.get_ylabel().startswith("paper: ") and "top-1 (%)" in ax.get_ylabel()
+            assert twin.get_ylabel().startswith("ours (cpu): ") and "top-1 (%)" in twin.get_ylabel()
+            box = ax.get_window_extent(renderer)
+            legend = ax.get_legend().get_window_extent(renderer)
+            xlabel = ax.xaxis.label.get_window_extent(renderer)
+            assert legend.y1 <= xlabel.y0 <= box.y0, "the legend must sit under the axis label, off the data"
+            run = [t for t in ax.texts if t.get_rotation() == 90]
+            assert sorted(t.get_text() for t in run) == sorted(plots.used_values(res, "mask_ratio", True).values())
+            extents = [t.get_window_extent(renderer) for t in run]
+            assert all(e.y0 >= box.y1 for e in extents), "values run sit above the axes"
+            for i, a in enumerate(extents):
+                for b in extents[i + 1:]:
+                    assert a.x1 <= b.x0 or b.x1 <= a.x0, "labels of the values run overlap"
+    finally:
+        plt.close(fig)

@@ -48,7 +48,11 @@ def run_here(out: Path, *extra: str) -> dict:
         torch.set_num_threads(threads)
 
 
-def test_sigterm_to_the_process_group_saves_exits_75_and_resumes_bitwise(tmp_path):
+@pytest.mark.parametrize("sig, status", [(signal.SIGTERM, preemption.EXIT_PREEMPTED),
+                                         (signal.SIGINT, preemption.EXIT_INTERRUPTED)])
+def test_a_stop_signal_to_the_process_group_saves_exits_and_resumes_bitwise(tmp_path, sig, status):
+    """SIGTERM (SLURM, torchrun): exit 75; Ctrl-C (SIGINT to the foreground group): exit 130. Both save at the
+    next step, say so in one line with the resume command, and --resume auto continues from that step."""
     run = tmp_path / "preempted"
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
     proc = subprocess.Popen([sys.executable, "-m", "mae", "pretrain", *ARGS, "--output_dir", str(run)], cwd=REPO,
@@ -59,16 +63,16 @@ def test_sigterm_to_the_process_group_saves_exits_75_and_resumes_bitwise(tmp_pat
         while rows_logged(run) < 3 and proc.poll() is None and time.time() < deadline:
             time.sleep(0.02)
         assert proc.poll() is None, "the run ended before it was signalled"
-        os.killpg(proc.pid, signal.SIGTERM)  # main process and loader worker alike
+        os.killpg(proc.pid, sig)  # main process and loader worker alike
         out, err = proc.communicate(timeout=120)
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
-    assert proc.returncode == preemption.EXIT_PREEMPTED == 75, err[-3000:]
-    assert "Traceback" not in err and "killed by signal" not in err, err[-3000:]
-    said = [line for line in err.splitlines() if "SIGTERM" in line]
-    assert len(said) == 1 and said[0].startswith("[train] SIGTERM: saved ") and "--resume auto" in said[0]
+    assert proc.returncode == status and status in (75, 130), err[-3000:]
+    assert "Traceback" not in err and "killed by signal" not in err and "KeyboardInterrupt" not in err, err[-3000:]
+    said = [line for line in err.splitlines() if line.startswith(f"[train] {sig.name}: saved ")]
+    assert len(said) == 1 and f"exit {status}" in said[0] and "--resume auto" in said[0], err[-3000:]
     state = ckpt.load_checkpoint(run / ckpt.LAST)
     k = state["total_iters"]
     assert 3 <= k < 200 and str(run / ckpt.LAST) in said[0]

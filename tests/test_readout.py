@@ -67,3 +67,22 @@ def test_checkpoint_init_holds_the_exact_starting_weights(tmp_path):
                                                                             pretrain.INIT_CHECKPOINT)), 10)
     assert torch.equal(model.pos_embed, init["pos_embed"]) and torch.equal(model.blocks[0].attn.qkv.weight,
                                                                             init["blocks.0.attn.qkv.weight"])
+
+
+def test_the_logistic_regressions_run_on_one_blas_thread(monkeypatch):
+    """A multi-threaded BLAS made the smoke scale's raw-pixel readout take a minute on 2 busy cores (spinning
+    threads on a 64 x 3072 problem); the fits run on one thread, whatever the process's BLAS default."""
+    from threadpoolctl import threadpool_info, threadpool_limits
+    seen = []
+    real = readout._logreg
+
+    def spy(*args, **kwargs):
+        seen.append({lib["num_threads"] for lib in threadpool_info() if lib["user_api"] == "blas"})
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(readout, "_logreg", spy)
+    tx, ty = _blobs(10, 0)
+    vx, vy = _blobs(4, 1)
+    with threadpool_limits(limits=2, user_api="blas"):  # what an unset OMP_NUM_THREADS gives on 2 cores
+        readout.readouts(tx, ty, vx, vy, 3, readout.Config(shot_draws=2, shots=(1,)))
+    assert len(seen) == 3 and all(threads == {1} for threads in seen), seen

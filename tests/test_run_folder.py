@@ -41,7 +41,11 @@ def test_the_resume_hint_followed_verbatim_finishes_the_run_and_keeps_its_config
     assert cli.main(argv[1:]) == 0  # exactly the printed command (the console script is `mae`)
     out = capsys.readouterr().out
     assert f"[resume] recipe from {run / 'config.yaml'}; no field overridden" in out
-    assert (run / "config.yaml").read_bytes() == config  # not replaced by the default (demo) preset's
+    # not replaced by the default (demo) preset's; max_iters says where the run stopped now: at its end
+    import yaml
+    before, after = yaml.safe_load(config), yaml.safe_load((run / "config.yaml").read_text())
+    assert before["max_iters"] == 2 and after["max_iters"] is None
+    assert {**before, "max_iters": None} == after
     metrics = json.loads((run / "metrics.json").read_text())
     assert metrics["finished"] and epochs_logged(run) == [0, 1, 2]
     assert ckpt.load_checkpoint(run / ckpt.LAST)["config"]["model"] == cli.protocol_module(protocol).PRESETS["smoke"].model
@@ -226,3 +230,14 @@ def test_pruning_after_a_rollback_keeps_the_new_checkpoints(tmp_path):
     removed = ckpt.prune_checkpoints(tmp_path, 2, upto=2)
     assert [p.name for p in removed] == ["checkpoint-0.pth"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint-1.pth", "checkpoint-2.pth", "checkpoint-5.pth"]
+
+
+def test_a_resume_of_a_finished_run_writes_nothing(tmp_path, capsys):
+    run = tmp_path / "done"
+    assert cli.main(["pretrain", *SMOKE, "--tensorboard", "--output_dir", str(run)]) == 0
+    import shutil
+    shutil.rmtree(run / "tensorboard")
+    before = {p.name: p.stat().st_mtime_ns for p in run.iterdir()}
+    assert cli.main(["pretrain", "--resume", "auto", "--tensorboard", "--output_dir", str(run)]) == 0
+    assert "nothing to do" in capsys.readouterr().out
+    assert {p.name: p.stat().st_mtime_ns for p in run.iterdir()} == before  # no events file, nothing rewritten

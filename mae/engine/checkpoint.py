@@ -49,21 +49,98 @@ def model_config_record(model: nn.Module) -> dict[str, Any]:
     return {"model_config": dataclasses.asdict(cfg), "model_config_class": type(cfg).__name__}
 
 
+#: what a loader of ours reads, said in every refusal
+EXPECTED = ("a torch.save file (a zip archive, or the pre-1.6 pickle format) or a .safetensors file, holding a model "
+            "state_dict (bare or under 'model' / 'state_dict')")
+_ZIP_MAGIC = b"PK\x03\x04"
+#: torch.save's format before torch 1.6: a pickle whose first object is this magic number (little-endian long)
+_LEGACY_MAGIC = (0x1950A86A20F9469CFC6C).to_bytes(10, "little")
+_OTHER_FORMATS = ((b"\x89PNG", "a PNG image"), (b"\xff\xd8\xff", "a JPEG image"), (b"GIF8", "a GIF image"),
+                  (b"%PDF", "a PDF document"), (b"\x1f\x8b", "a gzip archive"), (b"\x93NUMPY", "a NumPy .npy array"),
+                  (b"\x7fELF", "an executable (ELF)"), (b"\x89HDF", "an HDF5 file (Keras / h5py)"))
+
+
+def _describe(head: bytes, size: int) -> str:
+    """Words for a file that is not a checkpoint, from its first bytes."""
+    for magic, what in _OTHER_FORMATS:
+        if head.startswith(magic):
+            return f"{what} ({size} bytes)"
+    text = head.decode("utf-8", errors="ignore")
+    if len(text.encode()) < len(head) - 3 or not all(c.isprintable() or c in "\t\r\n" for c in text):
+        return f"a binary file of {size} bytes, neither a zip archive nor a pickle"
+    first = text.strip().splitlines()[0][:40] if text.strip() else ""
+    return f"a text file of {size} bytes" + (f" starting {first!r}" if first else "")
+
+
+def checkpoint_problem(path: str | Path) -> str | None:
+    """Why ``path`` cannot be a checkpoint file of ours, from its size and first bytes only (no unpickling);
+    None when it looks like one: a torch.save zip archive (holding ``data.pkl``), torch.save's pre-1.6
+    pickle format, or a ``.safetensors`` file."""
+    path = Path(path)
+    if not path.exists():
+        return f"{path}: no such file"
+    if not path.is_file():
+        return f"{path} is not a file"
+    size = path.stat().st_size
+    if size == 0:
+        return f"{path} is empty (0 bytes): an interrupted copy?"
+    with path.open("rb") as f:
+        head = f.read(32)
+    if head.startswith(_ZIP_MAGIC):
+        import zipfile
+        try:
+            with zipfile.ZipFile(path) as z:
+                names = z.namelist()
+        except (zipfile.BadZipFile, OSError) as e:
+            return f"{path} is a truncated or corrupt zip archive ({size} bytes: {e}); expected {EXPECTED}"
+        if not any(n == "data.pkl" or n.endswith("/data.pkl") for n in names):
+            return (f"{path} is a zip archive without the data.pkl that torch.save writes (a NumPy .npz or another "
+                    f"archive; it holds {', '.join(names[:5])}{' ...' if len(names) > 5 else ''}); expected {EXPECTED}")
+        return None
+    is_pickle = len(head) >= 2 and head[0] == 0x80 and 2 <= head[1] <= 5
+    if is_pickle and _LEGACY_MAGIC in head:  # torch.save's format before 1.6
+        return None
+    if is_pickle:
+        return f"{path} is a Python pickle ({size} bytes) that torch.save did not write; expected {EXPECTED}"
+    if len(head) >= 9 and head[8:9] == b"{" and int.from_bytes(head[:8], "little") < size:  # safetensors header
+        if path.suffix == ".safetensors":
+            return None
+        return f"{path} is a safetensors file: give it the .safetensors suffix to load it as one"
+    return f"{path} is not a PyTorch checkpoint: it is {_describe(head, size)}; expected {EXPECTED}"
+
+
+def _load_failure(path: Path, e: Exception) -> str:
+    """Our words for a torch.load failure; torch's own advice (to load with code execution allowed) is dropped."""
+    size = path.stat().st_size
+    found = re.search(r"Unsupported global: GLOBAL ([\w.]+)", str(e))
+    if found:
+        return (f"{path} ({size} bytes) holds a Python object ({found.group(1)}) besides tensors and plain containers, "
+                f"or is truncated: checkpoints are read without running code they contain, so it is refused; "
+                f"expected {EXPECTED} (re-save the model's state_dict with torch.save)")
+    first = str(e).strip().splitlines()[0][:200] if str(e).strip() else ""
+    detail = f" ({type(e).__name__}: {first})" if first and "weights_only" not in first else ""
+    return f"cannot read checkpoint {path} ({size} bytes): the file is truncated or corrupt{detail}"
+
+
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
-    """Read a checkpoint dict with a clear error for missing, truncated or foreign files."""
+    """Read a checkpoint dict with a clear error, in our words, for missing, truncated or foreign files.
+
+    The file is unpickled with ``weights_only=True`` (no code from the file runs); a file that is not a
+    checkpoint is named for what it is (:func:`checkpoint_problem`), never with torch's advice to allow code.
+    """
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint not found: {path}")
-    if path.stat().st_size == 0:
-        raise CheckpointError(f"checkpoint {path} is empty (0 bytes): an interrupted copy?")
+    problem = checkpoint_problem(path)
+    if problem is not None:
+        raise CheckpointError(problem)
     try:
         obj = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as e:  # noqa: BLE001 - torch raises many kinds for bad files
-        raise CheckpointError(
-            f"cannot read checkpoint {path} ({path.stat().st_size} bytes): the file is truncated, corrupt "
-            f"or not a PyTorch checkpoint ({type(e).__name__}: {str(e).splitlines()[0][:200]})") from e
+        raise CheckpointError(_load_failure(path, e)) from None
     if not isinstance(obj, dict):
-        raise CheckpointError(f"checkpoint {path} holds a {type(obj).__name__}, expected a dict")
+        raise CheckpointError(f"checkpoint {path} holds a {type(obj).__name__}, expected a dict (a state_dict, or one "
+                              "holding it under 'model' / 'state_dict')")
     return obj
 
 
@@ -117,6 +194,13 @@ def load_state_dict_checked(module: nn.Module, sd: dict[str, torch.Tensor], stri
 
 
 # ------------------------------------------------------------------ RNG state
+def seed_everything(seed: int) -> None:
+    """Seed torch (CPU and CUDA), numpy and python's random."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
 def rng_state() -> dict[str, Any]:
     """Every RNG a run touches, in weights-only-loadable form."""
     np_state = np.random.get_state()

@@ -9,6 +9,12 @@
 - ``checkpoint-best.pth``: the weights at the best value of ``best_metric`` among the evaluations.
 
 Only rank 0 writes; every rank waits for it (a barrier). The file layout is :mod:`mae.engine.checkpoint`'s.
+
+Scale-out: the position is also stored as samples of the epoch (``samples_in_epoch``, the ranks' iterations
+times the global batch per iteration), so a run resumes on any process count; every rank's RNG states are
+stored (``rng_ranks``, gathered from all ranks; ``rng`` is rank 0's, as before), so per-rank randomness
+(dropout, drop path, mixup) continues bitwise at the same process count; ``streams`` holds generators every
+rank shares (pre-training's mask noise: :class:`mae.masking.GlobalBatchNoise`).
 """
 from __future__ import annotations
 
@@ -20,7 +26,7 @@ import torch.nn as nn
 
 from mae.config import TrainConfig, to_dict
 from mae.engine import checkpoint as ckpt
-from mae.engine.distributed import barrier
+from mae.engine.distributed import all_gather_object, barrier
 
 #: the loop's position, as a checkpoint stores it
 COUNTERS = ("epoch", "iter", "global_step", "total_iters")
@@ -31,10 +37,11 @@ class Checkpointer:
 
     def __init__(self, cfg: TrainConfig, model: nn.Module, optimizer: torch.optim.Optimizer,
                  scaler: torch.amp.GradScaler, *, is_main: bool, world_size: int, best_metric: str | None = None,
-                 best_mode: str = "max"):
+                 best_mode: str = "max", rank: int = 0, streams: dict[str, torch.Generator] | None = None):
         self.cfg, self.run_dir = cfg, cfg.run_dir
         self.model, self.optimizer, self.scaler = model, optimizer, scaler
-        self.is_main, self.world_size = is_main, world_size
+        self.is_main, self.world_size, self.rank = is_main, world_size, rank
+        self.streams = dict(streams or {})
         self.best_metric, self.best_mode = best_metric, best_mode
         self.best: dict[str, Any] = {}
 
@@ -42,23 +49,37 @@ class Checkpointer:
     def last(self) -> Path:
         return self.run_dir / ckpt.LAST
 
-    def state_dict(self, counters: dict[str, int]) -> dict[str, Any]:
-        """The resume state at the loop's position ``counters`` (:data:`COUNTERS`)."""
+    @property
+    def batch_per_iter(self) -> int:
+        """Samples one iteration takes from the epoch, over all ranks."""
+        return self.cfg.batch_size * self.world_size
+
+    def state_dict(self, counters: dict[str, int], rng_ranks: list[Any] | None = None,
+                   rank_states: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+        """The resume state at the loop's position ``counters`` (:data:`COUNTERS`); ``rng_ranks``: every rank's
+        RNG states (this process's alone by default); ``rank_states``: the loop's per-rank values (its epoch's
+        running loss), in rank order."""
+        rng_ranks = rng_ranks if rng_ranks is not None else [ckpt.rng_state()]
         return {
             "model": self.model.state_dict(),
             "optimizer": self.optimizer.state_dict(),
             "scaler": self.scaler.state_dict(),
             **{k: int(counters[k]) for k in COUNTERS},
-            "best": self.best, "rng": ckpt.rng_state(),
+            "samples_in_epoch": int(counters["iter"]) * self.batch_per_iter,
+            "batch_per_iter": self.batch_per_iter, "accum_iter": self.cfg.accum_iter,
+            "best": self.best, "rng": rng_ranks[0], "rng_ranks": rng_ranks, "rank_states": rank_states or [],
+            "streams": {name: g.get_state() for name, g in self.streams.items()},
             "config": to_dict(self.cfg), "config_class": type(self.cfg).__name__,
             **ckpt.model_config_record(self.model),
             "world_size": self.world_size,
         }
 
-    def save(self, counters: dict[str, int], numbered: bool = False) -> None:
-        """checkpoint-last.pth (atomic) and, if asked, checkpoint-<epoch>.pth, then prune old ones."""
+    def save(self, counters: dict[str, int], numbered: bool = False, rank_state: dict[str, Any] | None = None) -> None:
+        """checkpoint-last.pth (atomic) and, if asked, checkpoint-<epoch>.pth, then prune old ones. Every rank
+        calls it (its RNG states and ``rank_state`` are gathered); rank 0 writes."""
+        gathered = all_gather_object((ckpt.rng_state(), rank_state or {}))
         if self.is_main:
-            state = self.state_dict(counters)
+            state = self.state_dict(counters, [g[0] for g in gathered], [g[1] for g in gathered])
             ckpt.save_checkpoint(state, self.last)
             if numbered:
                 ckpt.save_checkpoint(state, self.run_dir / f"checkpoint-{counters['epoch'] - 1}.pth")
@@ -72,9 +93,6 @@ class Checkpointer:
         if missing:
             raise ckpt.CheckpointError(f"{path} is not a resumable training checkpoint (missing {missing}); "
                                        "to start from its weights use the protocol's init/finetune option")
-        if state.get("world_size", 1) != self.world_size:
-            print(f"[resume] note: checkpoint was written with {state.get('world_size')} processes, now "
-                  f"{self.world_size}; the data order after resume differs from an uninterrupted run")
         ckpt.load_state_dict_checked(self.model, state["model"], strict=True, source=str(path))
         try:
             self.optimizer.load_state_dict(state["optimizer"])
@@ -84,8 +102,43 @@ class Checkpointer:
         if "scaler" in state:
             self.scaler.load_state_dict(state["scaler"])
         self.best = state.get("best", {})
-        ckpt.set_rng_state(state["rng"])
-        return {k: int(state[k]) for k in COUNTERS}
+        saved_world = int(state.get("world_size", 1))
+        #: every rank's loop values at the checkpoint (in rank order; [] for older files)
+        self.resumed_rank_states: list[dict[str, Any]] = list(state.get("rank_states") or [])
+        rng_ranks = state.get("rng_ranks") or [state["rng"]]
+        if saved_world == self.world_size and len(rng_ranks) == self.world_size:
+            ckpt.set_rng_state(rng_ranks[self.rank])
+        else:  # per-rank streams cannot continue on another process count: a fresh stream per (seed, rank, step)
+            from mae.data.sampler import sample_seed
+            ckpt.seed_everything(sample_seed(self.cfg.seed, self.rank + 1, int(state["global_step"])))
+        for name, g in self.streams.items():
+            if name in state.get("streams", {}):
+                g.set_state(state["streams"][name].to(g.get_state().device))
+        position = {k: int(state[k]) for k in COUNTERS}
+        position["iter"] = self._iteration_here(state, path)
+        if saved_world != self.world_size and self.is_main:
+            print(f"[resume] {path} was written by {saved_world} process(es), now {self.world_size}: resuming at "
+                  f"sample {position['iter'] * self.batch_per_iter} of the epoch; data order and pre-training's masks "
+                  "continue as in the uninterrupted run, per-rank streams (dropout, drop path, mixup) restart "
+                  "from (seed, rank, step)", flush=True)
+        return position
+
+    def _iteration_here(self, state: dict[str, Any], path: str | Path) -> int:
+        """The checkpoint's position in the epoch as an iteration of this run (its global batch may differ)."""
+        if "samples_in_epoch" in state:
+            samples = int(state["samples_in_epoch"])
+        else:  # written before positions were samples: per-rank iterations of its own world size and batch
+            saved_cfg = state.get("config", {})
+            samples = int(state["iter"]) * int(saved_cfg.get("batch_size", self.cfg.batch_size)) * int(
+                state.get("world_size", 1))
+        step = self.batch_per_iter * self.cfg.accum_iter  # samples of one optimizer step here
+        it = (samples // step) * self.cfg.accum_iter
+        if it * self.batch_per_iter != samples and self.is_main:
+            print(f"[resume] note: {path} stopped at sample {samples} of the epoch, which is not a whole optimizer "
+                  f"step of this run ({self.batch_per_iter} x accum {self.cfg.accum_iter}); resuming at sample "
+                  f"{it * self.batch_per_iter}: {samples - it * self.batch_per_iter} sample(s) are seen twice",
+                  flush=True)
+        return it
 
     def update_best(self, record: dict[str, Any]) -> None:
         """Keep ``checkpoint-best.pth`` at the best ``best_metric`` of the evaluations so far."""

@@ -1,19 +1,41 @@
-"""Process-group setup for torchrun / SLURM (submitit) and small helpers (MAE Sec. 4 trains on many devices)."""
+"""Where a process sits in a job, resolved once; the process group; small collectives (MAE Sec. 4 trains on
+64-128 devices).
+
+The launch contract (``ARCHITECTURE.md``, scale-out): :func:`placement` reads the environment the first
+time anything asks and never again:
+
+- torchrun (single or multi node): ``RANK`` / ``WORLD_SIZE`` / ``LOCAL_RANK`` / ``LOCAL_WORLD_SIZE``;
+- srun (plain ``srun mae pretrain ...``, or a submitit job): ``SLURM_PROCID`` / ``SLURM_NTASKS`` (the step's
+  ``SLURM_STEP_NUM_TASKS`` where set) / ``SLURM_LOCALID``, exported as torchrun's names so every later
+  reader (torch, timm, mmengine) agrees; ``MASTER_ADDR`` defaults to the first host of the job's node list
+  and ``MASTER_PORT`` to a port derived from the job id;
+- else one process.
+
+A GPU process uses ``cuda:(local_rank % device_count)``: one GPU per task (SLURM's ``--gpus-per-task``)
+and all GPUs visible to every task both work.
+"""
 from __future__ import annotations
 
 import os
+import re
+from collections.abc import MutableMapping
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.distributed as dist
 
 
-@dataclass
+@dataclass(frozen=True)
 class DistInfo:
+    """A process's place in its job."""
+
     rank: int = 0
     world_size: int = 1
     local_rank: int = 0
     backend: str | None = None
+    #: who started the processes: "single", "torchrun", "slurm" or "env" (RANK / WORLD_SIZE set by hand)
+    launcher: str = "single"
 
     @property
     def enabled(self) -> bool:
@@ -24,43 +46,150 @@ class DistInfo:
         return self.rank == 0
 
 
-def init_distributed(device_type: str) -> DistInfo:
-    """Join the process group announced by torchrun (RANK/WORLD_SIZE) or SLURM; gloo on CPU, nccl on GPU."""
-    if dist.is_available() and dist.is_initialized():
-        return DistInfo(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", 0)), dist.get_backend())
-    env = os.environ
+_PLACEMENT: DistInfo | None = None
+
+
+def first_host(nodelist: str) -> str:
+    """The first host name of a SLURM node list: ``'gpu[03-05,9],cpu1'`` -> ``'gpu03'``."""
+    m = re.match(r"^([^,\[]+)(?:\[([^\]]+)\])?", nodelist.strip())
+    if not m:
+        raise ValueError(f"cannot read the SLURM node list {nodelist!r}")
+    prefix, ranges = m.group(1), m.group(2)
+    if not ranges:
+        return prefix
+    return prefix + ranges.split(",")[0].split("-")[0]
+
+
+def resolve_placement(env: MutableMapping[str, str] | None = None) -> DistInfo:
+    """Read the launcher's variables from ``env`` (default ``os.environ``) and export torchrun's names.
+
+    A SLURM task count above one only counts inside a job step (``SLURM_STEP_NUM_TASKS``, which srun sets),
+    or with ``SLURM_NTASKS`` and a ``MASTER_ADDR`` given by hand: a batch script that runs one process
+    in an allocation of eight tasks is one process, not rank 0 of eight waiting for the other seven.
+    """
+    env = os.environ if env is None else env
     if "RANK" in env and "WORLD_SIZE" in env:
-        rank, world, local = int(env["RANK"]), int(env["WORLD_SIZE"]), int(env.get("LOCAL_RANK", 0))
-    elif "SLURM_PROCID" in env and int(env.get("SLURM_NTASKS", "1")) > 1 and "MASTER_ADDR" in env:
-        rank, world, local = int(env["SLURM_PROCID"]), int(env["SLURM_NTASKS"]), int(env.get("SLURM_LOCALID", 0))
-        env.setdefault("RANK", str(rank))
-        env.setdefault("WORLD_SIZE", str(world))
+        rank, world = int(env["RANK"]), int(env["WORLD_SIZE"])
+        local = int(env.get("LOCAL_RANK", 0))
+        launcher = ("single" if world <= 1 else "torchrun" if "TORCHELASTIC_RUN_ID" in env
+                    else "slurm" if "SLURM_PROCID" in env else "env")  # (submitit exports RANK from SLURM's)
+    elif "SLURM_PROCID" in env and ("SLURM_STEP_NUM_TASKS" in env or "MASTER_ADDR" in env):
+        rank = int(env["SLURM_PROCID"])
+        world = int(env.get("SLURM_STEP_NUM_TASKS") or env.get("SLURM_NTASKS", "1"))
+        local = int(env.get("SLURM_LOCALID", 0))
+        launcher = "slurm" if world > 1 else "single"
+        if world > 1:
+            env["RANK"], env["WORLD_SIZE"], env["LOCAL_RANK"] = str(rank), str(world), str(local)
+            tasks_per_node = env.get("SLURM_STEP_TASKS_PER_NODE") or env.get("SLURM_TASKS_PER_NODE", "")
+            m = re.match(r"^(\d+)", tasks_per_node)
+            if m:
+                env.setdefault("LOCAL_WORLD_SIZE", m.group(1))
+            nodes = env.get("SLURM_STEP_NODELIST") or env.get("SLURM_JOB_NODELIST") or env.get("SLURM_NODELIST")
+            if "MASTER_ADDR" not in env:
+                env["MASTER_ADDR"] = first_host(nodes) if nodes else "127.0.0.1"
+            if "MASTER_PORT" not in env:  # one port per job: two jobs sharing a node do not collide
+                env["MASTER_PORT"] = str(20000 + int(env.get("SLURM_JOB_ID", "0") or 0) % 20000)
     else:
-        return DistInfo()
-    if world <= 1:
-        return DistInfo(rank, world, local)
+        rank, world, local, launcher = 0, 1, 0, "single"
+    if not 0 <= rank < max(world, 1):
+        raise RuntimeError(f"rank {rank} is outside a job of {world} process(es): check the launcher's variables")
+    return DistInfo(rank, world, local, None, launcher)
+
+
+def placement() -> DistInfo:
+    """This process's place (resolved on the first call, from the environment; see the module docstring)."""
+    global _PLACEMENT
+    if _PLACEMENT is None:
+        _PLACEMENT = resolve_placement()
+    return _PLACEMENT
+
+
+def is_main_process() -> bool:
+    """Rank 0 (or the only process): the one that writes and prints."""
+    return placement().is_main
+
+
+def local_device(device_type: str) -> torch.device:
+    """The device this process uses: ``cuda:(local_rank % device_count)`` on GPUs, else ``device_type``."""
+    if device_type == "cuda":
+        count = max(torch.cuda.device_count(), 1)
+        return torch.device("cuda", placement().local_rank % count)
+    return torch.device(device_type)
+
+
+def init_distributed(device_type: str) -> DistInfo:
+    """Join the job's process group (gloo on CPU, nccl on GPU); one process: nothing to join."""
+    where = placement()
+    if dist.is_available() and dist.is_initialized():
+        return DistInfo(dist.get_rank(), dist.get_world_size(), where.local_rank, dist.get_backend(), where.launcher)
+    if not where.enabled:
+        return where
     backend = "nccl" if device_type == "cuda" else "gloo"
     if device_type == "cuda":
-        torch.cuda.set_device(local)
-    dist.init_process_group(backend=backend, init_method="env://", world_size=world, rank=rank)
+        torch.cuda.set_device(local_device("cuda"))
+    dist.init_process_group(backend=backend, init_method="env://", world_size=where.world_size, rank=where.rank)
     dist.barrier()
-    return DistInfo(rank, world, local, backend)
+    return DistInfo(where.rank, where.world_size, where.local_rank, backend, where.launcher)
+
+
+def is_initialized() -> bool:
+    return dist.is_available() and dist.is_initialized()
 
 
 def barrier() -> None:
-    if dist.is_available() and dist.is_initialized():
+    if is_initialized():
         dist.barrier()
 
 
 def all_reduce_mean(x: float | torch.Tensor, device: torch.device | str = "cpu") -> float:
     """Mean of a scalar over processes (the value itself when not distributed)."""
-    if not (dist.is_available() and dist.is_initialized()):
+    if not is_initialized():
         return float(x)
     t = torch.as_tensor(float(x), dtype=torch.float64, device=device)
     dist.all_reduce(t)
     return float(t.item()) / dist.get_world_size()
 
 
+def all_reduce_max(x: int, device: torch.device | str = "cpu") -> int:
+    """The largest of an integer over processes (the value itself when not distributed): flags ranks agree on."""
+    if not is_initialized():
+        return int(x)
+    t = torch.tensor(int(x), dtype=torch.int64, device=device)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return int(t.item())
+
+
+def all_gather_object(obj: Any) -> list[Any]:
+    """Every rank's ``obj``, in rank order (``[obj]`` when not distributed)."""
+    if not is_initialized():
+        return [obj]
+    out: list[Any] = [None] * dist.get_world_size()
+    dist.all_gather_object(out, obj)
+    return out
+
+
 def cleanup() -> None:
-    if dist.is_available() and dist.is_initialized():
+    if is_initialized():
         dist.destroy_process_group()
+
+
+def shard_indices(n: int) -> range:
+    """The items of an ``n``-item set this rank handles when work is dealt round-robin (item i to rank
+    ``i % world_size``): every item once over all ranks; ``range(n)`` when not distributed."""
+    if not is_initialized():
+        return range(n)
+    return range(dist.get_rank(), n, dist.get_world_size())
+
+
+def gather_shards(local: torch.Tensor, n: int) -> torch.Tensor:
+    """The ``n`` rows of a set from each rank's round-robin shard (:func:`shard_indices`), in the set's order,
+    on every rank (on ``local``'s device; nccl needs it on the rank's GPU). ``local`` when not distributed."""
+    if not is_initialized():
+        return local
+    world = dist.get_world_size()
+    per = -(-n // world)
+    full = torch.zeros((per, *local.shape[1:]), dtype=local.dtype, device=local.device)
+    full[:local.shape[0]] = local
+    parts = [torch.empty_like(full) for _ in range(world)]
+    dist.all_gather(parts, full)
+    return torch.stack(parts, dim=1).reshape(per * world, *local.shape[1:])[:n]

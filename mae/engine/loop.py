@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 import time
 import warnings
 from collections.abc import Callable
@@ -34,9 +35,10 @@ from mae.config import TrainConfig
 from mae.data.errors import DataError
 from mae.data.sampler import ResumableSampler, SeededDataset
 from mae.engine import checkpoint as ckpt
+from mae.engine.checkpoint import seed_everything  # noqa: F401 (re-exported: the protocols seed through the loop)
 from mae.engine import rundir, speed
 from mae.engine.checkpointer import Checkpointer
-from mae.engine.distributed import DistInfo, all_reduce_mean, init_distributed
+from mae.engine.distributed import DistInfo, all_reduce_max, all_reduce_mean, init_distributed, local_device
 from mae.engine.optim import adamw, lr_at, param_groups_weight_decay, scaled_lr, set_lr
 from mae.engine.preemption import PreemptionGuard, ignore_stop_signals
 from mae.engine.runlog import LossMonitor, RunLogger
@@ -82,33 +84,55 @@ class TrainHooks:
     log_columns: tuple[str, ...] = ()
 
 
-def resolve_device(name: str) -> torch.device:
+def resolve_device(name: str, expect_gpu: bool = False) -> torch.device:
+    """The device of this process: ``auto`` is its GPU (``cuda:(local_rank % device_count)``) if CUDA works,
+    else the CPU, said in one line where a GPU was expected (``expect_gpu``: a paper recipe, or
+    ``CUDA_VISIBLE_DEVICES`` naming devices); ``cuda`` without an index is the process's GPU too."""
+    from mae.engine.distributed import is_main_process, local_device
     if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    dev = torch.device(name)
+        if torch.cuda.is_available():
+            return local_device("cuda")
+        visible = os.environ.get("CUDA_VISIBLE_DEVICES", "").strip()
+        if (expect_gpu or (visible and visible != "-1")) and is_main_process():
+            why = f"CUDA_VISIBLE_DEVICES={visible}" if visible else "this recipe is meant for GPUs"
+            print(f"[device] --device auto chose the CPU although {why}: CUDA is not usable here (torch "
+                  f"{torch.__version__}, CUDA build {torch.version.cuda}; an old driver or a GPU this build has no "
+                  "kernels for? README: Installing on a cluster). Give --device cpu to silence this.",
+                  file=sys.stderr, flush=True)
+        return torch.device("cpu")
+    try:
+        dev = torch.device(name)
+    except RuntimeError as e:
+        raise DeviceUnavailableError(f"--device {name}: not a device name ({e}); use auto, cpu, cuda or cuda:N") from None
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise DeviceUnavailableError(f"--device {name}: CUDA is not available on this machine (use --device cpu)")
+    if dev.type == "cuda" and dev.index is None:
+        return local_device("cuda")
     return dev
 
 
 def resolve_amp(amp: str, device: torch.device) -> torch.dtype | None:
-    """Autocast dtype: bf16 on GPU by default, none (fp32) on CPU."""
+    """Autocast dtype: on GPU bf16 where the GPU supports it (Ampere and later), else fp16 (with a GradScaler:
+    V100, T4); none (fp32) on CPU."""
     if amp == "auto":
-        return torch.bfloat16 if device.type == "cuda" else None
+        if device.type != "cuda":
+            return None
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
     table = {"bf16": torch.bfloat16, "fp16": torch.float16, "none": None}
     if amp not in table:
         raise ValueError(f"--amp must be one of auto, bf16, fp16, none; got {amp!r}")
     return table[amp]
 
 
-def seed_everything(seed: int) -> None:
-    """Seed torch (CPU and CUDA), numpy and python's random."""
-    import random
-
-    import numpy as np
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
+def describe_device(device: torch.device, amp: torch.dtype | None) -> str:
+    """The device in words, for the run's first line: 'cuda:0 (NVIDIA H100 80GB HBM3), bf16 autocast'."""
+    if device.type == "cuda":
+        where = f"{device} ({torch.cuda.get_device_name(device)})"
+    else:
+        from mae.provenance import cpu_model
+        where = f"cpu ({cpu_model()}, {torch.get_num_threads()} intra-op thread(s))"
+    precision = {torch.bfloat16: "bf16 autocast", torch.float16: "fp16 autocast + GradScaler"}.get(amp, "fp32")
+    return f"{where}, {precision}"
 
 
 def move_to(batch: Any, device: torch.device) -> Any:
@@ -133,10 +157,10 @@ class Trainer:
         self.cfg, self.hooks = cfg, hooks
         from mae.provenance import pin_code_commit
         pin_code_commit()  # the commit this run's numbers will carry: the code loaded now
-        self.device = resolve_device(cfg.device)
+        self.device = resolve_device(cfg.device, expect_gpu=bool(cfg.recipe_batch))
         self.dist: DistInfo = init_distributed(self.device.type)
         if self.device.type == "cuda" and self.dist.enabled:
-            self.device = torch.device("cuda", self.dist.local_rank)
+            self.device = local_device("cuda")
         self.run_dir = cfg.run_dir
         self.is_main = self.dist.is_main
         if self.is_main:
@@ -147,9 +171,19 @@ class Trainer:
         self.amp_dtype = resolve_amp(cfg.amp, self.device)
         # CPU thread policy (mae.engine.threads): --threads, else OMP_NUM_THREADS, else all cores; recorded as
         # "runtime" in this process's first log.txt record and in metrics.json
-        from mae.engine.threads import apply_thread_policy
+        from mae.engine.threads import apply_thread_policy, make_governor
         self.runtime = apply_thread_policy(getattr(cfg, "threads", None), announce=self.is_main)
+        self.thread_governor = make_governor(  # the adaptive count: observe() per iteration, changes to log.txt
+            self.runtime, serve=self.device.type == "cpu" and not self.dist.enabled, announce=self.is_main,
+            log=lambda e: self.logger.log_epoch({"epoch": self.epoch, "iteration": self.total_iters, **e}))
         self._runtime_logged = False
+        if self.is_main:
+            print(f"[train] device: {describe_device(self.device, self.amp_dtype)}; {self.dist.world_size} "
+                  f"process(es) ({self.dist.launcher})", flush=True)
+        #: a random stream every rank shares (seeded with the recipe's seed, saved in checkpoints): randomness of
+        #: the global batch that each rank draws whole and slices (pre-training's masks, :meth:`rows_of_global`)
+        self.shared_generator = torch.Generator(self.device)
+        self.shared_generator.manual_seed(cfg.seed)
 
         self.model_without_ddp = model.to(self.device)
         # [fast path hook, mae.engine.speed] compiled in place before DDP (state_dict unchanged); on CPU a
@@ -163,14 +197,23 @@ class Trainer:
         self._build_loader(train_set)
         self._build_optimizer(param_groups)
         self.checkpointer = Checkpointer(cfg, self.model_without_ddp, self.optimizer, self.scaler, is_main=self.is_main,
-                                         world_size=self.dist.world_size, best_metric=best_metric, best_mode=best_mode)
+                                         world_size=self.dist.world_size, best_metric=best_metric, best_mode=best_mode,
+                                         rank=self.dist.rank, streams={"shared": self.shared_generator})
         self.preemption = PreemptionGuard(self.dist, self.device, cfg.log_every)
 
         self.epoch, self.iter_in_epoch, self.global_step, self.total_iters = 0, 0, 0, 0
         self.history: list[dict[str, Any]] = []
         self.logger = RunLogger(self.run_dir, self.is_main, cfg.tensorboard, columns=hooks.log_columns)
-        # GPU: check the loss for NaN/Inf on the device and sync only at logging points (LossMonitor)
-        self.defer_loss_check = self.device.type == "cuda"
+        # GPU: check the loss for NaN/Inf on the device and sync only at logging points (LossMonitor); several
+        # processes: check there too, all ranks at once, so that a NaN on one rank stops every rank together
+        self.defer_loss_check = self.device.type == "cuda" or self.dist.enabled
+        self._monitor: LossMonitor | None = None  # the running epoch's (a mid-epoch checkpoint saves its sum)
+
+    def rows_of_global(self, tensor: torch.Tensor) -> torch.Tensor:
+        """This rank's rows of a tensor drawn for the iteration's whole global batch (``batch_size x world_size``
+        rows, in the order of the data): the sampler deals global position ``p`` to rank ``p % world_size``, so
+        rank r's row j is global row ``j * world_size + r``. With one process: the tensor itself."""
+        return tensor if not self.dist.enabled else tensor[self.dist.rank::self.dist.world_size]
 
     def _build_loader(self, train_set: Dataset) -> None:
         """The seeded, resumable data order of every rank (ResumableSampler, SeededDataset)."""
@@ -222,7 +265,19 @@ class Trainer:
                 "total_iters": self.total_iters}
 
     def save(self, numbered: bool = False) -> None:
-        self.checkpointer.save(self.counters(), numbered)
+        monitor = self._monitor if self.iter_in_epoch else None  # mid-epoch: the epoch's running loss goes along
+        rank_state = {} if monitor is None else {"loss_sum": monitor.total_value(), "loss_n": monitor.n}
+        self.checkpointer.save(self.counters(), numbered, rank_state)
+
+    def _resumed_loss(self) -> tuple[float, int]:
+        """(sum, count) of this rank's losses in the resumed epoch before the checkpoint: its own at the same
+        process count (bitwise), else the ranks' mean (each iteration's global-batch loss, the same sum)."""
+        states = [st for st in self.checkpointer.resumed_rank_states if "loss_n" in st]
+        if not states or not self.iter_in_epoch:
+            return 0.0, 0
+        if len(states) == self.dist.world_size:
+            return float(states[self.dist.rank]["loss_sum"]), int(states[self.dist.rank]["loss_n"])
+        return sum(float(st["loss_sum"]) for st in states) / len(states), int(states[0]["loss_n"])
 
     def resume(self, path: Any) -> None:
         position = self.checkpointer.resume(path)
@@ -231,6 +286,8 @@ class Trainer:
                                      f"{self.cfg.epochs}: a resume cannot shorten a run; give another --output_dir")
         self.epoch, self.iter_in_epoch = position["epoch"], position["iter"]
         self.global_step, self.total_iters = position["global_step"], position["total_iters"]
+        if self.epoch >= self.cfg.epochs and (self.run_dir / "metrics.json").is_file():
+            return  # a finished run: nothing to continue, and nothing in its folder is rewritten
         self.logger.truncate_after(self.total_iters)
         self._restore_history()
         if self.is_main:
@@ -303,6 +360,7 @@ class Trainer:
                                 position=f"epoch {self.epoch}, iteration {self.iter_in_epoch}")
         if resume_path is None:
             seed_everything(cfg.seed + self.dist.rank)
+            self.shared_generator.manual_seed(cfg.seed)
             if self.is_main:  # a fresh start: rows of an earlier attempt that left no checkpoint never mix in
                 self.logger.iter_path.unlink(missing_ok=True)
                 self.logger.epoch_path.unlink(missing_ok=True)
@@ -327,9 +385,11 @@ class Trainer:
             result["runtime"] = self.runtime
             from mae.provenance import stage_provenance  # the run stamps its own numbers (never the collector)
             changes = rundir.recipe_changes(self.run_dir)  # trained partly under another recipe: say so
+            commits = rundir.run_commits(self.run_dir)  # trained partly under other code: every commit
             result["provenance"] = stage_provenance(seed=cfg.seed, wall_s=time.time() - t_fit,
                                                     resumed=resume_path is not None,
-                                                    **({"recipe_changes": changes} if changes else {}))
+                                                    **({"recipe_changes": changes} if changes else {}),
+                                                    **({"commits": commits} if len(commits) > 1 else {}))
             atomic_write_text(self.run_dir / "metrics.json", json.dumps(result, indent=1, default=float))
         return result
 
@@ -344,7 +404,11 @@ class Trainer:
             from tqdm.auto import tqdm
             bar = tqdm(total=self.iters_per_epoch, initial=start, desc=f"epoch {self.epoch + 1}/{cfg.epochs}",
                        dynamic_ncols=True, mininterval=1.0, leave=False)
-        monitor = LossMonitor(self.device, self.defer_loss_check, self._non_finite)
+        monitor = LossMonitor(self.device, self.defer_loss_check, self._non_finite,
+                              agree=(lambda bad: all_reduce_max(bad, self.device)) if self.dist.enabled else None)
+        if start:  # resumed mid-epoch: the epoch's loss so far, so that its mean is the whole epoch's
+            monitor.restore(*self._resumed_loss())
+        self._monitor, n_before = monitor, monitor.n
         t0 = time.time()
         opt.zero_grad(set_to_none=True)
         for batch in self._batches():
@@ -374,9 +438,12 @@ class Trainer:
                 self.global_step += 1
             self.iter_in_epoch += 1
             self.total_iters += 1
+            self.thread_governor.observe()  # CPU thread policy (mae.engine.threads): may change the count
             current_lr = max(g["lr"] for g in opt.param_groups)
             if self.total_iters % cfg.log_every == 0 or self.iter_in_epoch == self.iters_per_epoch:
                 loss_value = monitor.last()  # (deferred: the one host sync of the interval)
+                if self.dist.enabled:  # the global batch's loss (each rank's is half of it, or less)
+                    loss_value = all_reduce_mean(loss_value, self.device)
                 row = {"epoch": self.epoch, "iteration": self.total_iters - 1, "lr": current_lr, "loss": loss_value}
                 row.update({k: float(v) for k, v in metrics.items()})
                 self.logger.log_iter(row)
@@ -406,14 +473,17 @@ class Trainer:
         self._epoch_stats = {"train_loss": all_reduce_mean(monitor.mean(), self.device),
                              "train_lr": max(g["lr"] for g in opt.param_groups),
                              "epoch_time_s": time.time() - t0,
-                             "imgs_per_s": monitor.n * cfg.batch_size * self.dist.world_size / max(time.time() - t0, 1e-9)}
+                             "imgs_per_s": (monitor.n - n_before) * cfg.batch_size * self.dist.world_size / max(time.time() - t0, 1e-9)}
         skipped = getattr(getattr(self.dataset, "base", None), "num_skipped", 0)
         if skipped:
             self._epoch_stats["skipped_images"] = int(skipped)
 
-    def _non_finite(self, value: float, total_iteration: int) -> None:
+    def _non_finite(self, value: float, total_iteration: int, rank: int | None = None) -> None:
         last = self.checkpointer.last
         kept = f"the last good checkpoint is {last}" if last.exists() else "no checkpoint was written yet"
+        if rank is not None and rank != self.dist.rank:  # every rank stops at the same check (LossMonitor agree)
+            raise NonFiniteLossError(f"process {rank}'s loss is not finite (epoch {self.epoch}, by iteration "
+                                     f"{self.total_iters}); every process stopped and {kept}")
         in_epoch = total_iteration - (self.total_iters - self.iter_in_epoch)
         raise NonFiniteLossError(
             f"loss is {value} at epoch {self.epoch}, iteration {in_epoch} (overall iteration {total_iteration}); "

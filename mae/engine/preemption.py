@@ -1,10 +1,12 @@
 """Pre-emption of a training run (SLURM, torchrun): stop signals, the ranks' agreement, the exit status.
 
-SIGTERM or SIGUSR1 goes to the whole process group. Loader workers ignore both
-(:func:`ignore_stop_signals`, their ``worker_init_fn``), so the main process decides: while a run is
-inside a :class:`PreemptionGuard`, a signal only sets a flag; the loop asks :meth:`PreemptionGuard.requested`
-at optimizer-step boundaries, writes ``checkpoint-last.pth`` and leaves, and the run ends with
-:class:`Preempted` (exit status :data:`EXIT_PREEMPTED`, 75, sysexits' EX_TEMPFAIL: "try again").
+SIGTERM, SIGUSR1 or SIGUSR2 (submitit's time-limit signal) goes to the whole process group, and Ctrl-C
+sends SIGINT to the foreground group. Loader workers ignore them all (:func:`ignore_stop_signals`, their
+``worker_init_fn``), so the main process decides: while a run is inside a :class:`PreemptionGuard`, a
+signal only sets a flag; the loop asks :meth:`PreemptionGuard.requested` at optimizer-step boundaries,
+writes ``checkpoint-last.pth`` and leaves, and the run ends with :class:`Preempted`: exit status
+:data:`EXIT_PREEMPTED` (75, sysexits' EX_TEMPFAIL: "try again"), or 130 after Ctrl-C (the shell's
+status for SIGINT). A second Ctrl-C stops at once (KeyboardInterrupt), saving nothing more.
 Under DDP the ranks compare their flags every ``every`` optimizer steps (an all-reduce), so that they
 all stop at the same step and no collective is left waiting.
 """
@@ -19,17 +21,20 @@ import torch
 
 from mae.engine.distributed import DistInfo
 
-#: signals that pre-empt a run (SLURM sends SIGTERM, or SIGUSR1 with --signal=USR1@T; torchrun SIGTERM)
-STOP_SIGNALS: tuple[signal.Signals, ...] = (signal.SIGTERM, signal.SIGUSR1)
+#: signals that pre-empt a run (SLURM sends SIGTERM, or SIGUSR1 with --signal=USR1@T; submitit asks for USR2;
+#: torchrun forwards SIGTERM; Ctrl-C is SIGINT)
+STOP_SIGNALS: tuple[signal.Signals, ...] = (signal.SIGTERM, signal.SIGUSR1, signal.SIGUSR2, signal.SIGINT)
 #: exit status of a pre-empted run (checkpoint saved, resume with --resume auto): sysexits' EX_TEMPFAIL
 EXIT_PREEMPTED = 75
+#: exit status after Ctrl-C (checkpoint saved): 128 + SIGINT, what a shell reports for an interrupted command
+EXIT_INTERRUPTED = 130
 
 
 class Preempted(SystemExit):
     """A stop signal arrived; ``checkpoint-last.pth`` holds the state. Exits with :data:`EXIT_PREEMPTED`."""
 
     def __init__(self, signum: int, checkpoint: Path):
-        super().__init__(EXIT_PREEMPTED)
+        super().__init__(EXIT_INTERRUPTED if signum == signal.SIGINT else EXIT_PREEMPTED)
         self.signum, self.checkpoint = signum, checkpoint
 
 
@@ -53,6 +58,11 @@ class PreemptionGuard:
 
     def __enter__(self) -> PreemptionGuard:
         def handler(signum: int, frame: Any) -> None:
+            if signum == signal.SIGINT and self.signum == signal.SIGINT:  # Ctrl-C twice: stop now
+                raise KeyboardInterrupt
+            if signum == signal.SIGINT and self.dist.is_main:
+                print("\n[train] Ctrl-C: saving at the next step (Ctrl-C again to stop without saving)",
+                      file=sys.stderr, flush=True)
             self.signum = signum
         for sig in STOP_SIGNALS:
             try:
@@ -83,6 +93,7 @@ class PreemptionGuard:
         """Say (one line, rank 0) where the state is and how to continue; the exception to raise."""
         assert self.signum is not None
         if self.dist.is_main:
-            print(f"[train] {signal.Signals(self.signum).name}: saved {checkpoint} at {where}; exit {EXIT_PREEMPTED}, "
+            code = EXIT_INTERRUPTED if self.signum == signal.SIGINT else EXIT_PREEMPTED
+            print(f"[train] {signal.Signals(self.signum).name}: saved {checkpoint} at {where}; exit {code}, "
                   f"continue with: {resume_command}", file=sys.stderr, flush=True)
         return Preempted(self.signum, checkpoint)

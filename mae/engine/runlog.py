@@ -20,14 +20,19 @@ import torch
 class LossMonitor:
     """An epoch's running loss and the non-finite guard.
 
-    Where host syncs are cheap (CPU) every loss is read and checked at once, before its backward pass.
+    Where host syncs are cheap (CPU, one process) every loss is read and checked at once, before its backward
+    pass. Under DDP the check is deferred like on a GPU and ``agree`` makes it collective: every rank reaches
+    the same checks, and all stop at the first one after any rank saw a NaN.
     On a GPU (``deferred``) the check stays on the device and the host reads it only when a value is
     needed: at logging points, before a checkpoint and at the epoch end; so a NaN stops the run at most
     ``log_every`` iterations late, and never reaches a checkpoint.
     """
 
-    def __init__(self, device: torch.device, deferred: bool, on_bad: Callable[[float, int], None]):
+    def __init__(self, device: torch.device, deferred: bool, on_bad: Callable[..., None],
+                 agree: Callable[[int], int] | None = None):
         self.deferred, self.on_bad, self.n = deferred, on_bad, 0
+        #: several processes: ``agree(flag) -> max over ranks`` at every check, so that all ranks stop together
+        self.agree = agree
         self.total: float | torch.Tensor = torch.zeros((), dtype=torch.float64, device=device) if deferred else 0.0
         self.first_bad = torch.full((), -1, dtype=torch.int64, device=device) if deferred else None
         self.bad_value = torch.zeros((), dtype=torch.float32, device=device) if deferred else None
@@ -51,8 +56,29 @@ class LossMonitor:
 
     def check(self) -> None:
         """Raise (through ``on_bad``) if a non-finite loss was seen; a host sync when deferred."""
-        if self.deferred and int(self.first_bad.item()) >= 0:
-            self.on_bad(float(self.bad_value.item()), int(self.first_bad.item()))
+        if not self.deferred:
+            return
+        first_bad = int(self.first_bad.item())
+        if self.agree is not None:  # the earliest non-finite loss over all ranks (ties: the highest rank)
+            import torch.distributed as dist
+            rank = dist.get_rank() if dist.is_initialized() else 0
+            code = ((2**40 - first_bad) << 16) + rank + 1 if first_bad >= 0 else 0
+            worst = self.agree(code)
+            if worst:
+                who, when = (worst & 0xFFFF) - 1, 2**40 - (worst >> 16)
+                self.on_bad(float(self.bad_value.item()) if who == rank else float("nan"), when, who)
+            return
+        if first_bad >= 0:
+            self.on_bad(float(self.bad_value.item()), first_bad)
+
+    def total_value(self) -> float:
+        """The running sum of the losses (a host sync when deferred)."""
+        return float(self.total)
+
+    def restore(self, total: float, n: int) -> None:
+        """Continue from a checkpoint's running sum and count (a run resumed mid-epoch)."""
+        self.n = int(n)
+        self.total = (torch.full_like(self.total, total) if isinstance(self.total, torch.Tensor) else float(total))
 
     def last(self) -> float:
         self.check()
@@ -72,14 +98,21 @@ class RunLogger:
         self._last: tuple[int, dict[str, Any]] | None = None  # (file offset, row) of the last row written
         self.iter_path = run_dir / "train_log.csv"
         self.epoch_path = run_dir / "log.txt"
-        self.tb = None
-        if enabled and tensorboard:
+        # TensorBoard's writer is opened at the first record: a resume with nothing to do writes no events file
+        self._tb_dir: Path | None = run_dir / "tensorboard" if enabled and tensorboard else None
+        self._tb: Any = None
+        self._fields: list[str] | None = None
+
+    @property
+    def tb(self) -> Any:
+        """The TensorBoard writer (None without TensorBoard), opened on first use."""
+        if self._tb is None and self._tb_dir is not None:
             try:
                 from torch.utils.tensorboard import SummaryWriter
-                self.tb = SummaryWriter(log_dir=str(run_dir / "tensorboard"))
+                self._tb = SummaryWriter(log_dir=str(self._tb_dir))
             except ImportError:  # tensorboard not installed: CSV logs still work
-                self.tb = None
-        self._fields: list[str] | None = None
+                self._tb_dir = None
+        return self._tb
 
     def truncate_after(self, step: int) -> None:
         """On resume, drop iteration rows logged after the checkpoint (they will be redone)."""
@@ -141,5 +174,5 @@ class RunLogger:
             self.tb.flush()
 
     def close(self) -> None:
-        if self.tb is not None:
-            self.tb.close()
+        if self._tb is not None:
+            self._tb.close()

@@ -293,6 +293,20 @@ def _read_hf_folder(folder: Path) -> tuple[dict[str, torch.Tensor], dict[str, An
                           f"(a Hugging Face model folder); found {present}")
 
 
+def source_problem(path: str | Path) -> str | None:
+    """Why ``path`` cannot be a checkpoint source of :func:`read_checkpoint`, judged without loading it (a file's
+    first bytes: :func:`mae.engine.checkpoint.checkpoint_problem`; a folder's weight files); None when it can."""
+    from mae.engine.checkpoint import checkpoint_problem
+    path = Path(path)
+    if path.is_dir():
+        if any((path / name).is_file() for name in HF_WEIGHTS + HF_INDEXES):
+            return None
+        present = sorted(p.name for p in path.iterdir())[:10]
+        return (f"{path} is a folder without model weights: expected one of {', '.join(HF_WEIGHTS + HF_INDEXES)} "
+                f"(a Hugging Face model folder); found {present}")
+    return checkpoint_problem(path)
+
+
 def read_checkpoint(source: Source) -> Checkpoint:
     """Read a checkpoint of any format into official names (the one loader behind every ``--finetune``,
     ``--init``, ``--ckpt`` and figure): a ``.pth`` / ``.bin`` / ``.safetensors`` file, a Hugging Face

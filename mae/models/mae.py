@@ -205,9 +205,11 @@ class MaskedAutoencoderViT(nn.Module):
         return x.reshape(x.shape[0], c, h * p, w * p)
 
     # ------------------------------------------------------------- encoder
-    def sample_noise(self, n: int, mask_ratio: float, device: torch.device | str) -> torch.Tensor:
-        """Noise of this model's mask strategy (Table 1f); lower noise = kept."""
-        return sample_noise(self.config.mask_strategy, n, self.config.grid_size, mask_ratio, device)
+    def sample_noise(self, n: int, mask_ratio: float, device: torch.device | str,
+                     generator: torch.Generator | None = None) -> torch.Tensor:
+        """Noise of this model's mask strategy (Table 1f); lower noise = kept. ``generator``: the stream to
+        draw from (default: torch's global RNG)."""
+        return sample_noise(self.config.mask_strategy, n, self.config.grid_size, mask_ratio, device, generator)
 
     def forward_encoder(self, imgs: torch.Tensor, mask_ratio: float, noise: torch.Tensor | None = None
                         ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

@@ -20,7 +20,7 @@ import time
 
 import torch
 import torch.nn as nn
-from torch.utils.data import DataLoader, Dataset, TensorDataset
+from torch.utils.data import DataLoader, Dataset, Subset, TensorDataset
 
 from mae.models.vit import ViTClassifier
 from mae.protocols.finetune import log
@@ -29,22 +29,28 @@ from mae.protocols.finetune import log
 @torch.no_grad()
 def extract_features(model: ViTClassifier, dataset: Dataset, batch_size: int, num_workers: int = 0,
                      device: torch.device | str = "cpu", amp_dtype: torch.dtype | None = None) -> TensorDataset:
-    """(features (N, D) float32 on CPU, labels (N,) int64) of ``dataset``: the input of ``model.head``."""
+    """(features (N, D) float32 on CPU, labels (N,) int64) of ``dataset``: the input of ``model.head``.
+
+    Under several processes each rank extracts its round-robin shard on its own device and every rank
+    receives the whole set (:func:`mae.engine.distributed.gather_shards`)."""
+    from mae.engine.distributed import gather_shards, shard_indices
     device = torch.device(device)
     model = model.to(device)
     was_training = model.training
     model.eval()
-    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers,
-                        pin_memory=device.type == "cuda")
+    shard = shard_indices(len(dataset))  # type: ignore[arg-type]
+    loader = DataLoader(Subset(dataset, shard) if len(shard) < len(dataset) else dataset,  # type: ignore[arg-type]
+                        batch_size=batch_size, shuffle=False, num_workers=num_workers, pin_memory=device.type == "cuda")
     feats, labels = [], []
     t0 = time.time()
     for x, y in loader:
         with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
             f = model.features(x.to(device, non_blocking=True))
-        feats.append(f.float().cpu())
-        labels.append(torch.as_tensor(y, dtype=torch.int64))
+        feats.append(f.float())
+        labels.append(torch.as_tensor(y, dtype=torch.int64, device=device))
     model.train(was_training)
-    out = TensorDataset(torch.cat(feats), torch.cat(labels))
+    n = len(dataset)  # type: ignore[arg-type]
+    out = TensorDataset(gather_shards(torch.cat(feats), n).cpu(), gather_shards(torch.cat(labels), n).cpu())
     log(f"[features] {len(out)} x {out.tensors[0].shape[1]} features in {time.time() - t0:.1f}s")
     return out
 

@@ -31,7 +31,7 @@ from torch.utils.data import DataLoader, Dataset, Subset
 from mae.atomic import atomic_write_text
 from mae.config import TrainConfig, opt
 from mae.engine.checkpoint import resolve_resume
-from mae.engine.distributed import all_reduce_mean
+from mae.engine.distributed import all_reduce_mean, is_main_process
 from mae.engine.layer_decay import param_groups_layer_decay
 from mae.engine.loop import Trainer, TrainHooks, seed_everything
 from mae.engine.preemption import ignore_stop_signals
@@ -94,6 +94,39 @@ class Config(TrainConfig):
     def mixup_active(self) -> bool:
         return self.mixup > 0 or self.cutmix > 0
 
+    def validate(self) -> None:
+        """The shared checks, then this recipe's: the classifier, augmentation, the checkpoints it reads."""
+        from mae.config import require, require_checkpoint
+        super().validate()
+        validate_classifier(self)
+        for name in ("mixup_prob", "mixup_switch_prob"):
+            require(0.0 <= getattr(self, name) <= 1.0, name, getattr(self, name), "a probability must be in [0, 1]")
+        require(self.recount >= 1, "recount", self.recount, "must be >= 1")
+        require(0.0 <= self.reprob <= 1.0, "reprob", self.reprob, "a probability must be in [0, 1]")
+        require(self.remode in ("const", "rand", "pixel"), "remode", self.remode, "must be one of const, rand, pixel")
+        from mae.data.transforms import finetune_transform
+        try:  # the transform's own rule for the RandAugment string
+            finetune_transform(self.img_size, True, rand_aug=self.rand_aug, re_prob=self.reprob, re_mode=self.remode,
+                               re_count=self.recount)
+        except ValueError as e:
+            raise ValueError(f"--rand_aug {self.rand_aug}: {e}") from None
+        require_checkpoint("finetune", self.finetune)
+        require_checkpoint("eval_checkpoint", self.eval_checkpoint)
+
+
+def validate_classifier(cfg: Any) -> None:
+    """``--model`` names a classifier preset that fits ``--img_size``; ``--head_init_std``, ``--eval_batch_size``
+    are in range (the checks every classification protocol shares)."""
+    from mae.config import require
+    from mae.models.vit import vit_config
+    try:
+        vit_config(cfg.model, img_size=cfg.img_size)
+    except ValueError as e:
+        raise ValueError(f"--model {cfg.model}: {e}") from None
+    require(cfg.head_init_std >= 0, "head_init_std", cfg.head_init_std, "must be >= 0")
+    require(cfg.eval_batch_size is None or cfg.eval_batch_size >= 1, "eval_batch_size", cfg.eval_batch_size,
+            "must be >= 1 (or none: --batch_size)")
+
 
 _PAPER = Config(recipe_batch=1024, num_workers=10, data="/path/to/imagenet", img_size=224)  # --data is required
 PAPER_MODELS = {"vit_base": "vit_base_patch16", "vit_large": "vit_large_patch16", "vit_huge": "vit_huge_patch14"}
@@ -138,7 +171,7 @@ DEFAULT_PRESET = "demo"
 # --------------------------------------------------------------------------- shared pieces
 def log(msg: str) -> None:
     """Print on the main process only."""
-    if int(os.environ.get("RANK", 0)) == 0:
+    if is_main_process():
         print(msg, flush=True)
 
 
@@ -196,15 +229,18 @@ def evaluate(model: nn.Module, dataset: Dataset, batch_size: int, num_workers: i
 
 def evaluate_only(cfg: TrainConfig, model: ViTClassifier, val_set: Dataset) -> dict[str, Any]:
     """Load ``cfg.eval_checkpoint`` strictly into ``model`` and evaluate it (official ``--eval``)."""
+    from mae.engine.distributed import init_distributed
     from mae.engine.loop import resolve_device
 
     report = load_classifier(model, cfg.eval_checkpoint)
     log(f"[eval] {report.summary()}")
-    model.to(resolve_device(cfg.device))
+    device = resolve_device(cfg.device)  # this process's GPU; several processes: each evaluates a shard
+    init_distributed(device.type)
+    model.to(device)
     metrics = evaluate(model, val_set, getattr(cfg, "eval_batch_size", None) or cfg.batch_size, cfg.num_workers)
     log(f"[eval] {cfg.eval_checkpoint}: acc1 {metrics['acc1']:.2f}  acc5 {metrics['acc5']:.2f}")
     result = {"history": [], "final": metrics, "best": {}, "finished": True, "eval_checkpoint": cfg.eval_checkpoint}
-    if int(os.environ.get("RANK", 0)) == 0:
+    if is_main_process():
         cfg.run_dir.mkdir(parents=True, exist_ok=True)
         atomic_write_text(cfg.run_dir / "metrics.json", json.dumps(result, indent=1))
     return result

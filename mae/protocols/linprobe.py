@@ -12,7 +12,6 @@ eval mode, so nothing in it drifts (the BatchNorm of the head does use batch sta
 """
 from __future__ import annotations
 
-import os
 import warnings
 from dataclasses import dataclass, replace
 from typing import Any
@@ -24,6 +23,7 @@ import torch.nn.functional as F
 from mae.config import TrainConfig, opt
 from mae.engine.checkpoint import model_config_record, save_checkpoint
 from mae.engine.lars import lars_factory
+from mae.engine.distributed import init_distributed, is_main_process
 from mae.engine.loop import Trainer, TrainHooks, resolve_amp, resolve_device, seed_everything
 from mae.engine.optim import param_groups_weight_decay
 from mae.models.vit import ViTClassifier, create_vit, init_head
@@ -70,6 +70,15 @@ class Config(TrainConfig):
         from mae.data.transforms import LINPROBE_CROPS
         if self.crop not in LINPROBE_CROPS:
             raise ValueError(f"crop must be one of {', '.join(LINPROBE_CROPS)}, got {self.crop!r}")
+
+    def validate(self) -> None:
+        """The shared checks, then this recipe's: the classifier and the checkpoints it reads."""
+        from mae.config import require_checkpoint
+        from mae.protocols.finetune import validate_classifier
+        super().validate()
+        validate_classifier(self)
+        require_checkpoint("finetune", self.finetune)
+        require_checkpoint("eval_checkpoint", self.eval_checkpoint)
 
 
 _PAPER = Config(recipe_batch=16384, num_workers=10, data="/path/to/imagenet", img_size=224)  # --data is required
@@ -140,8 +149,9 @@ def run(cfg: Config) -> dict[str, Any]:
                           param_groups=param_groups_weight_decay(model, cfg.weight_decay))
         return trainer.fit()
 
-    device = resolve_device(cfg.device)
+    device = resolve_device(cfg.device)  # this process's GPU; several processes: each extracts a shard
     amp = resolve_amp(cfg.amp, device)
+    init_distributed(device.type)
     train_feats = extract_features(model, train_set, eval_bs, cfg.num_workers, device, amp)
     val_feats = extract_features(model, val_set, eval_bs, cfg.num_workers, device, amp)
     head = FeatureHead(model.head)
@@ -150,7 +160,7 @@ def run(cfg: Config) -> dict[str, Any]:
     trainer = Trainer(cfg, head, train_feats, hooks, best_metric="acc1",
                       param_groups=param_groups_weight_decay(head, cfg.weight_decay))
     result = trainer.fit()
-    if result.get("finished") and int(os.environ.get("RANK", 0)) == 0:
+    if result.get("finished") and is_main_process():
         # the Trainer's checkpoints hold the head only; this file is the whole classifier (official layout)
         save_checkpoint({"model": model.state_dict(), "epoch": cfg.epochs - 1, "final": result["final"],
                          **model_config_record(model)},

@@ -38,6 +38,14 @@ class Config(finetune.Config):
         if self.tune_blocks < 0 or (2 * self.tune_blocks) % 1:
             raise ValueError(f"tune_blocks must be a multiple of 0.5 and >= 0, got {self.tune_blocks}")
 
+    def validate(self) -> None:
+        """Fine-tuning's checks, and no more tuned blocks than the encoder has."""
+        from mae.config import require
+        from mae.models.vit import vit_config
+        super().validate()
+        depth = vit_config(self.model).depth
+        require(self.tune_blocks <= depth, "tune_blocks", self.tune_blocks, f"exceeds the {depth} blocks of {self.model}")
+
 
 def trainable_prefixes(depth: int, tune_blocks: float) -> tuple[str, ...]:
     """Parameter-name prefixes left trainable when tuning the last ``tune_blocks`` of ``depth`` blocks."""

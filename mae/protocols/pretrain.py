@@ -6,7 +6,6 @@ effective batch 4096, 40 warm-up epochs, cosine decay, RandomResizedCrop(0.2-1) 
 """
 from __future__ import annotations
 
-import os
 from collections.abc import Callable
 from dataclasses import dataclass, fields, replace
 from typing import Any, ClassVar
@@ -79,11 +78,48 @@ class Config(TrainConfig):
         """The MAEConfig overrides of this recipe (:func:`mae.models.mae.recipe_overrides`)."""
         return recipe_overrides({f.name: getattr(self, f.name) for f in fields(self)})
 
+    def validate(self) -> None:
+        """The shared checks, then this recipe's: mask ratio, switches, the model it builds, the files it reads."""
+        from mae.config import require, require_checkpoint, require_dataset
+        from mae.data.transforms import PRETRAIN_AUGMENTATIONS
+        from mae.masking import STRATEGIES
+        from mae.models.mae import mae_config
+        from mae.targets import TARGETS
+        super().validate()
+        require(0.0 <= self.mask_ratio < 1.0, "mask_ratio", self.mask_ratio,
+                "the fraction of patches removed must be in [0, 1)")
+        for name, valid in (("mask_strategy", STRATEGIES), ("target", TARGETS), ("loss_on", ("masked", "all")),
+                            ("augmentation", tuple(PRETRAIN_AUGMENTATIONS)), ("input_path", INPUT_PATHS)):
+            require(getattr(self, name) in valid, name, getattr(self, name), f"must be one of {', '.join(valid)}")
+        for name in ("decoder_depth", "decoder_embed_dim", "decoder_num_heads"):
+            v = getattr(self, name)
+            require(v is None or v >= 1, name, v, "must be >= 1 (or none: the preset's)")
+        for name in ("pca_components", "pca_fit_images", "vis_images", "monitor_bank", "monitor_queries", "monitor_k"):
+            require(getattr(self, name) >= 1, name, getattr(self, name), "must be >= 1")
+        for name in ("vis_every", "monitor_every"):
+            require(getattr(self, name) >= 0, name, getattr(self, name), "must be >= 0 (0 = never)")
+        require(self.monitor_temperature > 0, "monitor_temperature", self.monitor_temperature, "must be > 0")
+        try:
+            arch = mae_config(self.model, **self.model_overrides())
+        except ValueError as e:
+            raise ValueError(f"--model {self.model}: {e}") from None
+        patch_dim = arch.patch_size ** 2 * arch.in_chans
+        if arch.target == "pca":
+            require(self.pca_components <= patch_dim, "pca_components", self.pca_components,
+                    f"exceeds the patch dimension {patch_dim} of {self.model}")
+        if arch.target == "token":
+            require(bool(self.tokenizer), "target", "token", "needs --tokenizer PATH (train one with `mae tokenizer`)")
+            require_checkpoint("tokenizer", self.tokenizer)
+        require_checkpoint("init", self.init)
+        require_dataset("monitor_data", self.monitor_data)
+
 
 # ImageNet-1K is required: the placeholder path fails with a clear error until --data is given.
 # decay_tokens: the release's main_pretrain.py decays cls_token and mask_token (REFERENCE.md, pre-training).
+# save_every=20: a numbered checkpoint every 20 epochs and after the last, as the release's main_pretrain.py
+# (checkpoint-last.pth, the resume state, is still written every epoch)
 _PAPER = Config(recipe_batch=4096, batch_size=64, accum_iter=1, weight_decay=0.05, num_workers=10, data="/path/to/imagenet",
-                img_size=224, decay_tokens=True)
+                img_size=224, decay_tokens=True, save_every=20)
 #: the cpu scale's baseline pre-training (reproduce/scales.py uses it as it is; the measurements that chose it are
 #: there): mae_vit_micro_patch4_32 at 16 px on scikit-learn's digits, decoder 8 x 64, 40 epochs, batch 128, blr
 #: 1.5e-3, 4 warm-up epochs, pixel target w/o norm; quiet (no progress bar, TensorBoard or figures), the kNN
@@ -164,9 +200,7 @@ def gpu_input_hooks(cfg: Config) -> tuple[Any, Any, Any]:
         raise DataError(f"--input_path {cfg.input_path} needs an image folder as --data, got {cfg.data!r}")
     if (root / "train").is_dir():
         root = root / "train"
-    device = resolve_device(cfg.device)
-    if device.type == "cuda" and device.index is None:
-        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+    device = resolve_device(cfg.device)  # this process's GPU (mae.engine.distributed.local_device)
     return trainer_hooks(root, cfg.img_size, device, cfg.augmentation,
                          decode_on="device" if cfg.input_path == "gpu_decode" else "worker")
 
@@ -199,7 +233,12 @@ def run(cfg: Config) -> dict[str, Any]:
         fit_pca_target(model, vis_set, cfg.pca_fit_images)
 
     def step(m: torch.nn.Module, batch: Any) -> tuple[torch.Tensor, dict[str, Any]]:
-        loss, _, _ = m(batch[0], mask_ratio=cfg.mask_ratio)
+        # the masks of the whole global batch from the stream every rank shares, this rank's rows kept: a sample's
+        # mask depends on its place in the epoch, not on the process count (1 x 16 and 2 x 8 train alike)
+        imgs = batch[0]
+        noise = trainer.rows_of_global(model.sample_noise(imgs.shape[0] * trainer.dist.world_size, cfg.mask_ratio,
+                                                          imgs.device, generator=trainer.shared_generator))
+        loss, _, _ = m(imgs, mask_ratio=cfg.mask_ratio, noise=noise)
         return loss, {}
 
     monitor = None
@@ -230,7 +269,8 @@ def run(cfg: Config) -> dict[str, Any]:
         save_figure(rec, trainer.run_dir / f"recon-epoch{epoch:04d}.png",
                     caption=f"{cfg.model}, epoch {epoch}, mask ratio {cfg.mask_ratio}")  # as log.txt: from 0
 
-    if cfg.save_init and resolve_resume(cfg.resume, cfg.run_dir) is None and int(os.environ.get("RANK", 0)) == 0:
+    from mae.engine.distributed import is_main_process
+    if cfg.save_init and resolve_resume(cfg.resume, cfg.run_dir) is None and is_main_process():
         # the starting weights: the control of every readout
         from mae.engine.checkpoint import model_config_record, save_checkpoint
         cfg.run_dir.mkdir(parents=True, exist_ok=True)
@@ -240,4 +280,5 @@ def run(cfg: Config) -> dict[str, Any]:
     hooks = TrainHooks(step=step, end_epoch=visualize, collate=collate_fn, prepare_batch=batch_transform,
                        prefetch_prepare=True, evaluate=measure if monitor is not None else None,
                        log_columns=monitor.metrics if monitor is not None else ())
-    return Trainer(cfg, model, train_set, hooks, param_groups=groups).fit()
+    trainer = Trainer(cfg, model, train_set, hooks, param_groups=groups)
+    return trainer.fit()

@@ -22,10 +22,9 @@ of ``knn`` and ``lbfgs`` (``correct``) lets a single-seed comparison bootstrap o
 from __future__ import annotations
 
 import json
-import os
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
@@ -59,6 +58,22 @@ class Config(TrainConfig):
         if self.k < 1 or self.temperature <= 0 or self.shot_draws < 1 or any(s < 1 for s in self.shots):
             raise ValueError("readout needs k >= 1, temperature > 0, shot_draws >= 1 and shots >= 1")
 
+    MIN_EPOCHS: ClassVar[int] = 0  # a readout trains nothing
+
+    def validate(self) -> None:
+        """The shared checks, then this readout's: the logistic regressions, the encoder and its checkpoint."""
+        from mae.config import require, require_checkpoint
+        super().validate()
+        require(self.lbfgs_c > 0, "lbfgs_c", self.lbfgs_c, "the inverse L2 strength must be > 0")
+        require(self.lbfgs_max_iter >= 1, "lbfgs_max_iter", self.lbfgs_max_iter, "must be >= 1")
+        if self.source == "encoder":
+            from mae.models.vit import vit_config
+            try:
+                vit_config(self.model, img_size=self.img_size)
+            except ValueError as e:
+                raise ValueError(f"--model {self.model}: {e}") from None
+            require_checkpoint("finetune", self.finetune)
+
 
 PRESETS: dict[str, Config] = {
     "demo": Config(model="vit_micro_patch4_32", img_size=16, data="digits", finetune="outputs/demo/checkpoint-last.pth",
@@ -85,25 +100,36 @@ def build_encoder(cfg: Config, nb_classes: int) -> Any:
 
 
 @torch.no_grad()
-def token_features(model: Any, dataset: Any, batch_size: int, num_workers: int = 0
-                   ) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
-    """({"cls": (N, D), "mean": (N, D)}, labels (N,)) of ``dataset``; ``model=None``: the flattened pixels."""
-    from torch.utils.data import DataLoader
+@torch.no_grad()
+def token_features(model: Any, dataset: Any, batch_size: int, num_workers: int = 0,
+                   device: torch.device | str = "cpu") -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+    """({"cls": (N, D), "mean": (N, D)}, labels (N,)) of ``dataset`` on the CPU, computed on ``device``;
+    ``model=None``: the flattened pixels. Several processes: each rank computes its round-robin shard and
+    every rank receives the whole set (:func:`mae.engine.distributed.gather_shards`)."""
+    from torch.utils.data import DataLoader, Subset
 
-    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers)
+    from mae.engine.distributed import gather_shards, shard_indices
+    device = torch.device(device)
+    if model is not None:
+        model = model.to(device).eval()
+    shard = shard_indices(len(dataset))
+    loader = DataLoader(Subset(dataset, shard) if len(shard) < len(dataset) else dataset, batch_size=batch_size,
+                        shuffle=False, num_workers=num_workers)
     cls, mean, ys = [], [], []
     for x, y in loader:
+        x = x.to(device)
         if model is None:
             cls.append(x.flatten(1).float())
         else:
             z = model.forward_features(x)  # all tokens after the encoder's final norm
             cls.append(z[:, 0].float())
             mean.append(z[:, model.num_prefix_tokens:].float().mean(dim=1))
-        ys.append(torch.as_tensor(y, dtype=torch.int64))
-    feats = {"cls": torch.cat(cls)}
+        ys.append(torch.as_tensor(y, dtype=torch.int64).to(device))
+    n = len(dataset)
+    feats = {"cls": gather_shards(torch.cat(cls), n).cpu()}
     if mean:
-        feats["mean"] = torch.cat(mean)
-    return feats, torch.cat(ys)
+        feats["mean"] = gather_shards(torch.cat(mean), n).cpu()
+    return feats, gather_shards(torch.cat(ys), n).cpu()
 
 
 def _logreg(train_x: np.ndarray, train_y: np.ndarray, c: float, max_iter: int) -> Any:
@@ -135,21 +161,26 @@ def readouts(train_x: torch.Tensor, train_y: torch.Tensor, val_x: torch.Tensor, 
     pred = knn_predict(train_x, train_y, val_x, num_classes, cfg.k, cfg.temperature)
     hit = (pred.cpu() == val_y).numpy()
     out["knn"], correct["knn"] = 100.0 * float(hit.mean()), hit.astype(int).tolist()
-    tx, ty, vx, vy = train_x.double().numpy(), train_y.numpy(), val_x.double().numpy(), val_y.numpy()
-    clf = _logreg(tx, ty, cfg.lbfgs_c, cfg.lbfgs_max_iter)
-    hit = clf.predict(vx) == vy
-    out["lbfgs"], correct["lbfgs"] = 100.0 * float(hit.mean()), hit.astype(int).tolist()
-    n_iter = int(np.max(clf[-1].n_iter_))
-    out["lbfgs_iters"], out["lbfgs_converged"] = float(n_iter), float(n_iter < cfg.lbfgs_max_iter)
-    for k in cfg.shots:
-        rng = np.random.default_rng([cfg.seed, k])
-        accs = []
-        for _ in range(cfg.shot_draws):
-            idx = shot_indices(ty, k, rng)
-            clf = _logreg(tx[idx], ty[idx], cfg.lbfgs_c, cfg.lbfgs_max_iter)
-            accs.append(100.0 * float((clf.predict(vx) == vy).mean()))
-        out[f"shot{k}"] = float(np.mean(accs))
-        out[f"shot{k}_se"] = float(np.std(accs, ddof=1) / np.sqrt(len(accs))) if len(accs) > 1 else float("nan")
+    from threadpoolctl import threadpool_limits
+    # one BLAS thread: these fits are small (a few thousand images at most) and a multi-threaded BLAS mostly spins.
+    # On 2 busy cores the smoke scale's raw-pixel readouts took 28 s with 2 threads, 1 s with one; the cpu scale's
+    # (seed 0) 35 s and 3.4 s, with every number the same either way
+    with threadpool_limits(limits=1, user_api="blas"):
+        tx, ty, vx, vy = train_x.double().numpy(), train_y.numpy(), val_x.double().numpy(), val_y.numpy()
+        clf = _logreg(tx, ty, cfg.lbfgs_c, cfg.lbfgs_max_iter)
+        hit = clf.predict(vx) == vy
+        out["lbfgs"], correct["lbfgs"] = 100.0 * float(hit.mean()), hit.astype(int).tolist()
+        n_iter = int(np.max(clf[-1].n_iter_))
+        out["lbfgs_iters"], out["lbfgs_converged"] = float(n_iter), float(n_iter < cfg.lbfgs_max_iter)
+        for k in cfg.shots:
+            rng = np.random.default_rng([cfg.seed, k])
+            accs = []
+            for _ in range(cfg.shot_draws):
+                idx = shot_indices(ty, k, rng)
+                clf = _logreg(tx[idx], ty[idx], cfg.lbfgs_c, cfg.lbfgs_max_iter)
+                accs.append(100.0 * float((clf.predict(vx) == vy).mean()))
+            out[f"shot{k}"] = float(np.mean(accs))
+            out[f"shot{k}_se"] = float(np.std(accs, ddof=1) / np.sqrt(len(accs))) if len(accs) > 1 else float("nan")
     return out, correct
 
 
@@ -166,8 +197,12 @@ def run(cfg: Config) -> dict[str, Any]:
     tf = eval_transform(cfg.img_size)
     train_set, val_set, nb = classification_data(cfg, tf, nb_classes=None)
     model = build_encoder(cfg, nb)
-    train_f, train_y = token_features(model, train_set, cfg.batch_size, cfg.num_workers)
-    val_f, val_y = token_features(model, val_set, cfg.batch_size, cfg.num_workers)
+    from mae.engine.distributed import init_distributed
+    from mae.engine.loop import resolve_device
+    device = resolve_device(cfg.device)  # this process's GPU; several processes: each computes a shard
+    init_distributed(device.type)
+    train_f, train_y = token_features(model, train_set, cfg.batch_size, cfg.num_workers, device)
+    val_f, val_y = token_features(model, val_set, cfg.batch_size, cfg.num_workers, device)
     final: dict[str, float] = {}
     correct: dict[str, list[int]] = {}
     for token in train_f:  # cls and mean tokens; one feature for pixels
@@ -181,7 +216,8 @@ def run(cfg: Config) -> dict[str, Any]:
          f"({time.time() - t0:.1f}s)")
     result = {"history": [], "final": final, "best": {}, "finished": True, "correct": correct,
               "seconds": time.time() - t0}
-    if int(os.environ.get("RANK", 0)) == 0:
+    from mae.engine.distributed import is_main_process
+    if is_main_process():
         from mae.config import save_config
         from mae.provenance import stage_provenance
         cfg.run_dir.mkdir(parents=True, exist_ok=True)

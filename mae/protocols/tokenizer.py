@@ -39,6 +39,21 @@ class Config(TrainConfig):
     epochs: int = opt(10, "training epochs")
     batch_size: int = opt(64, "batch size per process")
 
+    def validate(self) -> None:
+        """The shared checks, then the tokenizer's architecture (:class:`mae.tokenizer.TokenizerConfig`'s own
+        rules), its loss weight, augmentation and evaluation set."""
+        from mae.config import require
+        from mae.data.transforms import PRETRAIN_AUGMENTATIONS
+        super().validate()
+        try:
+            self.tokenizer_config()
+        except ValueError as e:
+            raise ValueError(str(e).replace("TokenizerConfig.", "--")) from None
+        require(self.beta >= 0, "beta", self.beta, "the commitment loss weight must be >= 0")
+        require(self.eval_images >= 1, "eval_images", self.eval_images, "must be >= 1")
+        require(self.augmentation in PRETRAIN_AUGMENTATIONS, "augmentation", self.augmentation,
+                f"must be one of {', '.join(PRETRAIN_AUGMENTATIONS)}")
+
     def tokenizer_config(self) -> TokenizerConfig:
         return TokenizerConfig(img_size=self.img_size, patch_size=self.patch_size, vocab_size=self.vocab_size,
                                code_dim=self.code_dim, hidden_dim=self.hidden_dim, res_blocks=self.res_blocks,

@@ -5,6 +5,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from reproduce.grid.model import Cell, GridResult, StageResult
+from reproduce.report import commit_list, commit_text
 
 
 def acc(result: StageResult | None, which: str = "final", metric: str = "acc1") -> float:
@@ -29,20 +30,56 @@ READOUT_COLUMNS = ("knn", "lbfgs", "shot1", "shot3", "shot10")
 PROVENANCE_KEYS = ("commit", "device", "date", "command")
 
 
+def stage_commits(result: StageResult | None) -> list[str]:
+    """Every commit (``-dirty`` included) that ran a finished stage: the one that finished it (its
+    metrics.json) and, where the run was resumed under other code, each commit that ran in its folder before
+    (``commits.jsonl``, mae.engine.rundir; a part run before commits were recorded is ``unknown``)."""
+    if result is None or not result.metrics:
+        return []
+    from mae.engine.rundir import run_commits
+    p = result.metrics.get("provenance") or {}
+    final = [str(p.get("commit", "unknown")) + ("-dirty" if p.get("dirty") else "")] if p else []
+    ran = run_commits(result.run_dir)  # the finishing process is in it too: one commit there adds nothing
+    return list(dict.fromkeys([*ran, *final])) if len(ran) > 1 else final
+
+
 def stage_provenance(results: Sequence[StageResult | None]) -> dict[str, str]:
-    """The provenance the stages wrote when they ran (commit with ``-dirty``, device, latest date, commands)."""
+    """The provenance the stages wrote when they ran: every commit that ran them (``mixed: a, b`` where they
+    differ, :func:`reproduce.report.commit_text`), devices, the latest date, commands."""
     vals: dict[str, list[str]] = {k: [] for k in PROVENANCE_KEYS}
     for r in results:
         p = (r.metrics or {}).get("provenance") if r is not None else None
         if not p:
             continue
-        vals["commit"].append(str(p.get("commit", "unknown")) + ("-dirty" if p.get("dirty") else ""))
+        vals["commit"] += stage_commits(r)
         vals["device"].append(str(p.get("device", "")))
         vals["date"].append(str(p.get("date", "")))
         vals["command"].append(str(p.get("command", "")))
-    out = {k: ", ".join(dict.fromkeys(v for v in vals[k] if v)) for k in ("commit", "device", "command")}
+    out = {k: ", ".join(dict.fromkeys(v for v in vals[k] if v)) for k in ("device", "command")}
+    out["commit"] = commit_text(vals["commit"])
     out["date"] = max(vals["date"]) if vals["date"] else ""
     return {k: v for k, v in out.items() if v}
+
+
+#: the recipe fields a control's column records beside its number (``<control>_recipe``)
+CONTROL_RECIPE_FIELDS = {"finetune": ("epochs", "warmup_epochs", "blr", "batch_size"),
+                         "linprobe": ("epochs", "warmup_epochs", "blr", "batch_size"),
+                         "readout": ("source", "k", "shots", "lbfgs_c")}
+#: control stages of the shared baseline (reproduce.scales.baseline_controls) -> their recipe column
+CONTROL_COLUMNS = {"finetune_scratch": "ft_scratch_recipe", "linprobe_init": "lin_init_recipe",
+                   "linprobe_randinit": "lin_randinit_recipe", "readout_init": "readout_init_recipe",
+                   "readout_pixels": "readout_pixels_recipe"}
+
+
+def recipe_text(stage: Any) -> str:
+    """A control's recipe in one cell of a CSV: ``epochs=5 warmup_epochs=0 blr=0.001 batch_size=16``."""
+    fields = CONTROL_RECIPE_FIELDS.get(stage.protocol, ("epochs", "blr"))
+    parts = []
+    for f in fields:
+        v = getattr(stage.config, f, None)
+        if v is not None:
+            parts.append(f"{f}={'/'.join(map(str, v)) if isinstance(v, (tuple, list)) else v}")
+    return " ".join(parts)
 
 
 def readout_columns(result: StageResult | None, suffix: str = "", mean_token: bool = True) -> dict[str, Any]:
@@ -128,6 +165,9 @@ def standard_columns(cell: Cell, grid: GridResult) -> dict[str, Any]:
     if "finetune_scratch" in names:
         out["ft_scratch"] = acc(g("finetune_scratch"))
         out["ft_margin"] = out.get("ft", float("nan")) - out["ft_scratch"]
+    for name, col in CONTROL_COLUMNS.items():  # the recipe each control ran, beside its number
+        if name in names and g(name) is not None and g(name).finished:
+            out[col] = recipe_text(cell.stage(name))
     if "pretrain" in names:
         pre = g("pretrain")
         out["pretrain_loss"] = acc(pre, "final", "train_loss")
@@ -166,6 +206,8 @@ def aggregate_seeds(rows: Any, key: str, metrics: Sequence[str] = ()) -> Any:
                 vals = [str(v) for v in g[c] if isinstance(v, str) and v]
                 if c == "date":
                     r[c] = max(vals) if vals else ""
+                elif c == "commit":
+                    r[c] = commit_text([x for v in vals for x in commit_list(v)])
                 else:
                     r[c] = ", ".join(dict.fromkeys(x.strip() for v in vals for x in v.split(", ")))
         r["seed"] = ",".join(str(int(x)) for x in g["seed"].dropna())

@@ -1,7 +1,13 @@
-"""Running one stage: in this process, under torchrun, or one SLURM job per cell (submitit); a lock per stage."""
+"""Running one stage: in this process, under torchrun, or one SLURM job per cell (submitit).
+
+A stage runs under its folder's lock, the same lock the ``mae`` command line takes
+(:func:`mae.engine.rundir.run_lock`), and holds the folders of the stages it reads shared, so that no
+other process moves, reruns or writes them while it reads; it starts only when each of those is finished
+under the planned identity, and records its identity under those locks."""
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import gc
 import importlib
 import json
@@ -15,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from mae.config import save_config
+from mae.engine import rundir
 from mae.engine.threads import child_env
 from reproduce.grid.errors import MAE_PROTOCOLS, GridError
 from reproduce.grid.model import Cell, GridResult, SlurmOptions, Stage, StageResult
@@ -37,13 +44,46 @@ def protocol_module(protocol: str) -> Any:
     return module
 
 
+@dataclasses.dataclass
+class TorchrunLayout:
+    """Nodes of ``--launcher torchrun`` (the driver's ``--nnodes`` / ``--rdzv-endpoint``): one node is
+    ``--standalone``; several run inside a SLURM allocation, each stage started on every node by
+    ``srun --ntasks-per-node 1`` with a c10d rendezvous at ``endpoint`` (default: the allocation's first
+    node, port 29500)."""
+
+    nnodes: int = 1
+    endpoint: str | None = None
+
+    def rendezvous(self) -> list[str]:
+        if self.nnodes <= 1:
+            return ["--standalone"]
+        endpoint = self.endpoint
+        if endpoint is None:
+            from mae.engine.distributed import first_host
+            nodes = os.environ.get("SLURM_JOB_NODELIST") or os.environ.get("SLURM_NODELIST")
+            if not nodes:
+                raise GridError(f"--nnodes {self.nnodes}: run the grid inside a SLURM allocation (salloc / sbatch "
+                                "--nodes N), or give --rdzv-endpoint HOST:PORT and start the nodes yourself")
+            endpoint = f"{first_host(nodes)}:29500"
+        return [f"--nnodes={self.nnodes}", "--rdzv-backend=c10d", f"--rdzv-endpoint={endpoint}",
+                f"--rdzv-id=mae-grid-{os.getpid()}"]
+
+    def prefix(self) -> list[str]:
+        """What starts torchrun on every node: srun, one task per node (nothing for one node)."""
+        return [] if self.nnodes <= 1 else ["srun", f"--nodes={self.nnodes}", "--ntasks-per-node=1", "--kill-on-bad-exit=1"]
+
+
+#: set once by the driver (``--nnodes``, ``--rdzv-endpoint``)
+TORCHRUN = TorchrunLayout()
+
+
 def stage_command(stage: Stage, config_path: Path, launcher: str, nproc_per_node: int = 1) -> list[str]:
     """The command line that runs ``stage`` from its written config (what torchrun launches)."""
     if stage.protocol not in MAE_PROTOCOLS:
         raise GridError(f"stage {stage.name!r}: {stage.protocol} has no command line; it runs in this process")
     target = ["-m", "mae", stage.protocol, "--config", str(config_path)]
     if launcher == "torchrun" and not stage.local_only:
-        return [sys.executable, "-m", "torch.distributed.run", "--standalone",
+        return [*TORCHRUN.prefix(), sys.executable, "-m", "torch.distributed.run", *TORCHRUN.rendezvous(),
                 f"--nproc_per_node={nproc_per_node}", *target]
     return [sys.executable, *target]
 
@@ -59,6 +99,7 @@ def _run_torchrun(stage: Stage, cfg: Any, nproc_per_node: int) -> None:
     share = None if "OMP_NUM_THREADS" in os.environ else max(1, (os.cpu_count() or 1) // nproc_per_node)
     env = child_env(share)
     env["PYTHONPATH"] = os.pathsep.join([str(REPO_ROOT), *filter(None, [env.get("PYTHONPATH")])])
+    env[rundir.GRID_ENV] = str(Path(cfg.output_dir).resolve())  # the grid holds this folder's lock for it
     print(f"[grid]   $ {shlex.join(cmd)}", flush=True)
     proc = subprocess.run(cmd, env=env, check=False)  # this cwd: relative --data paths keep their meaning
     if proc.returncode != 0:
@@ -78,27 +119,25 @@ def _is_main_process() -> bool:
 
 
 @contextlib.contextmanager
-def stage_lock(run_dir: Path, echo: Callable[[str], None] = print, wait: bool = True) -> Any:
-    """Hold ``<run_dir>/.lock`` (flock): two grid processes that share a cell run it once; the second
-    waits (or, with ``wait=False``, raises :class:`StageBusy` so it can do other cells first), then finds it
-    finished. The lock goes with the process that holds it (a killed run frees it)."""
+def stage_lock(run_dir: Path, echo: Callable[[str], None] = print, wait: bool = True, shared: bool = False) -> Any:
+    """Hold the run folder's lock (:func:`mae.engine.rundir.run_lock`: the ``mae`` command line takes the same
+    one): two grid processes that share a cell run it once; the second waits (or, with ``wait=False``, raises
+    :class:`StageBusy` so it can do other cells first), then finds it finished. ``shared``: a stage reading
+    this folder's files (a folder that is not there raises :class:`GridError`). The lock goes with the
+    process that holds it (a killed run frees it)."""
     if not _is_main_process():  # ranks of one multi-process stage: rank 0 holds it for them
         yield
         return
-    import fcntl
-    run_dir.mkdir(parents=True, exist_ok=True)
-    with open(run_dir / ".lock", "a+") as f:
-        try:
-            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            if not wait:
-                raise StageBusy(str(run_dir)) from None
-            echo(f"[grid]   {run_dir} is running in another process; waiting for it")
-            fcntl.flock(f, fcntl.LOCK_EX)
-        try:
+    try:
+        with rundir.run_lock(run_dir, wait=wait, shared=shared, create=not shared,
+                             on_wait=lambda: echo(f"[grid]   {run_dir} is in use by another process; waiting for it")):
             yield
-        finally:
-            fcntl.flock(f, fcntl.LOCK_UN)
+    except rundir.RunBusy:
+        raise StageBusy(str(run_dir)) from None
+    except FileNotFoundError:
+        if not shared:
+            raise
+        raise GridError(f"{run_dir} is not there (moved aside or removed): its readers cannot run") from None
 
 
 class StageBusy(RuntimeError):
@@ -107,8 +146,13 @@ class StageBusy(RuntimeError):
 
 def execute_stage(root: Path, cell: Cell, stage: Stage, launcher: str = "local", nproc_per_node: int = 1,
                   wait: bool = True) -> StageResult:
-    """Run one stage unless finished: skip (done), resume (checkpoint) or start; returns its result."""
-    with stage_lock(stage_dir(root, cell.name, stage.name), wait=wait):
+    """Run one stage unless finished: skip (done), resume (checkpoint) or start; returns its result.
+
+    Under its own lock and a shared lock on every stage it reads (:func:`stage_lock`)."""
+    with contextlib.ExitStack() as locks:
+        locks.enter_context(stage_lock(stage_dir(root, cell.name, stage.name), wait=wait))
+        for up_cell, up_stage in stage.upstream.values():
+            locks.enter_context(stage_lock(stage_dir(root, up_cell.name, up_stage.name), wait=wait, shared=True))
         return _execute_stage(root, cell, stage, launcher, nproc_per_node)
 
 
@@ -119,6 +163,13 @@ def _execute_stage(root: Path, cell: Cell, stage: Stage, launcher: str, nproc_pe
         return StageResult(cell.name, stage.name, run_dir, "done", read_metrics(run_dir))
     if status in ("changed", "unknown"):  # e.g. another grid process replaced it since this one planned
         raise GridError(f"{cell.name}/{stage.name}: {status} ({'; '.join(diff[:4])}); rerun with --rerun-changed")
+    # what it reads (held shared now): finished, under the recipe this grid planned for it
+    for fname, (up_cell, up_stage) in stage.upstream.items():
+        up_status, up_diff = check_identity(root, up_cell, up_stage)
+        if up_status != "done":
+            why = f"{up_status} ({'; '.join(up_diff[:3])})" if up_diff else "not finished"
+            raise GridError(f"{cell.name}/{stage.name}: input {fname}: stage {up_cell.name}/{up_stage.name} is {why}; "
+                            "it does not start on it")
     for fname, ref in stage.inputs.items():
         src = ref_path(root, cell, ref)
         if not src.is_file():

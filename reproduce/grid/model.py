@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -27,6 +28,9 @@ class Stage:
     config: Any
     inputs: dict[str, Ref] = field(default_factory=dict)
     local_only: bool = False  # small single-process stages: run in this process even with --launcher torchrun
+    #: a control's recipe as a function of its cell (the stages it controls): applied again after ``--set``
+    #: (reproduce/grid/plan.py ``derive_controls``), so that the control follows the recipe it is compared with
+    derive: Callable[["Cell"], Any] | None = field(default=None, repr=False, compare=False)
     #: the stage each input reads, {field: (cell, stage)}: linked by ``check_grid`` so that a stage is current
     #: only while the stages it reads are (reproduce/grid/store.py ``check_identity``)
     upstream: dict[str, tuple[Any, Any]] = field(default_factory=dict, init=False, repr=False, compare=False)

@@ -4,6 +4,8 @@ from __future__ import annotations
 import dataclasses
 import math
 import shlex
+import types
+import typing
 from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
@@ -158,7 +160,8 @@ def describe_plan(cells: Sequence[Cell], root: Path, launcher: str = "local", np
 
 
 def parse_set(items: Sequence[str] | None) -> list[tuple[str | None, str, Any]]:
-    """``["pretrain.epochs=10", "device=cpu"]`` -> [(stage or None, field, YAML-parsed value)]; none -> None."""
+    """``["pretrain.epochs=10", "device=cpu"]`` -> [(stage or None, field, value text)]; the text is parsed
+    per field by :func:`apply_overrides`, the way the ``mae`` command line parses that field's flag."""
     out = []
     for item in items or ():
         if "=" not in item:
@@ -167,38 +170,116 @@ def parse_set(items: Sequence[str] | None) -> list[tuple[str | None, str, Any]]:
         stage, _, fname = lhs.strip().rpartition(".")
         if not fname:
             raise GridError(f"--set {item!r}: empty field name")
-        text = value.strip()
-        parsed = None if text.lower() in ("none", "null", "~", "") else yaml.safe_load(text)  # as the mae CLI
-        out.append((stage or None, fname, parsed))
+        out.append((stage or None, fname, value.strip()))
     return out
 
 
+#: config fields the grid sets itself: never from --set (with what to use instead)
+GRID_FIELDS = {"seed": "set per cell by --seeds (e.g. --seeds 5 or --seeds 0,5)",
+               "output_dir": "the grid's run directory (--work-dir)",
+               "resume": "set by the grid (it resumes by itself)"}
+
+
+def _unwrap_optional(tp: Any) -> tuple[Any, bool]:
+    if typing.get_origin(tp) in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        if len(args) == 1:
+            return args[0], True
+    return tp, False
+
+
+def parse_field(cls: type, fname: str, text: Any) -> Any:
+    """``text`` as a value of ``cls.fname``, parsed as the ``mae`` command line parses ``--fname`` (``15e-4`` is
+    a float; none / null / empty are None where the field allows it; lists are YAML); a non-string passes."""
+    if not isinstance(text, str):
+        return text
+    tp, optional = _unwrap_optional(typing.get_type_hints(cls)[fname])
+    if text.lower() in ("none", "null", "~", ""):
+        if optional:
+            return None
+        raise GridError(f"--set {fname}={text}: {cls.__name__}.{fname} cannot be none")
+    try:
+        if tp is bool:
+            value = yaml.safe_load(text)
+            if not isinstance(value, bool):
+                raise ValueError(text)
+            return value
+        if tp in (int, float, str):
+            return tp(text)
+        if typing.get_origin(tp) is tuple:
+            value = yaml.safe_load(text)
+            items = value if isinstance(value, list) else [value]
+            elem = typing.get_args(tp)[0]
+            return tuple(elem(x) if elem in (int, float, str) else x for x in items)
+        return yaml.safe_load(text)
+    except (TypeError, ValueError, yaml.YAMLError):
+        kind = getattr(tp, "__name__", str(tp))
+        raise GridError(f"--set {fname}={text}: expected {'a' if kind[0] not in 'aeiou' else 'an'} {kind} "
+                        f"for {cls.__name__}.{fname}") from None
+
+
+def _fields(config: Any) -> list[str]:
+    return [f.name for f in dataclasses.fields(config)]
+
+
+def _settable(stage: Any) -> list[str]:
+    return [f for f in _fields(stage.config) if f not in GRID_FIELDS and f not in stage.inputs]
+
+
+def _set_one(s: Any, fname: str, text: Any) -> None:
+    value = parse_field(type(s.config), fname, text)
+    try:  # from_dict type-checks tuples and runs the config's own validation
+        s.config = from_dict(type(s.config), {**to_dict(s.config), fname: value})
+    except (TypeError, ValueError) as e:
+        shown = text if isinstance(text, str) else repr(value)  # as the user wrote it
+        raise GridError(f"--set {fname}={shown} for stage {s.name!r}: {' '.join(str(e).split())}") from None
+
+
+def derive_controls(cells: Sequence[Cell]) -> None:
+    """Give every control (a stage with ``derive``) the recipe it derives from its cell's stages now."""
+    for c in cells:
+        for s in c.stages:
+            if s.derive is not None:
+                s.config = s.derive(c)
+
+
 def apply_overrides(cells: Sequence[Cell], overrides: Sequence[tuple[str | None, str, Any]]) -> None:
-    """Set config fields on every matching stage (by stage name); unknown fields/stages raise."""
-    for stage_name, fname, value in overrides:
-        hit = False
-        stage_names = sorted({s.name for c in cells for s in c.stages})
+    """Set config fields on every matching stage (by stage name), then derive the controls from the recipes
+    they control (:func:`derive_controls`: ``--set finetune.epochs=2`` lengthens the scratch control too); a
+    control named itself (``finetune_scratch.epochs=9``) is set after that. Unknown stages and fields,
+    fields the grid sets (seed, output_dir, resume, inputs) and values of the wrong type raise one line."""
+    stage_names = sorted({s.name for c in cells for s in c.stages})
+    for stage_name, fname, text in overrides:
+        if fname in GRID_FIELDS:
+            raise GridError(f"--set {fname}: not a recipe field here, {GRID_FIELDS[fname]}")
         if stage_name is not None and stage_name not in stage_names:
             raise GridError(f"--set {stage_name}.{fname}: no stage {stage_name!r}; stages: {', '.join(stage_names)}")
+        hit = False
         for c in cells:
             for s in c.stages:
                 if stage_name is not None and s.name != stage_name:
                     continue
-                names = {f.name for f in dataclasses.fields(s.config)}
-                if fname not in names:
+                if fname not in _fields(s.config):
                     if stage_name is not None:
-                        raise GridError(f"--set {stage_name}.{fname}: {type(s.config).__name__} has no field {fname!r}")
+                        raise GridError(f"--set {stage_name}.{fname}: {type(s.config).__name__} has no field "
+                                        f"{fname!r}; fields: {', '.join(_settable(s))}")
                     continue
-                if fname in s.inputs or fname == "output_dir":
-                    raise GridError(f"--set {fname}: set by the grid runner, not overridable")
-                # from_dict type-checks tuples and runs the config's own validation
-                try:
-                    s.config = from_dict(type(s.config), {**to_dict(s.config), fname: value})
-                except (TypeError, ValueError) as e:
-                    raise GridError(f"--set {fname}={value!r} for stage {s.name!r}: {e}") from None
+                if fname in s.inputs:
+                    raise GridError(f"--set {fname}: set by the grid runner (the file of stage "
+                                    f"{s.inputs[fname].stage!r}), not overridable")
                 hit = True
+                if s.derive is None:
+                    _set_one(s, fname, text)
         if not hit:
-            raise GridError(f"--set {fname}: no stage of this table has a field {fname!r}")
+            known = sorted({f for c in cells for s in c.stages for f in _settable(s)})
+            raise GridError(f"--set {fname}: no stage of this table has a field {fname!r}; "
+                            f"fields: {', '.join(known)}")
+    derive_controls(cells)
+    for stage_name, fname, text in overrides:
+        for c in cells:
+            for s in c.stages:
+                if s.derive is not None and s.name == stage_name:
+                    _set_one(s, fname, text)
 
 
 

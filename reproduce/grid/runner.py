@@ -1,6 +1,7 @@
 """Orchestration: plan -> launch -> collect for the cells of one table at one scale."""
 from __future__ import annotations
 
+import contextlib
 import sys
 import time
 import traceback
@@ -9,6 +10,8 @@ from pathlib import Path
 from typing import Any
 
 from mae.config import SCALES
+from mae.engine import rundir
+from reproduce.grid.columns import stage_commits
 from reproduce.grid.errors import DEFAULT_WORK_DIR, LAUNCHERS, GridError
 from reproduce.grid.launch import StageBusy, _run_slurm, execute_stage, stage_lock
 from reproduce.grid.model import Cell, GridResult, SlurmOptions, StageResult
@@ -24,8 +27,11 @@ def reconcile(cells: Sequence[Cell], root: Path, *, adopt: bool = False, rerun_c
               echo: Callable[[str], None] = print) -> None:
     """Before anything runs: every started stage must be the stage planned. ``adopt`` records the identity
     of pre-identity runs whose config.yaml matches; ``rerun_changed`` moves changed / unknown runs aside
-    (never deletes) so they run afresh; otherwise a mismatch stops the grid with one line per stage."""
+    (never deletes) so they run afresh, after it holds the lock of every one of them: when any is in use by
+    another process (running, or read by a running stage), nothing is moved; otherwise a mismatch stops the
+    grid with one line per stage."""
     problems = []
+    to_move: list[tuple[str, Path, str, list[str]]] = []
     for c in cells:
         for s in c.stages:
             status, diff = check_identity(root, c, s)
@@ -41,20 +47,44 @@ def reconcile(cells: Sequence[Cell], root: Path, *, adopt: bool = False, rerun_c
                     continue
                 diff = bad
             if rerun_changed:
-                aside = d.with_name(f"{d.name}.replaced-{time.strftime('%Y%m%d-%H%M%S')}")
-                try:
-                    with stage_lock(d, wait=False):  # a run still writing there would write into the new one
-                        d.rename(aside)
-                except StageBusy:
-                    problems.append(f"{c.name}/{s.name}: {status}, and running in another process: not moved "
-                                    "aside (stop that process, or wait for it, then rerun)")
-                    continue
-                echo(f"[grid] {c.name}/{s.name}: {status} ({'; '.join(diff[:4])}); kept as {aside.name}, runs afresh")
+                to_move.append((f"{c.name}/{s.name}", d, status, diff))
                 continue
             problems.append(f"{c.name}/{s.name}: {status}: {'; '.join(diff[:6])}" + (" ..." if len(diff) > 6 else ""))
+    if to_move and not problems:
+        _move_aside(to_move, echo)
     if problems:
         raise GridError(f"{len(problems)} stage(s) in {root} were made by another recipe: "
                         + " | ".join(problems[:8]) + (" | ..." if len(problems) > 8 else "") + f"; {CHANGED_HINT}")
+
+
+def _move_aside(to_move: Sequence[tuple[str, Path, str, list[str]]], echo: Callable[[str], None]) -> None:
+    """Move every changed stage aside, only once this process holds all of their locks (a run still writing
+    in one, or a stage still reading one, would otherwise mix two recipes); busy: nothing moves."""
+    with contextlib.ExitStack() as locks:
+        busy = []
+        for name, d, _, _ in to_move:
+            try:
+                locks.enter_context(stage_lock(d, wait=False))
+            except StageBusy:
+                busy.append(name)
+        if busy:
+            raise GridError(f"{len(busy)} changed stage(s) are in use by another process (running, or read by a "
+                            f"running stage): {', '.join(busy[:8])}{' ...' if len(busy) > 8 else ''}; nothing was "
+                            "moved aside (stop that process, or wait for it, then rerun)")
+        for name, d, status, diff in to_move:
+            aside = rundir.aside_path(d)
+            d.rename(aside)
+            echo(f"[grid] {name}: {status} ({'; '.join(diff[:4])}); kept as {aside.name}, runs afresh")
+
+
+def _other_commits(results: Sequence[StageResult]) -> str:
+    """`` (ran at commit X; this process runs Y)`` when the reused stages ran other code than this process."""
+    from mae.provenance import pin_code_commit
+    now = pin_code_commit()
+    ran = list(dict.fromkeys(c for r in results for c in stage_commits(r)))
+    if not ran or ran == [now]:
+        return ""
+    return f" (ran at commit {', '.join(ran)}; this process runs {now})"
 
 
 def collect(cells: Sequence[Cell], result: GridResult, echo: Callable[[str], None] = print) -> GridResult:
@@ -127,7 +157,8 @@ def run_grid(cells: Sequence[Cell], *, table: str, scale: str, work_dir: str | P
                 d = stage_dir(root, c.name, s.name)
                 result.stages[(c.name, s.name)] = StageResult(c.name, s.name, d, "done", read_metrics(d))
             n += len(c.stages)
-            echo(f"[grid] {table} {scale} ({n}/{total}) {c.name}: finished before, skipped")
+            reused = [result.stages[(c.name, s.name)] for s in c.stages]
+            echo(f"[grid] {table} {scale} ({n}/{total}) {c.name}: finished before, skipped{_other_commits(reused)}")
             continue
         for s in c.stages:
             n += 1
@@ -142,7 +173,7 @@ def run_grid(cells: Sequence[Cell], *, table: str, scale: str, work_dir: str | P
             status, _ = check_identity(root, c, s)
             if status == "done":
                 result.stages[(c.name, s.name)] = StageResult(c.name, s.name, d, "done", read_metrics(d))
-                echo(f"{head}: finished before, skipped")
+                echo(f"{head}: finished before, skipped{_other_commits([result.stages[(c.name, s.name)]])}")
                 continue
             echo(f"{head}: {'resuming' if status == 'resume' else 'running'} {s.protocol} -> {d}")
             try:

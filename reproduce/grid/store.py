@@ -6,6 +6,11 @@ reads (``inputs``). It is written to ``identity.json`` when the stage starts. A 
 reused only when its recorded identity equals the planned one; a field the recorded identity lacks
 (added to the code later) matches when the plan holds that field's default. Anything else is
 ``changed`` (the config or an upstream stage differs) or ``unknown`` (made before identities existed).
+
+The identity says what the grid started; what the folder ran is checked too: a ``config.yaml`` whose
+recipe differs from the identity, or a recipe changed on resume (``recipe_changes.jsonl``: the run was
+resumed through the ``mae`` command line with other flags), makes the stage ``changed``, and so does an
+upstream stage that is not finished (moved aside, rerun, or still running) under a finished one.
 """
 from __future__ import annotations
 
@@ -15,6 +20,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+from mae.engine import rundir
 from reproduce.grid.errors import LAST_CHECKPOINT, METRICS_FILE, GridError
 from reproduce.grid.model import Cell, Ref, Stage
 
@@ -31,7 +37,7 @@ def ref_path(root: Path, cell: Cell, ref: Ref) -> Path:
     return stage_dir(root, ref.cell or cell.name, ref.stage) / ref.file
 
 
-IDENTITY_FILE = "identity.json"
+IDENTITY_FILE = rundir.GRID_IDENTITY
 #: config fields that do not change a finished stage's numbers (where it writes, how it logs, how many workers;
 #: ``max_iters`` only stops a run early, and a stopped run is never finished)
 OPERATIONAL_FIELDS = frozenset({
@@ -119,8 +125,55 @@ def _protocol(name: Any) -> Any:
 
 
 def write_identity(run_dir: Path, identity: dict[str, Any], **extra: Any) -> None:
+    """Record ``identity`` (and ``grid_command``: this process's command line, which the ``mae`` command
+    line names when it refuses the folder)."""
+    import shlex
+    import sys
     from reproduce.report import atomic_write_text
+    extra.setdefault("grid_command", shlex.join(sys.argv))
     atomic_write_text(Path(run_dir) / IDENTITY_FILE, json.dumps({**identity, **extra}, indent=1, sort_keys=True) + "\n")
+
+
+def _recipe_fields(data: dict[str, Any], planned: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in data.items() if k not in OPERATIONAL_FIELDS and k not in planned["inputs"]
+            and k not in rundir.RUN_CONTROL}
+
+
+def resume_changes(run_dir: Path, planned: dict[str, Any]) -> list[str]:
+    """Recipe fields changed when the run in ``run_dir`` was resumed (``recipe_changes.jsonl``, written by a
+    resume through the ``mae`` command line with other flags); operational fields left out."""
+    out = []
+    try:
+        records = rundir.recipe_changes(run_dir)
+    except (OSError, ValueError) as e:
+        return [f"{rundir.RECIPE_CHANGES}: unreadable ({' '.join(str(e).split())[:80]})"]
+    for record in records:
+        if not isinstance(record, dict):
+            return [f"{rundir.RECIPE_CHANGES}: unreadable (a line is not a record)"]
+        for k, change in sorted((record.get("changes") or {}).items()):
+            if _recipe_fields({k: None}, planned):
+                old, new = (list(change) + [None, None])[:2] if isinstance(change, (list, tuple)) else (None, change)
+                out.append(f"{k}: {old!r} -> {new!r} on resume ({rundir.RECIPE_CHANGES}, {record.get('at', '')})")
+    return out
+
+
+def ran_diff(run_dir: Path, planned: dict[str, Any], config_cls: type | None) -> list[str]:
+    """How the recipe the folder ran differs from ``planned``: every recipe field changed on resume, and its
+    ``config.yaml`` (when there is one) field by field; [] = ran as planned."""
+    import yaml
+    out = resume_changes(run_dir, planned)
+    path = Path(run_dir) / "config.yaml"
+    if path.is_file():
+        try:
+            data = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as e:
+            return [*out, f"config.yaml: unreadable ({' '.join(str(e).split())[:80]})"]
+        if not isinstance(data, dict):
+            return [*out, "config.yaml: not a mapping"]
+        ran = {"protocol": planned["protocol"], "inputs": planned["inputs"], "config": _recipe_fields(data, planned)}
+        plan = {**planned, "config": _recipe_fields(planned["config"], planned)}
+        out += [f"config.yaml {d}" for d in identity_diff(ran, plan, config_cls)]
+    return out
 
 
 def adopt_diff(run_dir: Path, planned: dict[str, Any], config_cls: type) -> list[str]:
@@ -132,8 +185,8 @@ def adopt_diff(run_dir: Path, planned: dict[str, Any], config_cls: type) -> list
         return ["config.yaml: missing"]
     data = yaml.safe_load(path.read_text()) or {}
     config = {k: v for k, v in data.items() if k not in OPERATIONAL_FIELDS and k not in planned["inputs"]}
-    return identity_diff({"protocol": planned["protocol"], "inputs": planned["inputs"], "config": config},
-                         planned, config_cls)
+    return resume_changes(run_dir, planned) + identity_diff(
+        {"protocol": planned["protocol"], "inputs": planned["inputs"], "config": config}, planned, config_cls)
 
 
 def check_identity(root: Path, cell: Cell, stage: Stage) -> tuple[str, list[str]]:
@@ -144,17 +197,25 @@ def check_identity(root: Path, cell: Cell, stage: Stage) -> tuple[str, list[str]
         return "new", []
     recorded = read_identity(run_dir)
     if recorded is None:
-        return "unknown", ["no identity.json (made before stage identities)"]
-    diff = identity_diff(recorded, planned_identity(root, cell, stage), type(stage.config))
+        return "unknown", ["no identity.json (made outside the grid, or before stage identities)"]
+    planned = planned_identity(root, cell, stage)
+    diff = identity_diff(recorded, planned, type(stage.config))
+    if diff:
+        return "changed", diff
+    diff = ran_diff(run_dir, planned, type(stage.config))  # changed through the command line since the grid started it
     if diff:
         return "changed", diff
     # an input's stage made by another recipe: the record still names its old hash, so only its own
-    # check can tell (a finetune of an outdated pre-training is not current either)
+    # check can tell (a finetune of an outdated pre-training is not current either); an input's stage that
+    # is not finished under a stage that read it was moved aside, rerun or removed since
     for fname, (up_cell, up_stage) in stage.upstream.items():
         up_status, up_diff = check_identity(root, up_cell, up_stage)
         if up_status in ("changed", "unknown"):
             return "changed", [f"input {fname}: {up_cell.name}/{up_stage.name} is {up_status} "
                                f"({'; '.join(up_diff[:2])})"]
+        if up_status != "done":
+            return "changed", [f"input {fname}: {up_cell.name}/{up_stage.name} is not finished (moved aside, rerun "
+                               "or removed after this stage read it)"]
     return status, []
 
 
