@@ -46,7 +46,9 @@ already runs with its defaults; that is recorded. The thread count is not part o
 choice is recorded: :func:`apply_thread_policy` returns ``{"threads", "threads_from", "threads_policy",
 "omp_wait_policy", "omp_wait_from"}``, which the Trainer writes into its first epoch record of ``log.txt``
 and ``metrics.json`` (``runtime``, with ``thread_changes`` and ``threads_end`` once the governor acted).
-Intel Xeon with AMX rows of the bench: pending a quiet machine (bench/README.md gives the command).
+Measured on a 2-core Intel Xeon with AMX (3 interleaved rounds, bench/README.md): a lone run at 98% of
+torch's default (the former fixed short spin: 76%), two runs sharing the cores at 70% of a lone run each
+(torch's default: 4%). Not yet benched on AMD EPYC.
 """
 from __future__ import annotations
 
