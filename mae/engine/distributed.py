@@ -169,8 +169,14 @@ def all_gather_object(obj: Any) -> list[Any]:
 
 
 def cleanup() -> None:
+    """Leave the process group before exit. Objects that hold it (a DDP model's reducer, kept alive by a reference
+    cycle such as a step closure naming its Trainer) are collected first: a group destroyed later, during
+    interpreter shutdown, can abort a finished process ("terminate called without an active exception")."""
     if is_initialized():
+        import gc
+        gc.collect()
         dist.destroy_process_group()
+        gc.collect()
 
 
 def shard_indices(n: int) -> range:
