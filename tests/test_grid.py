@@ -11,6 +11,7 @@ import types
 from dataclasses import dataclass, replace
 
 import pytest
+from _stubs import register_protocol
 
 from reproduce import grid
 from reproduce.grid import Cell, GridError, Ref, Stage, run_grid
@@ -48,9 +49,7 @@ def stub_run(cfg: StubConfig) -> dict:
 
 @pytest.fixture(autouse=True)
 def stub_protocol(monkeypatch):
-    mod = types.ModuleType("stub_protocol")
-    mod.Config, mod.run = StubConfig, stub_run
-    monkeypatch.setitem(sys.modules, "stub_protocol", mod)
+    register_protocol(monkeypatch, "stub_protocol", StubConfig, stub_run)
     CALLS.clear()
     STOP_EARLY.clear()
     yield

@@ -8,14 +8,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import threading
-import types
 from dataclasses import dataclass, replace
 from pathlib import Path
 
 import pandas as pd
 import pytest
+from _stubs import register_protocol
 
 from mae import cli, provenance
 from mae.engine import rundir
@@ -56,9 +55,7 @@ def stub_run(cfg: StubConfig) -> dict:
 
 @pytest.fixture(autouse=True)
 def stub_protocol(monkeypatch):
-    mod = types.ModuleType("integrity_stub")
-    mod.Config, mod.run = StubConfig, stub_run
-    monkeypatch.setitem(sys.modules, "integrity_stub", mod)
+    register_protocol(monkeypatch, "integrity_stub", StubConfig, stub_run)
     CALLS.clear()
     yield
 
