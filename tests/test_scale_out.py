@@ -337,3 +337,31 @@ def test_device_auto_says_when_it_falls_back_to_the_cpu(monkeypatch, capsys):
     assert "CUDA_VISIBLE_DEVICES=0,1" in capsys.readouterr().err
     assert describe_device(torch.device("cpu"), None).startswith("cpu (") and "fp32" in describe_device(
         torch.device("cpu"), None)
+
+
+def test_a_torchrun_worker_whose_agent_died_saves_and_stops(tmp_path):
+    """SIGUSR1 (or SIGKILL) to torchrun's agent alone kills it; its workers, re-parented, stop at the next step
+    with a checkpoint (exit 75), instead of training on, orphaned."""
+    run = tmp_path / "orphan"
+    parent = tmp_path / "agent.py"
+    parent.write_text(
+        "import os, subprocess, sys, time\n"
+        f"child = subprocess.Popen([sys.executable, '-m', 'mae', *{[*SMOKE, '--epochs', '50', '--batch_size', '8']!r},"
+        f" '--output_dir', {str(run)!r}], stderr=open({str(tmp_path / 'child.err')!r}, 'w'))\n"
+        "print(child.pid, flush=True)\n"
+        f"while not os.path.exists({str(run / 'train_log.csv')!r}): time.sleep(0.05)\n"
+        "time.sleep(0.5)\n"
+        "os._exit(0)\n")
+    agent = subprocess.run([sys.executable, str(parent)], env=clean_env(TORCHELASTIC_RUN_ID="test"), cwd=REPO,
+                           capture_output=True, text=True, timeout=120)
+    child = int(agent.stdout.split()[0])
+    import time
+    deadline = time.time() + 120
+    while time.time() < deadline and os.path.exists(f"/proc/{child}") and \
+            "zombie" not in open(f"/proc/{child}/status").read():
+        time.sleep(0.1)
+    err = (tmp_path / "child.err").read_text()
+    assert "the launcher" in err and "exited: saving at this step" in err, err[-2000:]
+    assert "[train] SIGHUP: saved" in err and "exit 75" in err, err[-2000:]
+    state = ckpt.load_checkpoint(run / "checkpoint-last.pth")
+    assert 0 < state["total_iters"] < 50 * 8

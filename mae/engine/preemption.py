@@ -12,6 +12,7 @@ all stop at the same step and no collective is left waiting.
 """
 from __future__ import annotations
 
+import os
 import signal
 import sys
 from pathlib import Path
@@ -55,6 +56,7 @@ class PreemptionGuard:
         self.signum: int | None = None
         self._agreed = False  # DDP: every rank knows of the stop signal
         self._saved: dict[int, Any] = {}
+        self._parent: int | None = None  # the torchrun agent's pid (see __enter__)
 
     def __enter__(self) -> PreemptionGuard:
         def handler(signum: int, frame: Any) -> None:
@@ -69,7 +71,19 @@ class PreemptionGuard:
                 self._saved[sig] = signal.signal(sig, handler)
             except ValueError:  # not in the main thread: signals keep their default action
                 pass
+        # a torchrun worker whose agent died (SIGUSR1 or SIGKILL to the agent alone) would train on, orphaned:
+        # it stops as if signalled when its parent is gone
+        self._parent = os.getppid() if os.environ.get("TORCHELASTIC_RUN_ID") else None
         return self
+
+    def _orphaned(self) -> bool:
+        """Whether this torchrun worker's agent exited (the worker was re-parented); then: a stop, as SIGHUP."""
+        if self._parent is not None and self.signum is None and os.getppid() != self._parent:
+            self.signum = signal.SIGHUP
+            if self.dist.is_main:
+                print(f"[train] the launcher (pid {self._parent}) exited: saving at this step", file=sys.stderr,
+                      flush=True)
+        return self.signum is not None
 
     def __exit__(self, *exc: Any) -> None:
         for sig, old in self._saved.items():
@@ -79,9 +93,10 @@ class PreemptionGuard:
     def requested(self, global_step: int) -> bool:
         """Whether a stop signal arrived (on any rank); distributed ranks compare flags every ``every`` steps."""
         if not self.dist.enabled:
-            return self.signum is not None
+            return self._orphaned()
         if self._agreed or global_step % self.every:
             return self._agreed
+        self._orphaned()
         flag = torch.tensor(int(self.signum or 0), dtype=torch.int64, device=self.device)
         torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
         if int(flag.item()):
