@@ -65,6 +65,10 @@ def test_placement_reads_slurm_variables_once_and_exports_torchruns_names():
     assert where == DistInfo(5, 16, 1, None, "slurm")
     assert (env["RANK"], env["WORLD_SIZE"], env["LOCAL_RANK"], env["LOCAL_WORLD_SIZE"]) == ("5", "16", "1", "4")
     assert env["MASTER_ADDR"] == "gpu03" and env["MASTER_PORT"] == str(20000 + 123456 % 20000)
+    step1 = {**{k: v for k, v in env.items() if k.startswith("SLURM_")}, "SLURM_STEP_ID": "1", "SLURM_NODEID": "3",
+             "SLURM_STEP_TASKS_PER_NODE": "4(x3),2"}
+    resolve_placement(step1)  # a second srun step of the job: another port; the last node runs 2 tasks
+    assert step1["MASTER_PORT"] != env["MASTER_PORT"] and step1["LOCAL_WORLD_SIZE"] == "2"
     # torchrun's variables win; a batch script (no job step, no MASTER_ADDR) is one process
     assert resolve_placement({"RANK": "1", "WORLD_SIZE": "2", "LOCAL_RANK": "1", "SLURM_PROCID": "0"}).rank == 1
     assert resolve_placement({"SLURM_PROCID": "0", "SLURM_NTASKS": "8"}) == DistInfo()
@@ -138,7 +142,7 @@ def test_a_one_process_checkpoint_resumes_on_two_processes(tmp_path):
     assert_ok(mae_run([*SMOKE, "--epochs", "2", "--batch_size", "16", "--output_dir", str(cut), "--max_iters", "2"]))
     proc = mae_run([*SMOKE, "--batch_size", "8", "--output_dir", str(cut), "--resume", "auto"], nproc=2)
     assert_ok(proc)
-    assert "written by 1 process(es), now 2" in proc.stdout
+    assert "written by 1 process(es) x 16, now 2 x 8" in proc.stdout
     assert epoch_losses(cut) == pytest.approx(epoch_losses(full), rel=1e-4)
     ia, ib = iteration_losses(full), iteration_losses(cut)
     assert sorted(ia) == sorted(ib) and [ib[i] for i in ia] == pytest.approx([ia[i] for i in ia], rel=1e-4)
@@ -283,7 +287,7 @@ def test_a_two_process_checkpoint_resumes_on_one_process(tmp_path):
                       nproc=2))
     proc = mae_run([*SMOKE, "--batch_size", "16", "--output_dir", str(cut), "--resume", "auto"])
     assert_ok(proc)
-    assert "written by 2 process(es), now 1" in proc.stdout
+    assert "written by 2 process(es) x 8, now 1 x 16" in proc.stdout
     assert epoch_losses(cut) == pytest.approx(epoch_losses(full), rel=1e-4)
 
 
@@ -365,3 +369,37 @@ def test_a_torchrun_worker_whose_agent_died_saves_and_stops(tmp_path):
     assert "[train] SIGHUP: saved" in err and "exit 75" in err, err[-2000:]
     state = ckpt.load_checkpoint(run / "checkpoint-last.pth")
     assert 0 < state["total_iters"] < 50 * 8
+
+
+def test_a_resume_on_another_layout_counts_iterations_and_the_epoch_loss_as_the_new_layout(tmp_path):
+    """2 x 8 stopped at iteration 3, resumed as 1 x 8 with accum 2 (the same effective batch): iterations are
+    counted as a run started at 1 x 8 counts them (--max_iters means the same sample), the epoch's loss is
+    weighted by samples, and a resume that would change the effective batch says so."""
+    cut, full = tmp_path / "cut", tmp_path / "full"
+    assert_ok(mae_run([*SMOKE, "--epochs", "2", "--batch_size", "8", "--output_dir", str(cut), "--max_iters", "3"],
+                      nproc=2))
+    proc = mae_run([*SMOKE, "--batch_size", "8", "--output_dir", str(cut), "--resume", "auto", "--max_iters", "12"])
+    assert_ok(proc)  # (1 x 8 without --accum_iter: half the effective batch; stopped early, only to see the note)
+    assert "effective batch 8 now, 16 at the checkpoint" in proc.stdout and "--accum_iter 2 keeps it" in proc.stdout
+    assert ckpt.load_checkpoint(cut / "checkpoint-last.pth")["total_iters"] == 12  # 6 (= 3 x 16 / 8) + 6
+    cut2 = tmp_path / "cut2"
+    assert_ok(mae_run([*SMOKE, "--epochs", "2", "--batch_size", "8", "--output_dir", str(cut2), "--max_iters", "3"],
+                      nproc=2))
+    assert_ok(mae_run([*SMOKE, "--batch_size", "8", "--accum_iter", "2", "--output_dir", str(cut2), "--resume",
+                       "auto"]))
+    assert_ok(mae_run([*SMOKE, "--epochs", "2", "--batch_size", "8", "--accum_iter", "2", "--output_dir", str(full)]))
+    a, b = ckpt.load_checkpoint(cut2 / "checkpoint-last.pth"), ckpt.load_checkpoint(full / "checkpoint-last.pth")
+    assert (a["total_iters"], a["global_step"]) == (b["total_iters"], b["global_step"]) == (16, 8)
+    assert epoch_losses(cut2) == pytest.approx(epoch_losses(full), rel=1e-5)
+
+
+def test_a_two_process_evaluation_reports_the_saved_models_numbers(tmp_path):
+    """Each rank evaluates its shard with rank 0's BatchNorm statistics (the saved model's), so the logged
+    val_loss is what evaluating the saved checkpoint gives."""
+    run = tmp_path / "probe"
+    args = ["linprobe", "--preset", "smoke", "--data", "synthetic:64", "--no-progress", "--epochs", "2"]
+    assert_ok(mae_run([*args, "--batch_size", "8", "--augment", "--output_dir", str(run)], nproc=2))
+    logged = json.loads((run / "log.txt").read_text().splitlines()[-1])["val_loss"]
+    ev = tmp_path / "eval"
+    assert_ok(mae_run([*args, "--eval_checkpoint", str(run / "checkpoint-last.pth"), "--output_dir", str(ev)]))
+    assert json.loads((ev / "metrics.json").read_text())["final"]["val_loss"] == pytest.approx(logged, rel=1e-6)

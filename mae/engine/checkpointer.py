@@ -42,6 +42,7 @@ class Checkpointer:
         self.model, self.optimizer, self.scaler = model, optimizer, scaler
         self.is_main, self.world_size, self.rank = is_main, world_size, rank
         self.streams = dict(streams or {})
+        self.resumed_batch_per_iter = self.batch_per_iter  # (set by resume from the checkpoint read)
         self.best_metric, self.best_mode = best_metric, best_mode
         self.best: dict[str, Any] = {}
 
@@ -116,21 +117,46 @@ class Checkpointer:
                 g.set_state(state["streams"][name].to(g.get_state().device))
         position = {k: int(state[k]) for k in COUNTERS}
         position["iter"] = self._iteration_here(state, path)
-        if saved_world != self.world_size and self.is_main:
-            print(f"[resume] {path} was written by {saved_world} process(es), now {self.world_size}: resuming at "
-                  f"sample {position['iter'] * self.batch_per_iter} of the epoch; data order and pre-training's masks "
-                  "continue as in the uninterrupted run, per-rank streams (dropout, drop path, mixup) restart "
-                  "from (seed, rank, step)", flush=True)
+        saved_batch = self.saved_batch_per_iter(state)
+        #: samples one iteration of the checkpoint's run took (its running loss is counted in those iterations)
+        self.resumed_batch_per_iter = saved_batch
+        whole = position["iter"] * self.batch_per_iter == self._samples(state)
+        if (saved_world != self.world_size or saved_batch != self.batch_per_iter) and self.is_main:
+            masks = ("pre-training's masks continue as in the uninterrupted run" if whole and (
+                saved_batch == self.batch_per_iter or self.model_device_type() == "cpu") else
+                "pre-training's masks continue from the stream's saved position, so they differ from the "
+                "uninterrupted run's (a changed position or, on a GPU, a changed batch per iteration)")
+            print(f"[resume] {path} was written by {saved_world} process(es) x {saved_batch // max(saved_world, 1)}, "
+                  f"now {self.world_size} x {self.cfg.batch_size}: resuming at sample "
+                  f"{position['iter'] * self.batch_per_iter} of the epoch; the data order continues, {masks}; "
+                  "per-rank streams (dropout, drop path, mixup) restart from (seed, rank, step)", flush=True)
+        saved_eff = saved_batch * int(state.get("accum_iter", self.cfg.accum_iter))
+        if saved_eff != self.batch_per_iter * self.cfg.accum_iter and self.is_main:
+            step = self.batch_per_iter
+            hint = (f"--accum_iter {saved_eff // step} keeps it" if saved_eff % step == 0
+                    else "--batch_size / --accum_iter keep it")
+            print(f"[resume] note: effective batch {step * self.cfg.accum_iter} now, {saved_eff} at the checkpoint: "
+                  f"the lr follows the new one from here (lr = blr x batch / 256); {hint}", flush=True)
         return position
+
+    def model_device_type(self) -> str:
+        return next(self.model.parameters(), torch.empty(0)).device.type
+
+    def saved_batch_per_iter(self, state: dict[str, Any]) -> int:
+        """Samples one iteration of the checkpoint's run took, over all its ranks."""
+        if "batch_per_iter" in state:
+            return int(state["batch_per_iter"])
+        return int(state.get("config", {}).get("batch_size", self.cfg.batch_size)) * int(state.get("world_size", 1))
+
+    def _samples(self, state: dict[str, Any]) -> int:
+        """The checkpoint's position: samples of its epoch consumed."""
+        if "samples_in_epoch" in state:
+            return int(state["samples_in_epoch"])
+        return int(state["iter"]) * self.saved_batch_per_iter(state)
 
     def _iteration_here(self, state: dict[str, Any], path: str | Path) -> int:
         """The checkpoint's position in the epoch as an iteration of this run (its global batch may differ)."""
-        if "samples_in_epoch" in state:
-            samples = int(state["samples_in_epoch"])
-        else:  # written before positions were samples: per-rank iterations of its own world size and batch
-            saved_cfg = state.get("config", {})
-            samples = int(state["iter"]) * int(saved_cfg.get("batch_size", self.cfg.batch_size)) * int(
-                state.get("world_size", 1))
+        samples = self._samples(state)  # (older files: per-rank iterations x their batch x their process count)
         step = self.batch_per_iter * self.cfg.accum_iter  # samples of one optimizer step here
         it = (samples // step) * self.cfg.accum_iter
         if it * self.batch_per_iter != samples and self.is_main:

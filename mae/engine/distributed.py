@@ -60,6 +60,17 @@ def first_host(nodelist: str) -> str:
     return prefix + ranges.split(",")[0].split("-")[0]
 
 
+def tasks_on_nodes(spec: str) -> list[int]:
+    """SLURM's tasks per node, one entry per node: ``'4(x2),3'`` -> ``[4, 4, 3]`` ([] for an empty spec)."""
+    out: list[int] = []
+    for part in filter(None, spec.split(",")):
+        m = re.fullmatch(r"(\d+)(?:\(x(\d+)\))?", part.strip())
+        if not m:
+            raise ValueError(f"cannot read SLURM's tasks per node {spec!r}")
+        out += [int(m.group(1))] * int(m.group(2) or 1)
+    return out
+
+
 def resolve_placement(env: MutableMapping[str, str] | None = None) -> DistInfo:
     """Read the launcher's variables from ``env`` (default ``os.environ``) and export torchrun's names.
 
@@ -80,15 +91,16 @@ def resolve_placement(env: MutableMapping[str, str] | None = None) -> DistInfo:
         launcher = "slurm" if world > 1 else "single"
         if world > 1:
             env["RANK"], env["WORLD_SIZE"], env["LOCAL_RANK"] = str(rank), str(world), str(local)
-            tasks_per_node = env.get("SLURM_STEP_TASKS_PER_NODE") or env.get("SLURM_TASKS_PER_NODE", "")
-            m = re.match(r"^(\d+)", tasks_per_node)
-            if m:
-                env.setdefault("LOCAL_WORLD_SIZE", m.group(1))
+            per_node = tasks_on_nodes(env.get("SLURM_STEP_TASKS_PER_NODE") or env.get("SLURM_TASKS_PER_NODE", ""))
+            node = int(env.get("SLURM_NODEID", 0) or 0)
+            if node < len(per_node):
+                env.setdefault("LOCAL_WORLD_SIZE", str(per_node[node]))
             nodes = env.get("SLURM_STEP_NODELIST") or env.get("SLURM_JOB_NODELIST") or env.get("SLURM_NODELIST")
             if "MASTER_ADDR" not in env:
                 env["MASTER_ADDR"] = first_host(nodes) if nodes else "127.0.0.1"
-            if "MASTER_PORT" not in env:  # one port per job: two jobs sharing a node do not collide
-                env["MASTER_PORT"] = str(20000 + int(env.get("SLURM_JOB_ID", "0") or 0) % 20000)
+            if "MASTER_PORT" not in env:  # one port per job step: two jobs, or two steps of a job, do not collide
+                job, step = int(env.get("SLURM_JOB_ID", "0") or 0), int(env.get("SLURM_STEP_ID", "0") or 0)
+                env["MASTER_PORT"] = str(20000 + (job + 7919 * step) % 20000)
     else:
         rank, world, local, launcher = 0, 1, 0, "single"
     if not 0 <= rank < max(world, 1):

@@ -269,15 +269,19 @@ class Trainer:
         rank_state = {} if monitor is None else {"loss_sum": monitor.total_value(), "loss_n": monitor.n}
         self.checkpointer.save(self.counters(), numbered, rank_state)
 
-    def _resumed_loss(self) -> tuple[float, int]:
+    def _resumed_loss(self) -> tuple[float, float]:
         """(sum, count) of this rank's losses in the resumed epoch before the checkpoint: its own at the same
         process count (bitwise), else the ranks' mean (each iteration's global-batch loss, the same sum)."""
         states = [st for st in self.checkpointer.resumed_rank_states if "loss_n" in st]
         if not states or not self.iter_in_epoch:
             return 0.0, 0
-        if len(states) == self.dist.world_size:
+        saved_batch = self.checkpointer.resumed_batch_per_iter
+        if len(states) == self.dist.world_size and saved_batch == self.checkpointer.batch_per_iter:
             return float(states[self.dist.rank]["loss_sum"]), int(states[self.dist.rank]["loss_n"])
-        return sum(float(st["loss_sum"]) for st in states) / len(states), int(states[0]["loss_n"])
+        # another layout: its iterations took saved_batch samples, ours take batch_per_iter; weigh by samples
+        scale = saved_batch / self.checkpointer.batch_per_iter
+        mean_sum = sum(float(st["loss_sum"]) for st in states) / len(states)
+        return mean_sum * scale, float(states[0]["loss_n"]) * scale
 
     def resume(self, path: Any) -> None:
         position = self.checkpointer.resume(path)
@@ -288,7 +292,11 @@ class Trainer:
         self.global_step, self.total_iters = position["global_step"], position["total_iters"]
         if self.epoch >= self.cfg.epochs and (self.run_dir / "metrics.json").is_file():
             return  # a finished run: nothing to continue, and nothing in its folder is rewritten
-        self.logger.truncate_after(self.total_iters)
+        self.logger.truncate_after(self.total_iters)  # (the log's rows are numbered as the checkpoint's run did)
+        if self.checkpointer.resumed_batch_per_iter != self.checkpointer.batch_per_iter:
+            # another layout: iterations counted as this run counts them, as if it had run so from the start
+            # (--max_iters and later truncations mean the same sample as in a run started at this layout)
+            self.total_iters = self.epoch * self.iters_per_epoch + self.iter_in_epoch
         self._restore_history()
         if self.is_main:
             print(f"[resume] {path}: epoch {self.epoch}, iteration {self.iter_in_epoch}, step {self.global_step}")
@@ -497,6 +505,9 @@ class Trainer:
         record: dict[str, Any] = {"epoch": epoch, **self._epoch_stats}
         last = self.epoch >= cfg.epochs
         if self.hooks.evaluate is not None and (last or self.epoch % cfg.eval_every == 0):
+            if self.dist.enabled:  # every rank evaluates the saved model: rank 0's BatchNorm statistics, not its own
+                for buffer in self.model_without_ddp.buffers():
+                    torch.distributed.broadcast(buffer, 0)
             self.model_without_ddp.eval()
             with torch.no_grad(), self._autocast():
                 record.update(self.hooks.evaluate(self, epoch))

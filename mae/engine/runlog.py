@@ -75,9 +75,10 @@ class LossMonitor:
         """The running sum of the losses (a host sync when deferred)."""
         return float(self.total)
 
-    def restore(self, total: float, n: int) -> None:
-        """Continue from a checkpoint's running sum and count (a run resumed mid-epoch)."""
-        self.n = int(n)
+    def restore(self, total: float, n: float) -> None:
+        """Continue from a checkpoint's running sum and count (a run resumed mid-epoch; a count of this run's
+        iterations, fractional after a resume at another batch per iteration)."""
+        self.n = n
         self.total = (torch.full_like(self.total, total) if isinstance(self.total, torch.Tensor) else float(total))
 
     def last(self) -> float:

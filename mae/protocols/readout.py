@@ -85,7 +85,9 @@ DEFAULT_PRESET = "demo"
 
 
 def _log(msg: str) -> None:
-    print(msg, flush=True)
+    from mae.engine.distributed import is_main_process
+    if is_main_process():  # rank 0 alone prints
+        print(msg, flush=True)
 
 
 def build_encoder(cfg: Config, nb_classes: int) -> Any:
@@ -203,6 +205,9 @@ def run(cfg: Config) -> dict[str, Any]:
     init_distributed(device.type)
     train_f, train_y = token_features(model, train_set, cfg.batch_size, cfg.num_workers, device)
     val_f, val_y = token_features(model, val_set, cfg.batch_size, cfg.num_workers, device)
+    from mae.engine.distributed import is_main_process
+    if not is_main_process():  # the features were computed in shards; the fits are rank 0's (its result is written)
+        return {"history": [], "final": {}, "best": {}, "finished": True}
     final: dict[str, float] = {}
     correct: dict[str, list[int]] = {}
     for token in train_f:  # cls and mean tokens; one feature for pixels
