@@ -403,3 +403,25 @@ def test_a_two_process_evaluation_reports_the_saved_models_numbers(tmp_path):
     ev = tmp_path / "eval"
     assert_ok(mae_run([*args, "--eval_checkpoint", str(run / "checkpoint-last.pth"), "--output_dir", str(ev)]))
     assert json.loads((ev / "metrics.json").read_text())["final"]["val_loss"] == pytest.approx(logged, rel=1e-6)
+
+
+SHARD_SCRIPT = """
+import torch, torch.distributed as dist
+from mae.engine.distributed import gather_shards, shard_indices
+dist.init_process_group("gloo")
+for n in (1, 5, 6):
+    idx = shard_indices(n)
+    local = torch.tensor([[float(i)] for i in idx]).view(len(idx), 1)
+    assert gather_shards(local, n).view(-1).tolist() == [float(i) for i in range(n)], n
+dist.destroy_process_group()
+print("ok", flush=True)
+"""
+
+
+def test_shards_gather_back_in_order_also_with_fewer_items_than_ranks(tmp_path):
+    script = tmp_path / "shards.py"
+    script.write_text(SHARD_SCRIPT)
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                           str(script)], env=clean_env(), cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert_ok(proc)
+    assert proc.stdout.count("ok") == 2

@@ -194,7 +194,7 @@ def cleanup() -> None:
 def shard_indices(n: int) -> range:
     """The items of an ``n``-item set this rank handles when work is dealt round-robin (item i to rank
     ``i % world_size``): every item once over all ranks; ``range(n)`` when not distributed."""
-    if not is_initialized():
+    if not is_initialized() or n < dist.get_world_size():  # fewer items than ranks: every rank takes them all
         return range(n)
     return range(dist.get_rank(), n, dist.get_world_size())
 
@@ -202,7 +202,7 @@ def shard_indices(n: int) -> range:
 def gather_shards(local: torch.Tensor, n: int) -> torch.Tensor:
     """The ``n`` rows of a set from each rank's round-robin shard (:func:`shard_indices`), in the set's order,
     on every rank (on ``local``'s device; nccl needs it on the rank's GPU). ``local`` when not distributed."""
-    if not is_initialized():
+    if not is_initialized() or n < dist.get_world_size():  # (each rank computed all: shard_indices)
         return local
     world = dist.get_world_size()
     per = -(-n // world)
