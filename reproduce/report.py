@@ -520,7 +520,8 @@ def format_table(df: pd.DataFrame, verdicts: dict[str, Any], title: str | None =
     if commits:  # every commit behind the rows, not the first row's
         prov.append(f"commit{'s' if len(commits) > 1 else ''}={', '.join(commits)}")
     for c in ("device", "date"):
-        vals = sorted({str(v) for v in df[c] if isinstance(v, str) and v}) if c in df.columns else []
+        # rows that did not run here (paper-only, or no provenance) say 'unknown': the header names what is known
+        vals = sorted({str(v) for v in df[c] if isinstance(v, str) and v and v != "unknown"}) if c in df.columns else []
         if vals:
             prov.append(f"{c}={vals[-1] if c == 'date' else ', '.join(vals)}")
     if prov:

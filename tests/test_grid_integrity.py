@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import threading
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -371,8 +372,9 @@ def test_two_pairs_without_spread_are_not_an_interval():
     assert c.call == "unresolved" and "without spread" in c.method and c.n == 2 and c.delta == 1.0
     c = compare({0: 80.0, 1: 82.0}, {0: 79.0, 1: 81.0, 2: 85.0}, n_val=360)
     assert c.call == "unresolved" and "validation images" in c.method and c.hi - c.lo > 4
-    c = compare({0: 80.0, 1: 82.0, 2: 81.0}, {0: 80.0, 1: 82.0, 2: 81.0})
+    c = compare({0: 80.0, 1: 82.0, 2: 81.0}, {0: 80.0, 1: 82.0, 2: 81.0}, n_val=360)
     assert c.call.startswith("equal") and "identical" in c.method
+    assert "identical" not in compare({0: 80.0, 1: 82.0, 2: 81.0}, {0: 80.0, 1: 82.0, 2: 81.0}).method  # n_val unknown
 
 
 def test_the_scoreboard_counts_each_metrics_own_seeds():
@@ -399,3 +401,76 @@ def test_set_rejects_seed_and_unknown_fields_and_parses_numbers_like_the_cli():
         grid.apply_overrides(cells, grid.parse_set(["pretrain.nope=1"]))
     with pytest.raises(GridError, match=r"no stage of this table has a field 'nope'; fields: .*\bepochs\b"):
         grid.apply_overrides(cells, grid.parse_set(["nope=1"]))
+
+
+def test_a_child_given_the_lock_keeps_the_stage_locked_after_the_grid_dies(tmp_path):
+    """The torchrun launcher passes its lock's descriptor to the stage's process: a grid killed mid-stage leaves
+    the folder locked while the training runs on, so a second grid cannot train into it meanwhile."""
+    import subprocess
+    import time
+    stage = tmp_path / "stage"
+    grid_like = ("import subprocess, sys\n"
+                 "from mae.engine import rundir\n"
+                 f"with rundir.run_lock({str(stage)!r}):\n"
+                 f"    fd = rundir.held_lock_fd({str(stage)!r})\n"
+                 "    child = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(4)'], pass_fds=(fd,),\n"
+                 "                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)\n"
+                 "    print(child.pid, flush=True)\n")  # then the 'grid' exits, the child runs on
+    out = subprocess.run([sys.executable, "-c", grid_like], capture_output=True, text=True, timeout=60,
+                         cwd=Path(__file__).resolve().parents[1])
+    child = int(out.stdout.split()[0])
+    with pytest.raises(rundir.RunBusy):
+        with rundir.run_lock(stage):
+            pass
+    while Path(f"/proc/{child}").exists() and "zombie" not in Path(f"/proc/{child}/status").read_text():
+        time.sleep(0.1)
+    with rundir.run_lock(stage):  # the child ended: free
+        assert rundir.held_lock_fd(stage) is not None
+    assert rundir.held_lock_fd(stage) is None
+
+
+def test_the_torchrun_launcher_hands_its_lock_to_the_stage(tmp_path, monkeypatch):
+    import subprocess
+
+    from reproduce.grid import launch
+    seen = {}
+
+    def fake_run(cmd, **kw):
+        seen.update(kw)
+        return subprocess.CompletedProcess(cmd, 0)
+    monkeypatch.setattr(launch.subprocess, "run", fake_run)
+    cfg = smoke_pretrain(output_dir=str(tmp_path / "s"))
+    stage = grid.Stage("pretrain", "pretrain", cfg)
+    with rundir.run_lock(tmp_path / "s"):
+        launch._run_torchrun(stage, cfg, 2)
+        assert seen["pass_fds"] == (rundir.held_lock_fd(tmp_path / "s"),)
+
+
+def test_the_resume_hint_of_a_grid_stage_is_the_grids_command(tmp_path):
+    """A stage stopped by a signal prints how to continue: through the grid (the mae command would be refused)."""
+    cfg = smoke_pretrain(output_dir=str(tmp_path / "stage"))
+    assert rundir.resume_command(cfg).startswith("mae pretrain --resume auto")
+    (tmp_path / "stage").mkdir()
+    (tmp_path / "stage" / rundir.GRID_IDENTITY).write_text(json.dumps({"grid_command": "cd /w && python t.py"}))
+    assert rundir.resume_command(cfg).startswith("cd /w && python t.py")
+
+
+def test_identical_numbers_from_a_coarse_accuracy_are_not_called_the_same_run():
+    """12 validation images move accuracy in steps of 8.3 points: equal numbers on 3 seeds may be chance."""
+    from reproduce.stats import compare
+    same = {0: 16.6667, 1: 33.3333, 2: 16.6667}
+    assert compare(same, dict(same), n_val=12).call == "unresolved"
+    fine = {0: 90.0, 1: 91.0, 2: 92.0}
+    assert compare(fine, dict(fine), n_val=360).method.startswith("identical on 3 paired seeds")
+
+
+def test_set_checks_ranges_and_tuple_lengths_like_the_cli(tmp_path):
+    from reproduce.grid.plan import apply_overrides
+    cell = Cell("c", {"x": 1}, [Stage("pretrain", "pretrain", smoke_pretrain(output_dir=str(tmp_path / "p")))])
+    for bad, said in (("mask_ratio", "1.5"), ("betas", "0.9"), ("blr", "-1")):
+        with pytest.raises(GridError, match=f"--set {bad}="):
+            apply_overrides([cell], [("pretrain", bad, said)])
+    with pytest.raises(GridError, match="not a recipe field"):
+        apply_overrides([cell], [("pretrain", "max_iters", "2")])
+    apply_overrides([cell], [("pretrain", "betas", "[0.9, 0.99]"), ("pretrain", "mask_ratio", "0.6")])
+    assert cell.stages[0].config.betas == (0.9, 0.99) and cell.stages[0].config.mask_ratio == 0.6

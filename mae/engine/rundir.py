@@ -141,10 +141,26 @@ def run_lock(run_dir: str | Path, *, wait: bool = False, shared: bool = False, c
         os.close(fd)  # moved aside while we waited: lock what is there now
         if not create and here is None:
             raise FileNotFoundError(f"{run_dir} was moved away")
+    key = str(run_dir.resolve())
+    if not shared:
+        _HELD[key] = fd
     try:
         yield
     finally:
-        os.close(fd)  # closing the descriptor releases the lock
+        if _HELD.get(key) == fd:
+            del _HELD[key]
+        os.close(fd)  # closing the descriptor releases the lock (once no child holds it too: held_lock_fd)
+
+
+#: run folder -> the descriptor of this process's exclusive lock on it (run_lock)
+_HELD: dict[str, int] = {}
+
+
+def held_lock_fd(run_dir: str | Path) -> int | None:
+    """The descriptor of this process's exclusive lock on ``run_dir`` (None if it holds none). A child started
+    with it (``subprocess.run(..., pass_fds=(fd,))``) holds the lock too, for as long as it lives: a stage the
+    grid launched stays locked when the grid itself is killed, until the stage's own process ends."""
+    return _HELD.get(str(Path(run_dir).resolve()))
 
 
 def grid_stage(run_dir: str | Path) -> bool:
@@ -306,7 +322,15 @@ def protocol_of(cfg: Any) -> str:
 
 
 def resume_command(cfg: Any, max_iters: int | None = None) -> str:
-    """The complete command that continues the run in ``cfg.output_dir`` (its recipe comes from its config.yaml)."""
+    """The complete command that continues the run in ``cfg.output_dir`` (its recipe comes from its config.yaml).
+    A stage of the reproduction grid continues through the grid: its command, as identity.json recorded it."""
+    if grid_stage(cfg.output_dir):
+        try:
+            grid = json.loads((Path(cfg.output_dir) / GRID_IDENTITY).read_text()).get("grid_command")
+        except (OSError, ValueError):
+            grid = None
+        if grid:
+            return f"{grid}  (the reproduction grid's command: it resumes this stage)"
     words = ["mae", protocol_of(cfg), "--resume", "auto", "--output_dir", str(cfg.output_dir)]
     if max_iters is not None:
         words += ["--max_iters", str(max_iters)]

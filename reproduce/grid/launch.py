@@ -101,7 +101,11 @@ def _run_torchrun(stage: Stage, cfg: Any, nproc_per_node: int) -> None:
     env["PYTHONPATH"] = os.pathsep.join([str(REPO_ROOT), *filter(None, [env.get("PYTHONPATH")])])
     env[rundir.GRID_ENV] = str(Path(cfg.output_dir).resolve())  # the grid holds this folder's lock for it
     print(f"[grid]   $ {shlex.join(cmd)}", flush=True)
-    proc = subprocess.run(cmd, env=env, check=False)  # this cwd: relative --data paths keep their meaning
+    # the child holds the folder's lock with the grid (the same descriptor): killing the grid leaves the stage
+    # locked for as long as its training runs, so no second grid trains into it meanwhile
+    lock = rundir.held_lock_fd(cfg.output_dir)
+    proc = subprocess.run(cmd, env=env, check=False,  # this cwd: relative --data paths keep their meaning
+                          pass_fds=(lock,) if lock is not None else ())
     if proc.returncode != 0:
         raise GridError(f"{shlex.join(cmd)} exited with status {proc.returncode}")
 

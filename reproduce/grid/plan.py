@@ -177,7 +177,8 @@ def parse_set(items: Sequence[str] | None) -> list[tuple[str | None, str, Any]]:
 #: config fields the grid sets itself: never from --set (with what to use instead)
 GRID_FIELDS = {"seed": "set per cell by --seeds (e.g. --seeds 5 or --seeds 0,5)",
                "output_dir": "the grid's run directory (--work-dir)",
-               "resume": "set by the grid (it resumes by itself)"}
+               "resume": "set by the grid (it resumes by itself)",
+               "max_iters": "a stage stopped early never finishes (a recipe's length is --set <stage>.epochs)"}
 
 
 def _unwrap_optional(tp: Any) -> tuple[Any, bool]:
@@ -209,7 +210,10 @@ def parse_field(cls: type, fname: str, text: Any) -> Any:
         if typing.get_origin(tp) is tuple:
             value = yaml.safe_load(text)
             items = value if isinstance(value, list) else [value]
-            elem = typing.get_args(tp)[0]
+            args = typing.get_args(tp)
+            if Ellipsis not in args and len(items) != len(args):  # tuple[float, float]: two values, as the flag
+                raise ValueError(f"{len(args)} values, got {len(items)}")
+            elem = args[0]
             return tuple(elem(x) if elem in (int, float, str) else x for x in items)
         return yaml.safe_load(text)
     except (TypeError, ValueError, yaml.YAMLError):
@@ -226,13 +230,33 @@ def _settable(stage: Any) -> list[str]:
     return [f for f in _fields(stage.config) if f not in GRID_FIELDS and f not in stage.inputs]
 
 
+def _checks(s: Any, cfg: Any) -> str | None:
+    """The error of ``cfg.validate()`` (the ``mae`` command line's checks) with the stage's grid-made inputs
+    left out (their files do not exist before the grid runs), or None."""
+    import dataclasses
+    validate = getattr(cfg, "validate", None)
+    if validate is None:
+        return None
+    try:
+        dataclasses.replace(cfg, **{k: None for k in s.inputs if k in _fields(cfg)}).validate()
+    except (TypeError, ValueError) as e:
+        return " ".join(str(e).split())
+    return None
+
+
 def _set_one(s: Any, fname: str, text: Any) -> None:
     value = parse_field(type(s.config), fname, text)
-    try:  # from_dict type-checks tuples and runs the config's own validation
-        s.config = from_dict(type(s.config), {**to_dict(s.config), fname: value})
+    shown = text if isinstance(text, str) else repr(value)  # as the user wrote it
+    try:  # from_dict type-checks tuples
+        new = from_dict(type(s.config), {**to_dict(s.config), fname: value})
     except (TypeError, ValueError) as e:
-        shown = text if isinstance(text, str) else repr(value)  # as the user wrote it
         raise GridError(f"--set {fname}={shown} for stage {s.name!r}: {' '.join(str(e).split())}") from None
+    # the checks `mae` makes of a flag (ranges, choices), where the stage's recipe passed them before the --set
+    # (a placeholder data path of a paper scale planned before its data exists fails them either way)
+    error = _checks(s, new) if _checks(s, s.config) is None else None
+    if error is not None:
+        raise GridError(f"--set {fname}={shown} for stage {s.name!r}: {error}")
+    s.config = new
 
 
 def derive_controls(cells: Sequence[Cell]) -> None:

@@ -130,7 +130,11 @@ def write_identity(run_dir: Path, identity: dict[str, Any], **extra: Any) -> Non
     import shlex
     import sys
     from reproduce.report import atomic_write_text
-    extra.setdefault("grid_command", shlex.join(sys.argv))
+    import os
+    argv = list(sys.argv)
+    if argv and argv[0].endswith(".py"):  # a script: run with python, from the folder it was started in
+        argv = ["python", argv[0], *argv[1:]]
+    extra.setdefault("grid_command", f"cd {shlex.quote(os.getcwd())} && {shlex.join(argv)}")
     atomic_write_text(Path(run_dir) / IDENTITY_FILE, json.dumps({**identity, **extra}, indent=1, sort_keys=True) + "\n")
 
 
