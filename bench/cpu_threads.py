@@ -19,7 +19,7 @@ images / elapsed time. Settings (``mae`` is what ``mae`` does by default, mae/en
   other work holds the cores (each change is a ``log.txt`` record: ``thread_changes``, ``threads_end``)
 - ``passive``: all cores, ``OMP_WAIT_POLICY=PASSIVE`` (no spin), no governor
 - ``threads1``: ``OMP_NUM_THREADS=1``
-- ``spinN``: all cores, ``GOMP_SPINCOUNT=N``, no governor (``spin1000``: ``mae``'s policy before issue 31)
+- ``spinN``: all cores, ``GOMP_SPINCOUNT=N``, no governor (``spin1000``: ``mae``'s former default)
 
 Columns: ``setting``, ``env``, ``mode`` (alone / shared), ``repeat`` (the round, ``--repeats``: every
 round runs every setting, each round in an order rotated by one), ``run``, ``img_per_s``, ``vs_alone``

@@ -5,12 +5,13 @@ Measured (bench/cpu_threads.py, results/bench_cpu_threads.csv, bench/README.md; 
 
 - torch's defaults (all cores; libgomp threads spin 300,000 iterations at each of a step's thousands of small
   parallel regions) are the fastest alone, but two such runs sharing the cores spin away each other's time
-  slices and collapse: each keeps 11-25% of a lone run's img/s (AMD EPYC, issue 31 and the CSV).
+  slices and collapse: each keeps 11-25% of a lone run's img/s (AMD EPYC: the CSV, and one measurement on
+  a second AMD EPYC machine not in it); 4% on the Intel Xeon with AMX (CSV).
 - A short spin (``GOMP_SPINCOUNT=1000``, this module's earlier default) shares fairly (each 51-65% of
   alone), but what it costs a lone run depends on the CPU and the day: 92-97% of torch's default on one
-  AMD EPYC bench (CSV, 3 interleaved rounds), 70% on another (issue 31: 536 vs 764 img/s; one thread
-  read 529, i.e. the second core bought nothing). No spin count is both fast alone and fair shared there
-  (10,000: ~80% alone in issue 31, collapses shared).
+  AMD EPYC bench (CSV, 3 interleaved rounds), 70% on the second one (536 vs 764 img/s, measured once; one
+  thread read 529, i.e. the second core bought nothing), 76% on the Intel Xeon (CSV). No spin count is both fast alone and fair shared there
+  (10,000: ~80% alone there, collapses shared).
 - One intra-op thread per run wastes nothing when two runs share 2 cores (each 93-104% of its own lone
   rate, 62-68% of torch's default alone): with one thread there is no parallel region, so nothing spins.
 
