@@ -14,7 +14,7 @@ Scale-out: the position is also stored as samples of the epoch (``samples_in_epo
 times the global batch per iteration), so a run resumes on any process count; every rank's RNG states are
 stored (``rng_ranks``, gathered from all ranks; ``rng`` is rank 0's, as before), so per-rank randomness
 (dropout, drop path, mixup) continues bitwise at the same process count; ``streams`` holds generators every
-rank shares (pre-training's mask noise: :class:`mae.masking.GlobalBatchNoise`).
+rank shares (pre-training's mask noise: :attr:`mae.engine.loop.Trainer.shared_generator`).
 """
 from __future__ import annotations
 

@@ -199,6 +199,13 @@ def shard_indices(n: int) -> range:
     return range(dist.get_rank(), n, dist.get_world_size())
 
 
+def local_shard(dataset: Any) -> Any:
+    """This rank's round-robin share of ``dataset`` (:func:`shard_indices`; the dataset itself when unsharded)."""
+    from torch.utils.data import Subset
+    shard = shard_indices(len(dataset))
+    return Subset(dataset, shard) if len(shard) < len(dataset) else dataset
+
+
 def gather_shards(local: torch.Tensor, n: int) -> torch.Tensor:
     """The ``n`` rows of a set from each rank's round-robin shard (:func:`shard_indices`), in the set's order,
     on every rank (on ``local``'s device; nccl needs it on the rank's GPU). ``local`` when not distributed."""

@@ -38,7 +38,8 @@ from mae.engine import checkpoint as ckpt
 from mae.engine.checkpoint import seed_everything  # noqa: F401 (re-exported: the protocols seed through the loop)
 from mae.engine import rundir, speed
 from mae.engine.checkpointer import Checkpointer
-from mae.engine.distributed import DistInfo, all_reduce_max, all_reduce_mean, init_distributed, local_device
+from mae.engine.distributed import (DistInfo, all_reduce_max, all_reduce_mean, init_distributed, is_main_process,
+                                    local_device)
 from mae.engine.optim import adamw, lr_at, param_groups_weight_decay, scaled_lr, set_lr
 from mae.engine.preemption import PreemptionGuard, ignore_stop_signals
 from mae.engine.runlog import LossMonitor, RunLogger
@@ -88,7 +89,6 @@ def resolve_device(name: str, expect_gpu: bool = False) -> torch.device:
     """The device of this process: ``auto`` is its GPU (``cuda:(local_rank % device_count)``) if CUDA works,
     else the CPU, said in one line where a GPU was expected (``expect_gpu``: a paper recipe, or
     ``CUDA_VISIBLE_DEVICES`` naming devices); ``cuda`` without an index is the process's GPU too."""
-    from mae.engine.distributed import is_main_process, local_device
     if name == "auto":
         if torch.cuda.is_available():
             return local_device("cuda")
@@ -367,8 +367,7 @@ class Trainer:
             rundir.write_config(cfg, self.run_dir, resuming=resume_path is not None,
                                 position=f"epoch {self.epoch}, iteration {self.iter_in_epoch}")
         if resume_path is None:
-            seed_everything(cfg.seed + self.dist.rank)
-            self.shared_generator.manual_seed(cfg.seed)
+            seed_everything(cfg.seed + self.dist.rank)  # (the shared stream was seeded with the Trainer)
             if self.is_main:  # a fresh start: rows of an earlier attempt that left no checkpoint never mix in
                 self.logger.iter_path.unlink(missing_ok=True)
                 self.logger.epoch_path.unlink(missing_ok=True)

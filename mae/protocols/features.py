@@ -20,7 +20,7 @@ import time
 
 import torch
 import torch.nn as nn
-from torch.utils.data import DataLoader, Dataset, Subset, TensorDataset
+from torch.utils.data import DataLoader, Dataset, TensorDataset
 
 from mae.models.vit import ViTClassifier
 from mae.protocols.finetune import log
@@ -33,14 +33,12 @@ def extract_features(model: ViTClassifier, dataset: Dataset, batch_size: int, nu
 
     Under several processes each rank extracts its round-robin shard on its own device and every rank
     receives the whole set (:func:`mae.engine.distributed.gather_shards`)."""
-    from mae.engine.distributed import gather_shards, shard_indices
+    from mae.engine.distributed import gather_shards, local_shard
     device = torch.device(device)
     model = model.to(device)
     was_training = model.training
     model.eval()
-    shard = shard_indices(len(dataset))  # type: ignore[arg-type]
-    loader = DataLoader(Subset(dataset, shard) if len(shard) < len(dataset) else dataset,  # type: ignore[arg-type]
-                        batch_size=batch_size, shuffle=False, num_workers=num_workers, pin_memory=device.type == "cuda")
+    loader = DataLoader(local_shard(dataset), batch_size=batch_size, shuffle=False, num_workers=num_workers, pin_memory=device.type == "cuda")
     feats, labels = [], []
     t0 = time.time()
     for x, y in loader:

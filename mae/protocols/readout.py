@@ -108,15 +108,13 @@ def token_features(model: Any, dataset: Any, batch_size: int, num_workers: int =
     """({"cls": (N, D), "mean": (N, D)}, labels (N,)) of ``dataset`` on the CPU, computed on ``device``;
     ``model=None``: the flattened pixels. Several processes: each rank computes its round-robin shard and
     every rank receives the whole set (:func:`mae.engine.distributed.gather_shards`)."""
-    from torch.utils.data import DataLoader, Subset
+    from torch.utils.data import DataLoader
 
-    from mae.engine.distributed import gather_shards, shard_indices
+    from mae.engine.distributed import gather_shards, local_shard
     device = torch.device(device)
     if model is not None:
         model = model.to(device).eval()
-    shard = shard_indices(len(dataset))
-    loader = DataLoader(Subset(dataset, shard) if len(shard) < len(dataset) else dataset, batch_size=batch_size,
-                        shuffle=False, num_workers=num_workers)
+    loader = DataLoader(local_shard(dataset), batch_size=batch_size, shuffle=False, num_workers=num_workers)
     cls, mean, ys = [], [], []
     for x, y in loader:
         x = x.to(device)
@@ -199,13 +197,12 @@ def run(cfg: Config) -> dict[str, Any]:
     tf = eval_transform(cfg.img_size)
     train_set, val_set, nb = classification_data(cfg, tf, nb_classes=None)
     model = build_encoder(cfg, nb)
-    from mae.engine.distributed import init_distributed
+    from mae.engine.distributed import init_distributed, is_main_process
     from mae.engine.loop import resolve_device
     device = resolve_device(cfg.device)  # this process's GPU; several processes: each computes a shard
     init_distributed(device.type)
     train_f, train_y = token_features(model, train_set, cfg.batch_size, cfg.num_workers, device)
     val_f, val_y = token_features(model, val_set, cfg.batch_size, cfg.num_workers, device)
-    from mae.engine.distributed import is_main_process
     if not is_main_process():  # the features were computed in shards; the fits are rank 0's (its result is written)
         return {"history": [], "final": {}, "best": {}, "finished": True}
     final: dict[str, float] = {}
@@ -221,12 +218,10 @@ def run(cfg: Config) -> dict[str, Any]:
          f"({time.time() - t0:.1f}s)")
     result = {"history": [], "final": final, "best": {}, "finished": True, "correct": correct,
               "seconds": time.time() - t0}
-    from mae.engine.distributed import is_main_process
-    if is_main_process():
-        from mae.config import save_config
-        from mae.provenance import stage_provenance
-        cfg.run_dir.mkdir(parents=True, exist_ok=True)
-        save_config(cfg, cfg.run_dir / "config.yaml")
-        result["provenance"] = stage_provenance(seed=cfg.seed, wall_s=time.time() - t0)
-        atomic_write_text(cfg.run_dir / "metrics.json", json.dumps(result, indent=1))
+    from mae.config import save_config  # (rank 0 here: the other ranks returned after the features)
+    from mae.provenance import stage_provenance
+    cfg.run_dir.mkdir(parents=True, exist_ok=True)
+    save_config(cfg, cfg.run_dir / "config.yaml")
+    result["provenance"] = stage_provenance(seed=cfg.seed, wall_s=time.time() - t0)
+    atomic_write_text(cfg.run_dir / "metrics.json", json.dumps(result, indent=1))
     return result
