@@ -5,15 +5,16 @@ Measured (bench/cpu_threads.py, results/bench_cpu_threads.csv, bench/README.md; 
 
 - torch's defaults (all cores; libgomp threads spin 300,000 iterations at each of a step's thousands of small
   parallel regions) are the fastest alone, but two such runs sharing the cores spin away each other's time
-  slices and collapse: each keeps 11-25% of a lone run's img/s (AMD EPYC: the CSV, and one measurement on
-  a second AMD EPYC machine not in it); 4% on the Intel Xeon with AMX (CSV).
-- A short spin (``GOMP_SPINCOUNT=1000``, this module's earlier default) shares fairly (each 51-65% of
-  alone), but what it costs a lone run depends on the CPU and the day: 92-97% of torch's default on one
-  AMD EPYC bench (CSV, 3 interleaved rounds), 70% on the second one (536 vs 764 img/s, measured once; one
-  thread read 529, i.e. the second core bought nothing), 76% on the Intel Xeon (CSV). No spin count is both fast alone and fair shared there
-  (10,000: ~80% alone there, collapses shared).
-- One intra-op thread per run wastes nothing when two runs share 2 cores (each 93-104% of its own lone
-  rate, 62-68% of torch's default alone): with one thread there is no parallel region, so nothing spins.
+  slices and collapse: each keeps 7-25% of a lone run's img/s on AMD EPYC (the CSV's AMD rows, the
+  earlier AMD bench at commit c598e2f, and one measurement on a second AMD EPYC machine not in it); 4% on the
+  Intel Xeon with AMX (CSV).
+- A short spin (``GOMP_SPINCOUNT=1000``, this module's earlier default) shares fairly (each 51-72% of
+  alone), but what it costs a lone run depends on the CPU and the day: 90% of torch's default (CSV) and
+  92-97% (the earlier bench) on AMD EPYC, 70% on the second AMD machine (536 vs 764 img/s, measured once;
+  one thread read 529, i.e. the second core bought nothing), 76% on the Intel Xeon (CSV). No spin count is
+  both fast alone and fair shared there (10,000: ~80% alone there, collapses shared).
+- One intra-op thread per run wastes nothing when two runs share 2 cores (each 92-104% of its own lone
+  rate, 61-70% of torch's default alone): with one thread there is no parallel region, so nothing spins.
 
 Hence the policy (the choice is per process):
 
@@ -47,9 +48,11 @@ already runs with its defaults; that is recorded. The thread count is not part o
 choice is recorded: :func:`apply_thread_policy` returns ``{"threads", "threads_from", "threads_policy",
 "omp_wait_policy", "omp_wait_from"}``, which the Trainer writes into its first epoch record of ``log.txt``
 and ``metrics.json`` (``runtime``, with ``thread_changes`` and ``threads_end`` once the governor acted).
-Measured on a 2-core Intel Xeon with AMX (3 interleaved rounds, bench/README.md): a lone run at 98% of
-torch's default (the former fixed short spin: 76%), two runs sharing the cores at 70% of a lone run each
-(torch's default: 4%). Not yet benched on AMD EPYC.
+Measured (3 interleaved rounds each, bench/README.md, results/bench_cpu_threads.csv), a lone run against
+torch's default and two runs sharing the cores against a lone run, each: on a 2-core Intel Xeon with AMX
+98% and 70% (the former fixed short spin: 76% alone; torch's default shared: 4%); on a 2-core AMD EPYC 99%
+and 67% (fixed short spin: 90% alone; torch's default shared: 9%), and in 8 further paired rounds of lone
+runs there 102% (results/bench_cpu_threads_alone.csv): the governor costs a lone run nothing measurable.
 """
 from __future__ import annotations
 
