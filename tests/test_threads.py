@@ -233,7 +233,7 @@ def test_an_adaptive_run_logs_its_thread_changes(tmp_path, monkeypatch):
     import time as _time
     t0 = _time.monotonic()
     # another run holds one of the two cores all along: busy = 2 cores, this process 1
-    monkeypatch.setattr(threads, "read_cpu_seconds", lambda cpus=None: (2 * (_time.monotonic() - t0),
+    monkeypatch.setattr(threads, "read_cpu_seconds", lambda cpus=None, **_: (2 * (_time.monotonic() - t0),
                                                                         _time.monotonic() - t0))
     torch.set_num_threads(2)
     cfg = dataclasses.replace(pretrain.PRESETS["smoke"], output_dir=str(tmp_path / "run"), progress=False,
@@ -247,3 +247,53 @@ def test_an_adaptive_run_logs_its_thread_changes(tmp_path, monkeypatch):
     assert [r["epoch"] for r in epochs] == [0, 1] and epochs[0]["runtime"]["threads_policy"] == "adaptive"
     runtime = json.loads((tmp_path / "run" / "metrics.json").read_text())["runtime"]
     assert runtime["thread_changes"] == 1 and runtime["threads_end"] == 1
+
+
+def _burn(seconds: float) -> None:
+    import time as _t
+    end = _t.process_time() + seconds
+    while _t.process_time() < end:
+        pass
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").is_file(), reason="needs Linux's /proc")
+def test_own_cpu_time_counts_the_run_s_worker_processes():
+    """A DataLoader's workers are the run's own work: their CPU time is not 'other work on the cores' (read as
+    other work, a lone run with --num_workers 2 cut its own threads 4 times an epoch)."""
+    import multiprocessing
+    own = threads.OwnCpuTime()
+    start_own, start_self = own(), sum(os.times()[:2])
+    worker = multiprocessing.get_context("fork").Process(target=_burn, args=(1.0,))
+    worker.start()
+    while worker.is_alive():
+        own()  # read while it runs, as the governor does every window
+        worker.join(0.05)
+    grown, grown_self = own() - start_own, sum(os.times()[:2]) - start_self
+    assert grown - grown_self >= 0.8  # the worker's second (ticks of 10 ms; the last window may be unread)
+    assert own() >= start_own + grown - 1e-9  # an ended worker keeps its time: the total never falls
+
+
+def test_own_cpu_time_keeps_ended_workers_and_tells_a_reused_pid_apart(tmp_path, monkeypatch):
+    tick = os.sysconf("SC_CLK_TCK")
+
+    def stat(pid, utime, stime, start, cutime=0):
+        d = tmp_path / str(pid)
+        d.mkdir(exist_ok=True)
+        # field 2 is "(comm)", which may hold spaces and parentheses; 14-17 utime stime cutime cstime, 22 start
+        fields = ["S", "1", *["0"] * 9, str(utime), str(stime), str(cutime), "0", *["0"] * 4, str(start)]
+        (d / "stat").write_text(f"{pid} (pt worker) x) " + " ".join(fields) + "\n")
+
+    own = threads.OwnCpuTime(proc=tmp_path)
+    pids: set[int] = set()
+    monkeypatch.setattr(own, "child_pids", lambda: set(pids))
+    base = own()
+    stat(10, 100, 50, start=7, cutime=10)
+    pids.add(10)
+    assert own() - base == pytest.approx(160 / tick, abs=0.05)
+    pids.clear()  # pid 10 ended: its last reading stays
+    assert own() - base == pytest.approx(160 / tick, abs=0.05)
+    stat(10, 20, 0, start=99)  # the pid reused by a new worker: counted anew, not as the old one's time
+    pids.add(10)
+    assert own() - base == pytest.approx(180 / tick, abs=0.05)
+    (tmp_path / "10" / "stat").unlink()  # listed, but ended before its read
+    assert own() - base == pytest.approx(180 / tick, abs=0.05)

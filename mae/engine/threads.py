@@ -23,12 +23,12 @@ Hence the policy (the choice is per process):
    :meth:`ThreadGovernor.observe` after every iteration) cut the intra-op count while other work occupies
    the cores and give it back when they are free. It watches the machine, not the step time: every
    ``window_s`` (0.5 s) it reads the busy time of the CPUs this process may use (``/proc/stat``) minus its
-   own CPU time (``os.times``); that difference is the other work's load, in cores. Our own epoch-end
-   evaluation or checkpointing changes our step time but not the others' load, and two collapsed runs,
-   which never saw a lone step, still each see the other at about one core. The target is the cores the
-   others leave, ``floor(cpus - others + MARGIN)``, clamped to [1, all]: a drop happens at once (a
-   collapse costs 5x per step), a rise after two windows in a row and a hold that doubles (2 s up to
-   64 s) each time a rise is undone within two windows. So two governed runs on 2 cores settle at one
+   own CPU time and its DataLoader workers' (:class:`OwnCpuTime`); that difference is the other work's load,
+   in cores. Our own epoch-end evaluation or checkpointing changes our step time but not the others' load,
+   and two collapsed runs, which never saw a lone step, still each see the other at about one core. The
+   target is the cores the others leave, ``floor(cpus - others + MARGIN)``, clamped to [1, all]: a drop
+   happens at once (a collapse costs 5x per step), a rise after two windows in a row and a hold that
+   doubles (2 s up to 64 s) each time a rise is undone within two windows. So two governed runs on 2 cores settle at one
    thread each within a window or two; when one ends the other returns to 2 threads about a second later.
    Each change is one ``log.txt`` record (``{"event": "threads", ...}``) and one ``[threads]`` line. Work
    outside the Trainer's loop (``mae readout``, linprobe's feature cache) runs at all cores, ungoverned.
@@ -221,8 +221,60 @@ def child_env(threads: int | None = None, base: Any = None) -> dict[str, str]:
 
 
 # --------------------------------------------------------------------------------------------- the governor
-def read_cpu_seconds(cpus: frozenset[int] | None = None, stat_path: str | Path = "/proc/stat") -> tuple[float, float]:
-    """(busy seconds since boot of the CPUs ``cpus`` (all: None), CPU seconds of this process's threads).
+class OwnCpuTime:
+    """CPU seconds of this run: this process's threads plus its live worker processes (a DataLoader's workers
+    decode and augment for this run: they are its own work, not other work on the cores).
+
+    Workers are found as ``multiprocessing.active_children()`` (any start method: under forkserver a worker
+    is not this process's child in the kernel's sense) and, where the kernel lists them,
+    ``/proc/self/task/*/children``; each one's user + system time (its reaped children's included) is read
+    from ``/proc/<pid>/stat``. A worker that has ended keeps the last time read of it, so the total never
+    falls when workers come and go (DataLoader workers end with every epoch unless persistent); the time it
+    spent after that last read (at most one window, mostly idle prefetch) is not counted. Measured: without
+    the workers, a lone demo run with ``--num_workers 2`` read them as other work, flipped its count 4 times
+    an epoch and ran at 88% of torch's default (bench/README.md)."""
+
+    def __init__(self, proc: str | Path = "/proc"):
+        self.proc = Path(proc)
+        self._live: dict[tuple[int, int], float] = {}  # (pid, start time) -> CPU seconds at the last read
+        self._gone = 0.0  # seconds of workers that have ended
+        self._tick = os.sysconf("SC_CLK_TCK")
+
+    def child_pids(self) -> set[int]:
+        import multiprocessing
+        pids = {p.pid for p in multiprocessing.active_children() if p.pid is not None}
+        try:
+            for task in (self.proc / "self" / "task").iterdir():
+                pids.update(int(x) for x in (task / "children").read_text().split())
+        except (OSError, ValueError):  # no /proc, or a kernel without CONFIG_PROC_CHILDREN: multiprocessing's list
+            pass
+        return pids
+
+    def _read(self, pid: int) -> tuple[tuple[int, int], float] | None:
+        try:
+            raw = (self.proc / str(pid) / "stat").read_bytes()
+            f = raw.rsplit(b")", 1)[1].split()  # after the command name (which may hold spaces and parentheses)
+            # fields 14-17 (utime, stime, cutime, cstime) and 22 (starttime) of proc(5); f[0] is field 3
+            return (pid, int(f[19])), sum(int(x) for x in f[11:15]) / self._tick
+        except (OSError, IndexError, ValueError):
+            return None  # ended between the listing and the read: its last reading stands
+
+    def __call__(self) -> float:
+        t = os.times()
+        now: dict[tuple[int, int], float] = {}
+        for pid in self.child_pids():
+            got = self._read(pid)
+            if got is not None:
+                now[got[0]] = max(got[1], self._live.get(got[0], 0.0))
+        self._gone += sum(v for k, v in self._live.items() if k not in now)
+        self._live = now
+        return t.user + t.system + self._gone + sum(now.values())
+
+
+def read_cpu_seconds(cpus: frozenset[int] | None = None, stat_path: str | Path = "/proc/stat",
+                     own: Callable[[], float] | None = None) -> tuple[float, float]:
+    """(busy seconds since boot of the CPUs ``cpus`` (all: None), CPU seconds of this run: ``own()``, default this
+    process's threads only; the governor passes an :class:`OwnCpuTime`, which adds the run's workers).
 
     Busy = user + nice + system + irq + softirq + steal of ``/proc/stat`` (idle and iowait left out).
     Raises OSError / ValueError where ``/proc/stat`` is missing or unlike Linux's."""
@@ -240,6 +292,8 @@ def read_cpu_seconds(cpus: frozenset[int] | None = None, stat_path: str | Path =
             seen += 1
     if not seen:
         raise ValueError(f"{stat_path}: no per-CPU line")
+    if own is not None:
+        return busy / tick, own()
     t = os.times()
     return busy / tick, t.user + t.system
 
@@ -361,5 +415,6 @@ def make_governor(runtime: dict[str, Any], *, serve: bool = True, announce: bool
     if not serve or int(runtime.get("threads", 1)) < 2:
         runtime["threads_policy"] = why if not serve else "fixed (one CPU)"
         return _Fixed()
+    own = OwnCpuTime()
     return ThreadGovernor(int(runtime["threads"]), cpus=len(cpus) if cpus else available_cpus(),
-                          read=lambda: read_cpu_seconds(cpus), announce=announce, record=runtime, log=log)
+                          read=lambda: read_cpu_seconds(cpus, own=own), announce=announce, record=runtime, log=log)
