@@ -230,9 +230,10 @@ class OwnCpuTime:
     ``/proc/self/task/*/children``; each one's user + system time (its reaped children's included) is read
     from ``/proc/<pid>/stat``. A worker that has ended keeps the last time read of it, so the total never
     falls when workers come and go (DataLoader workers end with every epoch unless persistent); the time it
-    spent after that last read (at most one window, mostly idle prefetch) is not counted. Measured: without
-    the workers, a lone demo run with ``--num_workers 2`` read them as other work, flipped its count 4 times
-    an epoch and ran at 88% of torch's default (bench/README.md)."""
+    spent after that last read (at most one window, mostly idle prefetch) is not counted. Measured on AMD
+    EPYC, a lone demo run with ``--num_workers 2``: counting this process alone, the governor read the
+    workers as other work, changed the count 4 times a run and ran at 88-89% of torch's default; counting
+    them, 0 changes and 99% (bench/README.md)."""
 
     def __init__(self, proc: str | Path = "/proc"):
         self.proc = Path(proc)
