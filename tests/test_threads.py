@@ -297,3 +297,21 @@ def test_own_cpu_time_keeps_ended_workers_and_tells_a_reused_pid_apart(tmp_path,
     assert own() - base == pytest.approx(180 / tick, abs=0.05)
     (tmp_path / "10" / "stat").unlink()  # listed, but ended before its read
     assert own() - base == pytest.approx(180 / tick, abs=0.05)
+
+
+@pytest.mark.skipif(not hasattr(os, "waitid"), reason="needs os.waitid")
+def test_own_cpu_time_does_not_reap_an_ended_worker():
+    """A DataLoader reports a crashed worker's exit code only if the worker is still there to reap."""
+    import multiprocessing
+    import time as _t
+    worker = multiprocessing.get_context("fork").Process(target=os._exit, args=(3,))
+    worker.start()
+    deadline = _t.monotonic() + 10
+    while os.waitid(os.P_PID, worker.pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is None:
+        assert _t.monotonic() < deadline
+        _t.sleep(0.01)
+    threads.OwnCpuTime()()
+    info = os.waitid(os.P_PID, worker.pid, os.WEXITED | os.WNOHANG | os.WNOWAIT)
+    assert info is not None and info.si_status == 3  # still unreaped, its exit code there for its owner
+    worker.join()
+    assert worker.exitcode == 3

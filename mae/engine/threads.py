@@ -225,8 +225,8 @@ class OwnCpuTime:
     """CPU seconds of this run: this process's threads plus its live worker processes (a DataLoader's workers
     decode and augment for this run: they are its own work, not other work on the cores).
 
-    Workers are found as ``multiprocessing.active_children()`` (any start method: under forkserver a worker
-    is not this process's child in the kernel's sense) and, where the kernel lists them,
+    Workers are found in multiprocessing's list of the processes it started (any start method: under
+    forkserver a worker is not this process's child in the kernel's sense) and, where the kernel lists them,
     ``/proc/self/task/*/children``; each one's user + system time (its reaped children's included) is read
     from ``/proc/<pid>/stat``. A worker that has ended keeps the last time read of it, so the total never
     falls when workers come and go (DataLoader workers end with every epoch unless persistent); the time it
@@ -242,8 +242,14 @@ class OwnCpuTime:
         self._tick = os.sysconf("SC_CLK_TCK")
 
     def child_pids(self) -> set[int]:
-        import multiprocessing
-        pids = {p.pid for p in multiprocessing.active_children() if p.pid is not None}
+        import multiprocessing.process as mp_process
+        # multiprocessing's own set of started processes, read without active_children()'s side effect: that
+        # reaps ended workers, and a DataLoader names a crashed worker's exit code only if it reaps it itself
+        try:
+            started = tuple(getattr(mp_process, "_children", ()))
+        except RuntimeError:  # the set changed while copied (a worker starting): this window counts without it
+            started = ()
+        pids = {p.pid for p in started if getattr(p, "pid", None) is not None}
         try:
             for task in (self.proc / "self" / "task").iterdir():
                 pids.update(int(x) for x in (task / "children").read_text().split())
