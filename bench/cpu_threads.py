@@ -3,6 +3,8 @@
     python bench/cpu_threads.py                       # -> results/bench_cpu_threads.csv (a few minutes on 2 cores)
     python bench/cpu_threads.py --settings mae,torch_default --epochs 5
     python bench/cpu_threads.py --settings torch_default,mae,spin1000,threads1 --repeats 3   # interleaved rounds
+    python bench/cpu_threads.py --settings torch_default,mae,threads1 --no-shared --background 0.3,0.5 \
+        --out results/bench_cpu_threads_background.csv    # beside light other work
 
 The CSV keeps the rows of other CPUs and replaces those of this one (``cpu`` and ``cpu_isa``), so it holds
 one bench per CPU kind.
@@ -12,7 +14,9 @@ figures and TensorBoard off; they do not count in the img/s anyway). ``alone``: 
 runs started together. The rate of a run is the median ``imgs_per_s`` of its epochs 2..E in log.txt
 (epoch 1 warms up). A run still going after ``--timeout`` seconds (the collapse this measures) is
 stopped and rated on the epochs it finished (``timed_out``); with fewer than 2 its rate is
-images / elapsed time. Settings (``mae`` is what ``mae`` does by default, mae/engine/threads.py):
+images / elapsed time. ``--background C`` (a comma list: one pass over the rounds per level) runs every
+run beside other work: one process that keeps ``C`` of a core busy (CPU time in every 10 ms; what it got
+is ``background_cores``). Settings (``mae`` is what ``mae`` does by default, mae/engine/threads.py):
 
 - ``torch_default``: torch's own defaults (all cores, libgomp's 300,000-spin wait; ``MAE_OMP_POLICY=off``)
 - ``mae``: the adaptive policy: all cores and torch's spin, the thread governor cutting the count while
@@ -27,13 +31,15 @@ round runs every setting, each round in an order rotated by one), ``run``, ``img
 the median of torch's default alone), ``epochs_rated``, ``timed_out``,
 ``wall_s``, ``threads`` / ``threads_policy`` / ``omp_wait_policy`` (what the run logged at its start),
 ``thread_changes`` / ``threads_end`` (the governor's changes in log.txt, the count at the end),
-``load_before`` (1-minute load average before the runs started: the machine's other work), then provenance
+``background`` / ``background_cores`` (the other work asked for, in cores, and what it got while
+the runs ran; empty: none), ``load_before`` (1-minute load average before the runs started: the machine's other work), then provenance
 (``cpu``: the model name, ``cpu_isa``: its vector / matrix extensions from the CPU flags, ``cores``,
 ``torch``, ``python``, ``commit``, ``date``, ``command``).
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
 import csv
 import datetime as dt
 import io
@@ -45,7 +51,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -56,7 +62,7 @@ REPO = Path(__file__).resolve().parents[1]
 DEFAULT_SETTINGS = ("torch_default", "mae", "spin1000", "threads1")
 COLUMNS = ("setting", "env", "mode", "repeat", "run", "img_per_s", "vs_alone", "vs_torch_default_alone", "epochs_rated",
            "timed_out", "wall_s", "threads", "threads_policy", "thread_changes", "threads_end", "omp_wait_policy",
-           "preset", "epochs", "extra", "load_before", "scale", "cpu", "cpu_isa", "cores", "torch", "python", "commit",
+           "preset", "epochs", "extra", "background", "background_cores", "load_before", "scale", "cpu", "cpu_isa", "cores", "torch", "python", "commit",
            "date", "command")
 #: environment variables a setting may set; every run starts with them removed
 CONTROLLED = ("OMP_NUM_THREADS", "OMP_WAIT_POLICY", "GOMP_SPINCOUNT", "MAE_OMP_POLICY", "MKL_NUM_THREADS",
@@ -179,9 +185,60 @@ def rate_of(run_dir: Path, elapsed: float, images_per_epoch: int | None = None) 
             "omp_wait_policy": runtime.get("omp_wait_policy", "")}
 
 
+#: the other work of ``--background``: busy ``duty`` of a core (CPU time) in every 10 ms; on SIGTERM it writes
+#: the cores it got (CPU seconds per wall second) to the file named by its second argument
+BACKGROUND = """
+import signal, sys, time
+duty, out, period = float(sys.argv[1]), sys.argv[2], 0.01
+t0, c0 = time.perf_counter(), time.process_time()
+def stop(*_):
+    with open(out, "w") as f:
+        f.write(repr((time.process_time() - c0) / max(time.perf_counter() - t0, 1e-9)))
+    sys.exit(0)
+signal.signal(signal.SIGTERM, stop)
+while True:
+    t, c = time.perf_counter(), time.process_time()
+    while time.process_time() - c < duty * period:
+        pass
+    time.sleep(max(0.0, period - (time.perf_counter() - t)))
+"""
+
+
+@contextlib.contextmanager
+def background_load(cores: float) -> Iterator[dict[str, Any]]:
+    """Other work on the machine while the block runs: one process busy ``cores`` (0..1) of a core. Yields a
+    dict that gets ``background_cores`` (what it got) when the block ends; nothing runs for ``cores`` 0."""
+    got: dict[str, Any] = {"background": cores or "", "background_cores": ""}
+    if not cores:
+        yield got
+        return
+    with tempfile.TemporaryDirectory(prefix="bench_background_") as tmp:
+        out = Path(tmp) / "got"
+        proc = subprocess.Popen([sys.executable, "-c", BACKGROUND, str(cores), str(out)])
+        try:
+            yield got
+        finally:
+            proc.terminate()
+            try:
+                proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+            if out.is_file():
+                got["background_cores"] = round(float(out.read_text()), 3)
+
+
 def run_together(n: int, setting: dict[str, str], preset: str, epochs: int, timeout: float,
-                 extra: Sequence[str] = ()) -> list[dict[str, Any]]:
-    """Start ``n`` demo pre-trainings at once under ``setting``; their rates."""
+                 extra: Sequence[str] = (), background: float = 0.0) -> list[dict[str, Any]]:
+    """Start ``n`` demo pre-trainings at once under ``setting`` (beside ``background`` cores of other work);
+    their rates."""
+    with background_load(background) as other:
+        rows = _run_together(n, setting, preset, epochs, timeout, extra)
+    return [{**r, **other} for r in rows]
+
+
+def _run_together(n: int, setting: dict[str, str], preset: str, epochs: int, timeout: float,
+                  extra: Sequence[str]) -> list[dict[str, Any]]:
     with tempfile.TemporaryDirectory(prefix="bench_cpu_threads_") as tmp:
         dirs = [Path(tmp) / f"run{i}" for i in range(n)]
         t0 = time.time()
@@ -219,12 +276,23 @@ def rotated(settings: Sequence[str], repeat: int) -> list[str]:
 
 
 def measure(settings: Sequence[str], preset: str = "demo", epochs: int = 5, timeout: float = 150.0,
-            shared: bool = True, extra: Sequence[str] = (), repeats: int = 1) -> list[dict[str, Any]]:
-    """Every setting alone (and shared) once per round, ``repeats`` rounds in rotated order.
+            shared: bool = True, extra: Sequence[str] = (), repeats: int = 1,
+            background: Sequence[float] = (0.0,)) -> list[dict[str, Any]]:
+    """Every setting alone (and shared) once per round, ``repeats`` rounds in rotated order, per level of
+    ``background`` (other work, in cores; 0: none).
 
     ``vs_alone``: a shared run over its setting's alone run of the same round; ``vs_torch_default_alone``:
-    over the median of torch's default alone over the rounds."""
+    over the median of torch's default alone over the rounds at the same background."""
     rows: list[dict[str, Any]] = []
+    for level in background:
+        rows += _measure_rounds(settings, preset, epochs, timeout, shared, extra, repeats, level)
+    return rows
+
+
+def _measure_rounds(settings: Sequence[str], preset: str, epochs: int, timeout: float, shared: bool,
+                    extra: Sequence[str], repeats: int, background: float) -> list[dict[str, Any]]:
+    rows: list[dict[str, Any]] = []
+    beside = f" beside {background:g} core(s) of other work" if background else ""
     for rep in range(repeats):
         for name in rotated(settings, rep):
             env = setting_env(name)
@@ -232,7 +300,7 @@ def measure(settings: Sequence[str], preset: str = "demo", epochs: int = 5, time
             alone = None
             for mode, n in modes:
                 load = os.getloadavg()[0]
-                for r in run_together(n, env, preset, epochs, timeout, extra):
+                for r in run_together(n, env, preset, epochs, timeout, extra, background):
                     r.update(setting=name, env=" ".join(f"{k}={v}" for k, v in env.items()) or "(none)", mode=mode,
                              repeat=rep, preset=preset, epochs=epochs, extra=" ".join(extra),
                              load_before=round(load, 2))
@@ -244,7 +312,7 @@ def measure(settings: Sequence[str], preset: str = "demo", epochs: int = 5, time
                         "thread_changes") else ""
                     print(f"[bench] round {rep} {name:14s} {mode:6s} run {r['run']}: {r['img_per_s']:7.1f} img/s"
                           f"{' (timed out)' if r['timed_out'] else ''}  threads {r['threads']}{changes}, "
-                          f"wait {r['omp_wait_policy'] or '?'}  (load before {load:.2f})", flush=True)
+                          f"wait {r['omp_wait_policy'] or '?'}  (load before {load:.2f}){beside}", flush=True)
     base_runs = [r["img_per_s"] for r in rows if r["setting"] == "torch_default" and r["mode"] == "alone"]
     base = statistics.median(base_runs) if base_runs else None
     for r in rows:
@@ -253,18 +321,20 @@ def measure(settings: Sequence[str], preset: str = "demo", epochs: int = 5, time
 
 
 def summary(rows: Sequence[dict[str, Any]]) -> list[str]:
-    """One line per setting and mode: median img/s and vs torch's default alone over the rounds, and the range."""
+    """One line per background, setting and mode: median img/s and vs torch's default alone over the rounds,
+    and the range."""
     lines = []
-    keys = list(dict.fromkeys((r["setting"], r["mode"]) for r in rows))
-    for name, mode in keys:
-        rates = [r["img_per_s"] for r in rows if (r["setting"], r["mode"]) == (name, mode)]
-        rel = [r["vs_torch_default_alone"] for r in rows if (r["setting"], r["mode"]) == (name, mode)
-               and r["vs_torch_default_alone"] != ""]
-        line = f"{name:14s} {mode:6s} median {statistics.median(rates):7.1f} img/s [{min(rates):.0f}, {max(rates):.0f}]"
+    keys = list(dict.fromkeys((r.get("background", ""), r["setting"], r["mode"]) for r in rows))
+    for level, name, mode in keys:
+        group = [r for r in rows if (r.get("background", ""), r["setting"], r["mode"]) == (level, name, mode)]
+        rates = [r["img_per_s"] for r in group]
+        rel = [r["vs_torch_default_alone"] for r in group if r["vs_torch_default_alone"] != ""]
+        got = [r["background_cores"] for r in group if r.get("background_cores") not in ("", None)]
+        prefix = f"beside {level:g} core (got {statistics.median(got):.2f}): " if level not in ("", None) and got else ""
+        line = f"{prefix}{name:14s} {mode:6s} median {statistics.median(rates):7.1f} img/s [{min(rates):.0f}, {max(rates):.0f}]"
         if rel:
             line += f", {statistics.median(rel):.0%} of torch's default alone"
-        own = [r["vs_alone"] for r in rows if (r["setting"], r["mode"]) == (name, mode) and mode != "alone"
-               and r.get("vs_alone") not in ("", None)]
+        own = [r["vs_alone"] for r in group if mode != "alone" and r.get("vs_alone") not in ("", None)]
         if own:
             line += f", each {statistics.median(own):.0%} of its own alone"
         lines.append(line + f" ({len(rates)} runs)")
@@ -282,6 +352,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--repeats", type=int, default=1,
                    help="rounds over the settings, each in rotated order (a noisy machine: 3 or more)")
     p.add_argument("--extra", default="", help="more mae pretrain flags, e.g. '--data synthetic:64'")
+    p.add_argument("--background", default="0",
+                   help="other work beside every run, in cores of one process (0..1; a comma list: a pass per level)")
     p.add_argument("--out", default=str(REPO / "results" / "bench_cpu_threads.csv"))
     return p
 
@@ -297,10 +369,16 @@ def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
         setting_env(s)  # fail early on a bad name
     if args.repeats < 1:
         raise SystemExit("--repeats must be >= 1")
+    try:
+        background = [float(x) for x in args.background.split(",") if x.strip()] or [0.0]
+    except ValueError:
+        raise SystemExit(f"--background: numbers in 0..1, comma separated (got {args.background!r})") from None
+    if any(not 0.0 <= b <= 1.0 for b in background):
+        raise SystemExit(f"--background: each level is a share of one core, 0..1 (got {args.background!r})")
     print(f"[bench] CPU: {cpu_model()} ({cpu_isa() or 'ISA unknown'}), {provenance_cores()} core(s); "
           f"1-minute load {os.getloadavg()[0]:.2f}", flush=True)
     rows = measure(settings, args.preset, args.epochs, args.timeout, args.shared, shlex.split(args.extra),
-                   args.repeats)
+                   args.repeats, background)
     for line in summary(rows):
         print(f"[bench] {line}")
     here = Path(__file__)

@@ -239,6 +239,26 @@ def test_cpu_threads_bench_at_toy_size(tmp_path):
         cpu_threads.setting_env("fastest")
 
 
+def test_cpu_threads_background_is_other_work_that_says_what_it_got():
+    """--background: a process busy a share of one core beside the runs; the rows say what it got."""
+    import time as _t
+    from bench import cpu_threads
+    with cpu_threads.background_load(0.0) as none:
+        pass
+    assert none == {"background": "", "background_cores": ""}
+    with cpu_threads.background_load(0.5) as got:
+        _t.sleep(1.5)
+    assert 0.05 < got["background_cores"] <= 1.0 and got["background"] == 0.5
+    for bad in ("1.5", "-0.1", "x"):
+        with pytest.raises(SystemExit, match="--background"):
+            cpu_threads.main(["--background", bad, "--out", "unused.csv"])
+    rows = [{"setting": s, "mode": "alone", "img_per_s": v, "vs_torch_default_alone": v / 100, "vs_alone": 1,
+             "background": b, "background_cores": b} for s, v, b in
+            [("torch_default", 100.0, ""), ("mae", 99.0, ""), ("torch_default", 80.0, 0.3), ("mae", 90.0, 0.3)]]
+    lines = cpu_threads.summary(rows)
+    assert len(lines) == 4 and lines[0].startswith("torch_default") and lines[3].startswith("beside 0.3 core (got 0.30): mae")
+
+
 def test_cpu_threads_keeps_other_cpus_rows_and_names_the_isa(tmp_path, monkeypatch):
     """results/bench_cpu_threads.csv holds one bench per CPU kind: a run replaces its own CPU's rows only."""
     from bench import cpu_threads
