@@ -175,6 +175,16 @@ def test_governor_keeps_all_cores_alone_and_drops_to_one_thread_when_another_run
     assert events[0][1]["step_s_before"] == pytest.approx(0.1) and json.dumps(events[0][1])
 
 
+def test_governor_keeps_all_cores_beside_light_other_work_and_yields_above_0_4_of_a_core():
+    """Beside 0.3 of a core of other work two threads were faster than one and took nothing from it; beside
+    0.5 one thread was faster (bench/README.md)."""
+    for others, threads_after in ((0.3, 2), (0.38, 2), (0.45, 1), (0.5, 1)):
+        m = FakeMachine(others=others)
+        gov = _governor(m)
+        _run(gov, m, 10)
+        assert gov.threads == threads_after, others
+
+
 def test_governor_rises_when_the_cores_free_up_and_backs_off_when_the_rise_does_not_hold():
     m = FakeMachine(others=1.0)
     gov = _governor(m)

@@ -28,7 +28,8 @@ Hence the policy (the choice is per process):
    and two collapsed runs, which never saw a lone step, still each see the other at about one core. The
    target is the cores the others leave, ``floor(cpus - others + MARGIN)``, clamped to [1, all]: a drop
    happens at once (a collapse costs 5x per step), a rise after two windows in a row and a hold that
-   doubles (2 s up to 64 s) each time a rise is undone within two windows. So two governed runs on 2 cores settle at one
+   doubles (2 s up to 64 s) each time a rise is undone within three windows (the first may straddle the
+   other work's return and read only part of it). So two governed runs on 2 cores settle at one
    thread each within a window or two; when one ends the other returns to 2 threads about a second later.
    Each change is one ``log.txt`` record (``{"event": "threads", ...}``) and one ``[threads]`` line. Work
    outside the Trainer's loop (``mae readout``, linprobe's feature cache) runs at all cores, ungoverned.
@@ -314,8 +315,11 @@ class ThreadGovernor:
 
     #: a rise waits this long after a drop at first, doubling on each undone rise up to MAX_HOLD_S
     HOLD_S, MAX_HOLD_S = 2.0, 64.0
-    #: target = floor(cpus - others + MARGIN): on 2 cores, other work above a quarter of a core -> one thread
-    MARGIN = 0.25
+    #: target = floor(cpus - others + MARGIN): on 2 cores, other work above 0.4 of a core -> one thread. Measured
+    #: (bench/README.md, AMD EPYC, a lone demo run beside one process busy a share of a core): beside 0.3 core
+    #: two threads were 7-10% faster than one and the other work got its 0.30 all the same; beside 0.4 one
+    #: thread was ~6% faster; beside 0.5 one thread was 14-24% faster and two cut the other work to 0.47
+    MARGIN = 0.4
     #: seconds of machine accounting per decision (at 100 ticks/s: 50 ticks a core)
     WINDOW_S = 0.5
     active = True
@@ -361,7 +365,7 @@ class ThreadGovernor:
         others = max(0.0, ((busy - busy0) - (ours - ours0)) / (now - t0))
         target = min(self.max_threads, max(self.min_threads, math.floor(self.cpus - others + self.MARGIN)))
         if target < self.threads:
-            if self._last_rise is not None and now - self._last_rise <= 2 * self.window_s + 1e-9:
+            if self._last_rise is not None and now - self._last_rise <= 3 * self.window_s + 1e-9:
                 self.hold_s = min(self.MAX_HOLD_S, 2 * self.hold_s)  # the rise did not hold
             self._last_rise = None
             return self._change(target, now, others, "other work on the cores")
