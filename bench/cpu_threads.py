@@ -46,6 +46,7 @@ import io
 import json
 import os
 import shlex
+import signal
 import statistics
 import subprocess
 import sys
@@ -186,17 +187,18 @@ def rate_of(run_dir: Path, elapsed: float, images_per_epoch: int | None = None) 
 
 
 #: the other work of ``--background``: busy ``duty`` of a core (CPU time) in every 10 ms; on SIGTERM it writes
-#: the cores it got (CPU seconds per wall second) to the file named by its second argument
+#: the cores it got (CPU seconds per wall second) to the file named by its second argument. It ends with the
+#: bench: when its parent is gone it stops
 BACKGROUND = """
-import signal, sys, time
-duty, out, period = float(sys.argv[1]), sys.argv[2], 0.01
+import os, signal, sys, time
+duty, out, period, parent = float(sys.argv[1]), sys.argv[2], 0.01, os.getppid()
 t0, c0 = time.perf_counter(), time.process_time()
 def stop(*_):
     with open(out, "w") as f:
         f.write(repr((time.process_time() - c0) / max(time.perf_counter() - t0, 1e-9)))
     sys.exit(0)
 signal.signal(signal.SIGTERM, stop)
-while True:
+while os.getppid() == parent:
     t, c = time.perf_counter(), time.process_time()
     while time.process_time() - c < duty * period:
         pass
@@ -243,18 +245,22 @@ def _run_together(n: int, setting: dict[str, str], preset: str, epochs: int, tim
         dirs = [Path(tmp) / f"run{i}" for i in range(n)]
         t0 = time.time()
         logs = [open(Path(tmp) / f"run{i}.err", "w+") for i in range(n)]
-        procs = [subprocess.Popen(demo_command(d, preset, epochs, extra), env=run_env(setting),
-                                  stdout=subprocess.DEVNULL, stderr=f, text=True) for d, f in zip(dirs, logs)]
+        procs: list[subprocess.Popen[str]] = []
         timed_out = False
-        for p in procs:
-            try:
-                p.wait(timeout=max(1.0, timeout - (time.time() - t0)))
-            except subprocess.TimeoutExpired:
-                timed_out = True
-        for p in procs:
-            if p.poll() is None:  # only its log.txt is read: no need to let it save
-                p.kill()
-                p.wait()
+        try:
+            for d, f in zip(dirs, logs):
+                procs.append(subprocess.Popen(demo_command(d, preset, epochs, extra), env=run_env(setting),
+                                              stdout=subprocess.DEVNULL, stderr=f, text=True))
+            for p in procs:
+                try:
+                    p.wait(timeout=max(1.0, timeout - (time.time() - t0)))
+                except subprocess.TimeoutExpired:
+                    timed_out = True
+        finally:  # timed out, or the bench stopped (Ctrl-C, SIGTERM): no run outlives it
+            for p in procs:
+                if p.poll() is None:  # only its log.txt is read: no need to let it save
+                    p.kill()
+                    p.wait()
         wall = time.time() - t0
         rows = []
         for i, (p, d) in enumerate(zip(procs, dirs)):
@@ -361,6 +367,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
+
     require_same_checkout()
     if args.epochs < 2:
         raise SystemExit("--epochs must be >= 2 (epoch 1 is the warm-up)")
@@ -387,4 +394,5 @@ def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
 
 
 if __name__ == "__main__":
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # unwinds: the runs and the other work end too
     main()

@@ -4,6 +4,9 @@ and the generated JPEG folder."""
 import csv
 import math
 import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -14,6 +17,8 @@ from bench.flops import peak_tflops
 from bench.jpeg_folder import make_jpeg_folder
 from mae.flops import step_flops
 from mae.models import create_mae
+
+REPO = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(autouse=True)
@@ -257,6 +262,46 @@ def test_cpu_threads_background_is_other_work_that_says_what_it_got():
             [("torch_default", 100.0, ""), ("mae", 99.0, ""), ("torch_default", 80.0, 0.3), ("mae", 90.0, 0.3)]]
     lines = cpu_threads.summary(rows)
     assert len(lines) == 4 and lines[0].startswith("torch_default") and lines[3].startswith("beside 0.3 core (got 0.30): mae")
+
+
+def _children_of(pid: int) -> set[int]:
+    kids = set()
+    for d in Path("/proc").iterdir():
+        try:
+            if d.name.isdigit() and int((d / "stat").read_text().rsplit(")", 1)[1].split()[1]) == pid:
+                kids.add(int(d.name))
+        except (OSError, IndexError, ValueError):
+            pass
+    return kids
+
+
+def _alive(pid: int) -> bool:
+    try:
+        return (Path("/proc") / str(pid) / "stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").is_file(), reason="needs Linux's /proc")
+def test_cpu_threads_stopped_leaves_no_run_or_other_work_behind(tmp_path):
+    """A bench stopped by SIGTERM ends its training runs and its --background process with it."""
+    import signal
+    import time as _t
+    proc = subprocess.Popen([sys.executable, str(REPO / "bench" / "cpu_threads.py"), "--preset", "smoke",
+                              "--epochs", "50", "--settings", "threads1", "--no-shared", "--background", "0.2",
+                              "--timeout", "900", "--extra", "--data synthetic:32", "--out", str(tmp_path / "t.csv")],
+                             cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline, kids = _t.monotonic() + 120, set()
+    while len(kids) < 2 and _t.monotonic() < deadline:  # the other work and the training run
+        _t.sleep(0.2)
+        kids = _children_of(proc.pid)
+    assert len(kids) >= 2, "the bench never started its run and its other work"
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=60) == 143
+    deadline = _t.monotonic() + 10
+    while any(_alive(k) for k in kids) and _t.monotonic() < deadline:
+        _t.sleep(0.1)
+    assert not [k for k in kids if _alive(k)]
 
 
 def test_cpu_threads_keeps_other_cpus_rows_and_names_the_isa(tmp_path, monkeypatch):
