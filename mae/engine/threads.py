@@ -51,9 +51,10 @@ choice is recorded: :func:`apply_thread_policy` returns ``{"threads", "threads_f
 and ``metrics.json`` (``runtime``, with ``thread_changes`` and ``threads_end`` once the governor acted).
 Measured (3 interleaved rounds each, bench/README.md, results/bench_cpu_threads.csv), a lone run against
 torch's default and two runs sharing the cores against a lone run, each: on a 2-core Intel Xeon with AMX
-98% and 70% (the former fixed short spin: 76% alone; torch's default shared: 4%); on a 2-core AMD EPYC 99%
-and 67% (fixed short spin: 90% alone; torch's default shared: 9%), and in 8 further paired rounds of lone
-runs there 102% (results/bench_cpu_threads_alone.csv): the governor costs a lone run nothing measurable.
+98% and 70% (the former fixed short spin: 76% alone; torch's default shared: 4%); on a 2-core AMD EPYC
+99-107% and 64-67% in two benches (fixed short spin: 90-95% alone; torch's default shared: 9-22%), and in 8
+further paired rounds of lone runs there 102% (results/bench_cpu_threads_alone.csv): the governor costs a
+lone run nothing measurable. With DataLoader workers and beside light other work: bench/README.md.
 """
 from __future__ import annotations
 
@@ -317,8 +318,9 @@ class ThreadGovernor:
     HOLD_S, MAX_HOLD_S = 2.0, 64.0
     #: target = floor(cpus - others + MARGIN): on 2 cores, other work above 0.4 of a core -> one thread. Measured
     #: (bench/README.md, AMD EPYC, a lone demo run beside one process busy a share of a core): beside 0.3 core
-    #: two threads were 7-10% faster than one and the other work got its 0.30 all the same; beside 0.4 one
-    #: thread was ~6% faster; beside 0.5 one thread was 14-24% faster and two cut the other work to 0.47
+    #: torch's two threads read 2-15% faster than one thread (three benches) and the other work got its 0.30
+    #: all the same; beside 0.4 one thread was 6-10% faster; beside 0.5 one thread was 14-24% faster and two
+    #: cut the other work to 0.47
     MARGIN = 0.4
     #: seconds of machine accounting per decision (at 100 ticks/s: 50 ticks a core)
     WINDOW_S = 0.5
