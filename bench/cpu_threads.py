@@ -336,7 +336,9 @@ def summary(rows: Sequence[dict[str, Any]]) -> list[str]:
         rates = [r["img_per_s"] for r in group]
         rel = [r["vs_torch_default_alone"] for r in group if r["vs_torch_default_alone"] != ""]
         got = [r["background_cores"] for r in group if r.get("background_cores") not in ("", None)]
-        prefix = f"beside {level:g} core (got {statistics.median(got):.2f}): " if level not in ("", None) and got else ""
+        prefix = ""
+        if level not in ("", None):
+            prefix = f"beside {float(level):g} core" + (f" (got {statistics.median(got):.2f})" if got else "") + ": "
         line = f"{prefix}{name:14s} {mode:6s} median {statistics.median(rates):7.1f} img/s [{min(rates):.0f}, {max(rates):.0f}]"
         if rel:
             line += f", {statistics.median(rel):.0%} of torch's default alone"

@@ -262,6 +262,8 @@ def test_cpu_threads_background_is_other_work_that_says_what_it_got():
             [("torch_default", 100.0, ""), ("mae", 99.0, ""), ("torch_default", 80.0, 0.3), ("mae", 90.0, 0.3)]]
     lines = cpu_threads.summary(rows)
     assert len(lines) == 4 and lines[0].startswith("torch_default") and lines[3].startswith("beside 0.3 core (got 0.30): mae")
+    rows = [{**r, "background_cores": ""} for r in rows]  # the other work said nothing: its level still shows
+    assert cpu_threads.summary(rows)[3].startswith("beside 0.3 core: mae")
 
 
 def _children_of(pid: int) -> set[int]:

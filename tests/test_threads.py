@@ -185,6 +185,35 @@ def test_governor_keeps_all_cores_beside_light_other_work_and_yields_above_0_4_o
         assert gov.threads == threads_after, others
 
 
+def _to_window_end(gov, m, step):
+    """Steps of ``step`` seconds until the governor's next window ends."""
+    t0 = gov._start[0]
+    while gov._start[0] == t0:
+        _run(gov, m, step, step=step)
+
+
+@pytest.mark.parametrize("step", [0.15, 0.6, 1.6])
+def test_a_rise_undone_within_three_windows_doubles_the_hold_whatever_the_step_time(step):
+    """Windows end at the first step after 0.5 s, so 'three windows' is counted in windows, not seconds."""
+    for undone_in, doubled in ((1, True), (3, True), (4, False)):
+        m = FakeMachine(others=1.0)
+        gov = _governor(m)
+        _to_window_end(gov, m, step)
+        assert gov.threads == 1
+        m.ours, m.others = 1.0, 0.0
+        for _ in range(100):  # the other work left: a rise after two free windows and the hold
+            _to_window_end(gov, m, step)
+            if gov.threads == 2:
+                break
+        m.ours = 2.0
+        for _ in range(undone_in - 1):
+            _to_window_end(gov, m, step)
+        m.ours, m.others = 1.0, 1.0  # back: the next window reads it whole
+        _to_window_end(gov, m, step)
+        assert gov.threads == 1
+        assert (gov.hold_s == 2 * threads.ThreadGovernor.HOLD_S) == doubled, (step, undone_in, gov.hold_s)
+
+
 def test_governor_rises_when_the_cores_free_up_and_backs_off_when_the_rise_does_not_hold():
     m = FakeMachine(others=1.0)
     gov = _governor(m)
@@ -259,54 +288,77 @@ def test_an_adaptive_run_logs_its_thread_changes(tmp_path, monkeypatch):
     assert runtime["thread_changes"] == 1 and runtime["threads_end"] == 1
 
 
-def _burn(seconds: float) -> None:
+def _burn(seconds: float, spent=None) -> None:
+    """A worker busy ``seconds`` of CPU; ``spent`` (a shared value) gets its whole CPU time, that of the
+    processes it ran and reaped included, and the worker ends there."""
     import time as _t
     end = _t.process_time() + seconds
     while _t.process_time() < end:
         pass
+    if spent is not None:
+        spent.value = sum(os.times()[:4])
+        os._exit(0)  # no interpreter shutdown after the reading (with torch loaded it takes a CPU second)
 
 
 @pytest.mark.skipif(not Path("/proc/self/stat").is_file(), reason="needs Linux's /proc")
-def test_own_cpu_time_counts_the_run_s_worker_processes():
-    """A DataLoader's workers are the run's own work: their CPU time is not 'other work on the cores' (read as
-    other work, a lone run with --num_workers 2 cut its own threads 4 times an epoch)."""
+@pytest.mark.parametrize("method", ["fork", "spawn", "forkserver"])
+def test_own_cpu_time_counts_the_run_s_worker_processes(method):
+    """A DataLoader's workers are the run's own work, under every start method, read while they run or
+    started and ended between two reads (an evaluation's workers); read as other work, a lone run with
+    --num_workers 2 cut its own threads 4 times a run."""
     import multiprocessing
+    import time as _t
+    ctx = multiprocessing.get_context(method)
+    warm = ctx.Process(target=_burn, args=(0.0,))  # start the forkserver (ours too) before measuring
+    warm.start()
+    warm.join()
     own = threads.OwnCpuTime()
-    start_own, start_self = own(), sum(os.times()[:2])
-    worker = multiprocessing.get_context("fork").Process(target=_burn, args=(1.0,))
-    worker.start()
-    while worker.is_alive():
-        own()  # read while it runs, as the governor does every window
-        worker.join(0.05)
-    grown, grown_self = own() - start_own, sum(os.times()[:2]) - start_self
-    assert grown - grown_self >= 0.8  # the worker's second (ticks of 10 ms; the last window may be unread)
-    assert own() >= start_own + grown - 1e-9  # an ended worker keeps its time: the total never falls
+    for read_while_running in (True, False):
+        spent = ctx.Value("d", 0.0)
+        worker = ctx.Process(target=_burn, args=(1.0, spent))
+        before, before_self = own(), sum(os.times()[:2])
+        worker.start()
+        while worker.is_alive():
+            if read_while_running:
+                own()
+            worker.join(0.05)
+        assert worker.exitcode == 0
+        grown = own() - before - (sum(os.times()[:2]) - before_self)
+        # the worker's whole CPU time (its start-up included: a spawned one imports this module), once
+        assert abs(grown - spent.value) < 0.15, (method, read_while_running, grown, spent.value)
 
 
-def test_own_cpu_time_keeps_ended_workers_and_tells_a_reused_pid_apart(tmp_path, monkeypatch):
+def test_own_cpu_time_sums_the_run_s_process_tree_once(tmp_path, monkeypatch):
+    """Workers count if they are our children or our child's children (a forkserver's), each once; other
+    processes never; a parent of ours stays counted once its workers have ended (their time is in its line)."""
     tick = os.sysconf("SC_CLK_TCK")
+    me = 100
 
-    def stat(pid, utime, stime, start, cutime=0):
+    def stat(pid, ppid, ticks, reaped=0):
         d = tmp_path / str(pid)
         d.mkdir(exist_ok=True)
-        # field 2 is "(comm)", which may hold spaces and parentheses; 14-17 utime stime cutime cstime, 22 start
-        fields = ["S", "1", *["0"] * 9, str(utime), str(stime), str(cutime), "0", *["0"] * 4, str(start)]
+        # field 2 is "(comm)", which may hold spaces and parentheses; 4 ppid; 14-17 utime stime cutime cstime
+        fields = ["S", str(ppid), *["0"] * 9, str(ticks), "0", str(reaped), "0", *["0"] * 4, "1"]
         (d / "stat").write_text(f"{pid} (pt worker) x) " + " ".join(fields) + "\n")
 
-    own = threads.OwnCpuTime(proc=tmp_path)
-    pids: set[int] = set()
-    monkeypatch.setattr(own, "child_pids", lambda: set(pids))
+    own = threads.OwnCpuTime(proc=tmp_path, pid=me)
+    listed: set[int] = set()
+    monkeypatch.setattr(own, "candidate_pids", lambda: set(listed))
     base = own()
-    stat(10, 100, 50, start=7, cutime=10)
-    pids.add(10)
-    assert own() - base == pytest.approx(160 / tick, abs=0.05)
-    pids.clear()  # pid 10 ended: its last reading stays
-    assert own() - base == pytest.approx(160 / tick, abs=0.05)
-    stat(10, 20, 0, start=99)  # the pid reused by a new worker: counted anew, not as the old one's time
-    pids.add(10)
-    assert own() - base == pytest.approx(180 / tick, abs=0.05)
-    (tmp_path / "10" / "stat").unlink()  # listed, but ended before its read
-    assert own() - base == pytest.approx(180 / tick, abs=0.05)
+
+    def grown():
+        return round((own() - base) * tick)  # in ticks; this process's own time over the test is < 1 tick
+
+    stat(10, me, 100)  # a forked worker
+    stat(20, me, 5)  # the forkserver: ours, but multiprocessing lists only its workers
+    stat(21, 20, 40)  # a forkserver worker
+    stat(30, 1, 999)  # a process that is not ours (listed by mistake, or a pid reused)
+    listed.update({10, 21, 30})
+    assert grown() == 100 + 5 + 40
+    stat(20, me, 5, reaped=40)  # the forkserver reaped its worker: the time moved into its line
+    listed.discard(21)
+    (tmp_path / "21" / "stat").unlink()
+    assert grown() == 100 + 5 + 40  # not lost with the worker's line, although no live worker leads to it
 
 
 @pytest.mark.skipif(not hasattr(os, "waitid"), reason="needs os.waitid")

@@ -8,13 +8,13 @@ Measured (bench/cpu_threads.py, results/bench_cpu_threads.csv, bench/README.md; 
   slices and collapse: each keeps 7-25% of a lone run's img/s on AMD EPYC (the CSV's AMD rows, the
   earlier AMD bench at commit c598e2f, and one measurement on a second AMD EPYC machine not in it); 4% on the
   Intel Xeon with AMX (CSV).
-- A short spin (``GOMP_SPINCOUNT=1000``, this module's earlier default) shares fairly (each 51-72% of
+- A short spin (``GOMP_SPINCOUNT=1000``, this module's earlier default) shares fairly (each 48-73% of
   alone), but what it costs a lone run depends on the CPU and the day: 90% of torch's default (CSV) and
   92-97% (the earlier bench) on AMD EPYC, 70% on the second AMD machine (536 vs 764 img/s, measured once;
   one thread read 529, i.e. the second core bought nothing), 76% on the Intel Xeon (CSV). No spin count is
   both fast alone and fair shared there (10,000: ~80% alone there, collapses shared).
-- One intra-op thread per run wastes nothing when two runs share 2 cores (each 92-104% of its own lone
-  rate, 61-70% of torch's default alone): with one thread there is no parallel region, so nothing spins.
+- One intra-op thread per run wastes nothing when two runs share 2 cores (each 89-105% of its own lone
+  rate, 60-71% of torch's default alone): with one thread there is no parallel region, so nothing spins.
 
 Hence the policy (the choice is per process):
 
@@ -224,60 +224,65 @@ def child_env(threads: int | None = None, base: Any = None) -> dict[str, str]:
 
 # --------------------------------------------------------------------------------------------- the governor
 class OwnCpuTime:
-    """CPU seconds of this run: this process's threads plus its live worker processes (a DataLoader's workers
-    decode and augment for this run: they are its own work, not other work on the cores).
+    """CPU seconds of this run: this process's threads, its reaped children (``os.times``) and its live worker
+    processes (a DataLoader's workers decode and augment for this run: they are its own work, not other work
+    on the cores).
 
-    Workers are found in multiprocessing's list of the processes it started (any start method: under
-    forkserver a worker is not this process's child in the kernel's sense) and, where the kernel lists them,
-    ``/proc/self/task/*/children``; each one's user + system time (its reaped children's included) is read
-    from ``/proc/<pid>/stat``. A worker that has ended keeps the last time read of it, so the total never
-    falls when workers come and go (DataLoader workers end with every epoch unless persistent); the time it
-    spent after that last read (at most one window, mostly idle prefetch) is not counted. Measured on AMD
+    Live workers are read from ``/proc/<pid>/stat`` (user + system time, their reaped children's included):
+    the processes multiprocessing started (``multiprocessing.process._children``, read without
+    ``active_children()``'s side effect of reaping them: a DataLoader names a crashed worker's exit code only
+    if it reaps it itself), the ones ``/proc/self/task/*/children`` lists where the kernel has it, and a
+    process of ours they run under (the forkserver: under that start method a worker is its child, not
+    ours), kept once seen. Each is counted only if it is our child or our child's child, so the sum holds no
+    time twice: a worker's time moves from its own line to its parent's reaped-children time when it is
+    reaped, and a worker that started and ended between two reads is counted there too. Measured on AMD
     EPYC, a lone demo run with ``--num_workers 2``: counting this process alone, the governor read the
     workers as other work, changed the count 4 times a run and ran at 88-89% of torch's default; counting
     them, 0 changes and 99% (bench/README.md)."""
 
-    def __init__(self, proc: str | Path = "/proc"):
+    def __init__(self, proc: str | Path = "/proc", pid: int | None = None):
         self.proc = Path(proc)
-        self._live: dict[tuple[int, int], float] = {}  # (pid, start time) -> CPU seconds at the last read
-        self._gone = 0.0  # seconds of workers that have ended
+        self.pid = os.getpid() if pid is None else pid
+        self._parents: set[int] = set()  # processes of ours that workers ran under (a forkserver)
         self._tick = os.sysconf("SC_CLK_TCK")
 
-    def child_pids(self) -> set[int]:
+    def candidate_pids(self) -> set[int]:
+        """Processes that may be this run's workers (each is checked by its parent id before it counts)."""
         import multiprocessing.process as mp_process
-        # multiprocessing's own set of started processes, read without active_children()'s side effect: that
-        # reaps ended workers, and a DataLoader names a crashed worker's exit code only if it reaps it itself
         try:
             started = tuple(getattr(mp_process, "_children", ()))
-        except RuntimeError:  # the set changed while copied (a worker starting): this window counts without it
+        except RuntimeError:  # the set changed while copied (a worker starting): the kernel's list, if any
             started = ()
         pids = {p.pid for p in started if getattr(p, "pid", None) is not None}
         try:
-            for task in (self.proc / "self" / "task").iterdir():
+            for task in (self.proc / str(self.pid) / "task").iterdir():
                 pids.update(int(x) for x in (task / "children").read_text().split())
         except (OSError, ValueError):  # no /proc, or a kernel without CONFIG_PROC_CHILDREN: multiprocessing's list
             pass
         return pids
 
-    def _read(self, pid: int) -> tuple[tuple[int, int], float] | None:
+    def _stat(self, pid: int) -> tuple[int, float] | None:
+        """(parent pid, user + system + reaped children's seconds) of a process; None once it is gone."""
         try:
             raw = (self.proc / str(pid) / "stat").read_bytes()
             f = raw.rsplit(b")", 1)[1].split()  # after the command name (which may hold spaces and parentheses)
-            # fields 14-17 (utime, stime, cutime, cstime) and 22 (starttime) of proc(5); f[0] is field 3
-            return (pid, int(f[19])), sum(int(x) for x in f[11:15]) / self._tick
+            return int(f[1]), sum(int(x) for x in f[11:15]) / self._tick  # fields 4 and 14-17 of proc(5)
         except (OSError, IndexError, ValueError):
-            return None  # ended between the listing and the read: its last reading stands
+            return None
 
     def __call__(self) -> float:
         t = os.times()
-        now: dict[tuple[int, int], float] = {}
-        for pid in self.child_pids():
-            got = self._read(pid)
-            if got is not None:
-                now[got[0]] = max(got[1], self._live.get(got[0], 0.0))
-        self._gone += sum(v for k, v in self._live.items() if k not in now)
-        self._live = now
-        return t.user + t.system + self._gone + sum(now.values())
+        stats = {pid: st for pid in self.candidate_pids() | self._parents if (st := self._stat(pid)) is not None}
+        for ppid in {st[0] for st in stats.values()} - set(stats) - {self.pid}:
+            st = self._stat(ppid)  # a worker under another process: counted if that one is ours
+            if st is not None:
+                stats[ppid] = st
+        kids = {pid for pid, st in stats.items() if st[0] == self.pid}
+        grandkids = {pid for pid, st in stats.items() if st[0] in kids}
+        # a parent of ours stays read while it lives: its reaped workers' time is in its line from then on
+        self._parents = {pid for pid in kids if pid in self._parents or any(stats[g][0] == pid for g in grandkids)}
+        return (t.user + t.system + t.children_user + t.children_system
+                + sum(stats[pid][1] for pid in kids | grandkids))
 
 
 def read_cpu_seconds(cpus: frozenset[int] | None = None, stat_path: str | Path = "/proc/stat",
@@ -349,6 +354,7 @@ class ThreadGovernor:
         self._rise_votes = 0
         self._last_change: float = -math.inf
         self._last_rise: float | None = None
+        self._windows_since_rise = 0  # windows ended since the last rise (a drop within 3 undoes it)
 
     def observe(self, step_seconds: float | None = None) -> dict[str, Any] | None:
         """Account one iteration (``step_seconds``; None: the time since the previous call); at a window's end
@@ -364,21 +370,22 @@ class ThreadGovernor:
             return None
         busy, ours = self.read()
         self._start = (now, busy, ours)
+        self._windows_since_rise += 1
         others = max(0.0, ((busy - busy0) - (ours - ours0)) / (now - t0))
         target = min(self.max_threads, max(self.min_threads, math.floor(self.cpus - others + self.MARGIN)))
         if target < self.threads:
-            if self._last_rise is not None and now - self._last_rise <= 3 * self.window_s + 1e-9:
+            if self._last_rise is not None and self._windows_since_rise <= 3:
                 self.hold_s = min(self.MAX_HOLD_S, 2 * self.hold_s)  # the rise did not hold
             self._last_rise = None
             return self._change(target, now, others, "other work on the cores")
         if target > self.threads:
             self._rise_votes += 1
             if self._rise_votes >= 2 and now - self._last_change >= self.hold_s:
-                self._last_rise = now
+                self._last_rise, self._windows_since_rise = now, 0
                 return self._change(target, now, others, "cores free")
             return None
         self._rise_votes = 0
-        if self._last_rise is not None and now - self._last_rise > 10 * self.window_s:
+        if self._last_rise is not None and self._windows_since_rise > 10:
             self.hold_s, self._last_rise = self.HOLD_S, None  # a rise that held: the next drop starts afresh
         return None
 
