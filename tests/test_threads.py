@@ -344,10 +344,12 @@ def test_own_cpu_time_sums_the_run_s_process_tree_once(tmp_path, monkeypatch):
     own = threads.OwnCpuTime(proc=tmp_path, pid=me)
     listed: set[int] = set()
     monkeypatch.setattr(own, "candidate_pids", lambda: set(listed))
+    monkeypatch.setattr(os, "times", lambda: os.times_result((3.0, 1.0, 0.5, 0.5, 0.0)))  # this process: fixed
     base = own()
+    assert base == 5.0
 
     def grown():
-        return round((own() - base) * tick)  # in ticks; this process's own time over the test is < 1 tick
+        return round((own() - base) * tick)  # in ticks
 
     stat(10, me, 100)  # a forked worker
     stat(20, me, 5)  # the forkserver: ours, but multiprocessing lists only its workers
