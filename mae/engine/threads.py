@@ -280,7 +280,7 @@ class OwnCpuTime:
         kids = {pid for pid, st in stats.items() if st[0] == self.pid}
         grandkids = {pid for pid, st in stats.items() if st[0] in kids}
         # a parent of ours stays read while it lives: its reaped workers' time is in its line from then on
-        self._parents = {pid for pid in kids if pid in self._parents or any(stats[g][0] == pid for g in grandkids)}
+        self._parents = kids & (self._parents | {stats[pid][0] for pid in grandkids})
         return (t.user + t.system + t.children_user + t.children_system
                 + sum(stats[pid][1] for pid in kids | grandkids))
 
@@ -353,8 +353,8 @@ class ThreadGovernor:
         self._steps: list[float] = []  # step seconds at the current count (reported with a change)
         self._rise_votes = 0
         self._last_change: float = -math.inf
-        self._last_rise: float | None = None
-        self._windows_since_rise = 0  # windows ended since the last rise (a drop within 3 undoes it)
+        #: windows ended since the last rise still on trial (a drop within 3 undoes it); None: no rise on trial
+        self._windows_since_rise: int | None = None
 
     def observe(self, step_seconds: float | None = None) -> dict[str, Any] | None:
         """Account one iteration (``step_seconds``; None: the time since the previous call); at a window's end
@@ -370,23 +370,24 @@ class ThreadGovernor:
             return None
         busy, ours = self.read()
         self._start = (now, busy, ours)
-        self._windows_since_rise += 1
+        if self._windows_since_rise is not None:
+            self._windows_since_rise += 1
         others = max(0.0, ((busy - busy0) - (ours - ours0)) / (now - t0))
         target = min(self.max_threads, max(self.min_threads, math.floor(self.cpus - others + self.MARGIN)))
         if target < self.threads:
-            if self._last_rise is not None and self._windows_since_rise <= 3:
+            if self._windows_since_rise is not None and self._windows_since_rise <= 3:
                 self.hold_s = min(self.MAX_HOLD_S, 2 * self.hold_s)  # the rise did not hold
-            self._last_rise = None
+            self._windows_since_rise = None
             return self._change(target, now, others, "other work on the cores")
         if target > self.threads:
             self._rise_votes += 1
             if self._rise_votes >= 2 and now - self._last_change >= self.hold_s:
-                self._last_rise, self._windows_since_rise = now, 0
+                self._windows_since_rise = 0
                 return self._change(target, now, others, "cores free")
             return None
         self._rise_votes = 0
-        if self._last_rise is not None and self._windows_since_rise > 10:
-            self.hold_s, self._last_rise = self.HOLD_S, None  # a rise that held: the next drop starts afresh
+        if self._windows_since_rise is not None and self._windows_since_rise > 10:
+            self.hold_s, self._windows_since_rise = self.HOLD_S, None  # a rise that held: the next drop starts afresh
         return None
 
     def _change(self, target: int, now: float, others: float, reason: str) -> dict[str, Any]:

@@ -38,7 +38,8 @@ def extract_features(model: ViTClassifier, dataset: Dataset, batch_size: int, nu
     model = model.to(device)
     was_training = model.training
     model.eval()
-    loader = DataLoader(local_shard(dataset), batch_size=batch_size, shuffle=False, num_workers=num_workers, pin_memory=device.type == "cuda")
+    loader = DataLoader(local_shard(dataset), batch_size=batch_size, shuffle=False, num_workers=num_workers,
+                        pin_memory=device.type == "cuda")
     feats, labels = [], []
     t0 = time.time()
     for x, y in loader:
